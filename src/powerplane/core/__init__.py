@@ -1,0 +1,1 @@
+"""Units, sign conventions, clock, entity addresses and errors shared by every layer."""
