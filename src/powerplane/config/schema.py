@@ -253,7 +253,9 @@ class TrainingMix(_Strict):
     checkpoint_interval_min: tuple[float, float] = (20.0, 60.0)
     checkpoint_duration_s: tuple[float, float] = (20.0, 90.0)
     startup_s: tuple[float, float] = (60.0, 300.0)
-    arrivals_per_day: NonNegFloat = 0.0
+    arrivals_per_day: NonNegFloat | None = Field(
+        default=None, description="arrivals per day; by default enough to keep `count` jobs running (Little's law)"
+    )
 
 
 class InferenceMix(_Strict):
@@ -266,7 +268,9 @@ class InferenceMix(_Strict):
 
 class BatchMix(_Strict):
     share_of_gpus: Fraction = 0.10
-    arrivals_per_hour: NonNegFloat = 6.0
+    arrivals_per_hour: NonNegFloat | None = Field(
+        default=None, description="arrivals per hour; by default enough to keep `share_of_gpus` busy (Little's law)"
+    )
 
 
 class WorkloadConfig(_Strict):

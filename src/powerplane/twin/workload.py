@@ -1,0 +1,550 @@
+"""The twin's workload engine: job arrivals, a simple gang placement, job state events and per-job activity.
+
+Time advances in *segments* between events (a checkpoint, a fault, a restart, a straggler, a job's end, an arrival).
+Inside a segment no job changes state, so the activity of every job over all its steps is one vectorized
+expression; events are handled at step boundaries. The GPU pool scheduler (its own issue) replaces the placement.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from powerplane.config.schema import SiteConfig, TrainingMix
+from powerplane.topology import Topology
+from powerplane.twin import traces
+from powerplane.twin.jobs import (
+    ACT_CHECKPOINT,
+    ACT_COLLECTIVE,
+    ACT_COMPUTE,
+    ACT_STARTUP,
+    JobSpec,
+    JobTable,
+    Kind,
+    Priority,
+    State,
+    compute_share,
+)
+
+F64 = NDArray[np.float64]
+I64 = NDArray[np.int64]
+
+# Plain ints for the hot paths (IntEnum attribute access costs ~1 us each).
+_STARTING, _RUNNING, _CHECKPOINT = int(State.STARTING), int(State.RUNNING), int(State.CHECKPOINT)
+_STALLED, _PAUSED, _DONE = int(State.STALLED), int(State.PAUSED), int(State.DONE)
+_PRETRAIN, _FINETUNE, _INFERENCE, _BATCH = int(Kind.PRETRAIN), int(Kind.FINETUNE), int(Kind.INFERENCE), int(Kind.BATCH)
+
+# Xid codes a job-stalling fault is drawn from, with weights (NVIDIA Xid catalog; Llama 3 reports most
+# interruptions as hardware: GPU, HBM, NVLink, GSP).
+XID_CODES = np.array([79, 48, 94, 95, 74, 119, 13, 31, 43, 63, 92], dtype=np.int64)
+XID_WEIGHTS = np.array([12, 10, 14, 4, 12, 8, 12, 10, 8, 5, 5], dtype=np.float64)
+
+
+@dataclass
+class XidEvent:
+    t_s: float
+    job: int
+    gpu: int
+    xid: int
+
+
+@dataclass
+class BlockActivity:
+    """What :meth:`Workload.advance` returns: per-job activity and where the GPU->job mapping changed."""
+
+    activity: NDArray[np.float32]  # [T, len(column_jobs) + 1]; column 0 is "no job" (activity 0)
+    mapping_changes: list[tuple[int, I64]]  # (step, column of each GPU from that step on); the first is at step 0
+    column_jobs: I64  # job id of columns 1..
+
+
+class Workload:
+    """Jobs on the site's GPUs. Deterministic for a given seed."""
+
+    def __init__(self, site: SiteConfig, topo: Topology, rng: np.random.Generator, t0_s: float, utc_offset_s: float):
+        self.site = site
+        self.topo = topo
+        self.rng = rng
+        self.cfg = site.workload
+        self.utc_offset_s = utc_offset_s
+        self.t0_s = t0_s
+        self.jobs = JobTable()
+        self.gpu_job = np.full(topo.n_gpus, -1, dtype=np.int64)
+        self.gpu_cap_factor = np.ones(topo.n_gpus, dtype=np.float64)  # set by the twin from caps
+        self.queue: list[int] = []
+        self.active: list[int] = []  # jobs holding GPUs, in start order
+        self.xid_events: list[XidEvent] = []
+        self.gpu_last_xid = np.zeros(topo.n_gpus, dtype=np.int64)
+        self._fail_rate_per_gpu_s = self.cfg.failure_rate_per_gpu_day / 86_400.0
+        self._inference_profile = traces.azure_token_rate_profile(self.cfg.inference.trace)
+        self._gpn = np.bincount(topo.gpu_node, minlength=topo.n_nodes)
+        self._node_first_gpu = np.concatenate([[0], np.cumsum(self._gpn)[:-1]])
+        self._pods = traces.alibaba_gpu_pods()
+        self._pod_num_gpu = self._pods["num_gpu"].to_numpy()
+        self._pod_duration_s = self._pods["duration_s"].to_numpy()
+        self._pod_best_effort = (self._pods["qos"] == "BE").to_numpy()
+        self._pod_gpu_fraction = self._pods["gpu_fraction"].to_numpy()
+        self._mapping_dirty = False
+        self._next_event_s = -np.inf
+        self._arrival_rates_per_s = self._arrival_rates()
+        self._next_arrival_s = {
+            k: (t0_s + rng.exponential(1.0 / r) if r > 0 else np.inf) for k, r in self._arrival_rates_per_s.items()
+        }
+        self._counter = 0
+        self._populate(t0_s)
+
+    # ----------------------------------------------------------------------------------- job creation
+
+    def _name(self, prefix: str) -> str:
+        self._counter += 1
+        return f"{prefix}-{self._counter:05d}"
+
+    def _training_spec(self, mix: TrainingMix, kind: Kind, priority: Priority, warm: bool) -> JobSpec:
+        rng = self.rng
+        lo, hi = mix.gpus
+        if kind == Kind.PRETRAIN:
+            n = int(round(rng.uniform(lo, hi) / 8.0) * 8) if hi > lo else lo
+        else:  # powers of two between the bounds, log-uniform
+            exps = np.arange(int(np.ceil(np.log2(lo))), int(np.floor(np.log2(hi))) + 1)
+            n = int(2 ** rng.choice(exps)) if exps.size else lo
+        n = max(1, min(n, self.topo.n_gpus))
+        if kind == Kind.PRETRAIN:
+            work = rng.uniform(*mix.duration_h) * 3600.0
+        else:
+            work = float(traces.sample_durations_mapped(rng, 1, mix.duration_h[0] * 3600, mix.duration_h[1] * 3600)[0])
+        return JobSpec(
+            name=self._name("pt" if kind == Kind.PRETRAIN else "ft"),
+            kind=kind,
+            priority=priority,
+            n_gpus=n,
+            work_s=work,
+            work_done_s=rng.uniform(0.1, 0.8) * work if warm else 0.0,
+            iteration_s=float(np.exp(rng.uniform(np.log(mix.iteration_s[0]), np.log(mix.iteration_s[1])))),
+            compute_fraction=rng.uniform(*mix.compute_fraction),
+            act_compute=rng.uniform(*ACT_COMPUTE),
+            act_collective=rng.uniform(*ACT_COLLECTIVE),
+            checkpoint_interval_s=rng.uniform(*mix.checkpoint_interval_min) * 60.0,
+            checkpoint_duration_s=rng.uniform(*mix.checkpoint_duration_s),
+            startup_s=rng.uniform(*mix.startup_s),
+            deferrable=priority == Priority.LOW,
+        )
+
+    def _finetune_priority(self) -> Priority:
+        shares = self.cfg.priority_shares
+        normal, low = shares.get("normal", 0.5), shares.get("low", 0.5)
+        return Priority.NORMAL if self.rng.uniform() < normal / max(normal + low, 1e-9) else Priority.LOW
+
+    def _batch_spec(self, warm: bool) -> JobSpec:
+        i = int(self.rng.integers(self._pod_num_gpu.size))
+        duration = float(np.clip(self._pod_duration_s[i], 60.0, 86_400.0))
+        priority = Priority.LOW if self._pod_best_effort[i] else Priority.NORMAL
+        n = int(min(self._pod_num_gpu[i], self._gpn.max()))
+        return JobSpec(
+            name=self._name("bt"),
+            kind=Kind.BATCH,
+            priority=priority,
+            n_gpus=n,
+            work_s=duration,
+            work_done_s=self.rng.uniform(0.0, 0.8) * duration if warm else 0.0,
+            level=float(self._pod_gpu_fraction[i]) * self.rng.uniform(0.6, 0.95),
+            startup_s=self.rng.uniform(5.0, 30.0),
+            deferrable=priority == Priority.LOW,
+        )
+
+    def _arrival_rates(self) -> dict[Kind, float]:
+        cfg = self.cfg
+        rates: dict[Kind, float] = {}
+        ft = cfg.finetune
+        if ft.arrivals_per_day is not None:
+            rates[Kind.FINETUNE] = ft.arrivals_per_day / 86_400.0
+        else:  # Little's law: keep `count` jobs running on average
+            mean_work = float(traces.sample_durations_mapped(np.random.default_rng(0), 4000, ft.duration_h[0] * 3600,
+                                                             ft.duration_h[1] * 3600).mean())
+            rates[Kind.FINETUNE] = ft.count / mean_work
+        b = cfg.batch
+        if b.arrivals_per_hour is not None:
+            rates[Kind.BATCH] = b.arrivals_per_hour / 3600.0
+        else:
+            pods = self._pods
+            mean_gpu_s = float((np.clip(pods["duration_s"], 60, 86_400) * np.minimum(pods["num_gpu"], 8)).mean())
+            rates[Kind.BATCH] = b.share_of_gpus * self.topo.n_gpus / mean_gpu_s
+        p = cfg.pretraining
+        rates[Kind.PRETRAIN] = (p.arrivals_per_day or 0.0) / 86_400.0
+        return rates
+
+    def _populate(self, t0: float) -> None:
+        """Warm start: the site is already busy when the run begins."""
+        cfg = self.cfg
+        target = cfg.target_utilization * self.topo.n_gpus
+        for _ in range(cfg.pretraining.count):
+            self._submit(self._training_spec(cfg.pretraining, Kind.PRETRAIN, Priority.CORE, warm=True), t0, warm=True)
+        inf = cfg.inference
+        inf_gpus = int(inf.share_of_gpus * self.topo.n_gpus)
+        while inf_gpus >= inf.replica_gpus:
+            replicas = int(min(self.rng.integers(4, 17), inf_gpus // inf.replica_gpus))
+            spec = JobSpec(
+                name=self._name("inf"), kind=Kind.INFERENCE, priority=Priority.CORE,
+                n_gpus=replicas * inf.replica_gpus, work_s=np.inf, level=self.rng.uniform(0.85, 1.0),
+                startup_s=60.0,
+            )
+            self._submit(spec, t0, warm=True)
+            inf_gpus -= spec.n_gpus
+        for _ in range(cfg.finetune.count):
+            if self._busy_gpus() >= target:
+                break
+            self._submit(self._training_spec(cfg.finetune, Kind.FINETUNE, self._finetune_priority(), True), t0, True)
+        batch_goal = self._busy_gpus() + cfg.batch.share_of_gpus * self.topo.n_gpus
+        while self._busy_gpus() < min(batch_goal, target):
+            before = self._busy_gpus()
+            self._submit(self._batch_spec(warm=True), t0, warm=True)
+            if self._busy_gpus() == before:
+                break
+
+    def _busy_gpus(self) -> int:
+        return int(np.count_nonzero(self.gpu_job >= 0))
+
+    def _submit(self, spec: JobSpec, t: float, warm: bool = False) -> int:
+        jobs = self.jobs
+        j = jobs.add(spec, t, self._fail_rate_per_gpu_s)
+        if spec.n_gpus > self.topo.n_gpus:
+            jobs.state[j] = State.DONE  # can never fit; the scheduler issue rejects these at submit
+            jobs.end_s[j] = t
+            return j
+        if not self._start(j, t, warm):
+            self.queue.append(j)
+        return j
+
+    # ----------------------------------------------------------------------------------- placement
+
+    def _allocate(self, n: int) -> I64 | None:
+        """Gang placement: whole free nodes, contiguous when possible (NVLink and rail locality); small jobs
+        best-fit into partly used nodes."""
+        free = self.gpu_job < 0
+        node_free = np.add.reduceat(free.astype(np.int64), self._node_first_gpu)
+        gpn = int(self._gpn.max())
+        if n >= gpn:
+            need = int(np.ceil(n / gpn))
+            whole = np.flatnonzero(node_free == self._gpn)
+            if whole.size < need:
+                return None
+            span = whole[need - 1 :] - whole[: whole.size - need + 1]
+            hits = np.flatnonzero(span == need - 1)
+            nodes = whole[hits[0] : hits[0] + need] if hits.size else whole[:need]
+            gpus = np.concatenate([np.arange(self._node_first_gpu[m], self._node_first_gpu[m] + self._gpn[m]) for m in nodes])
+            return gpus[:n]
+        cand = np.flatnonzero(node_free >= n)
+        if cand.size == 0:
+            return None
+        node = cand[np.argmin(node_free[cand])]
+        first = self._node_first_gpu[node]
+        local = np.flatnonzero(free[first : first + self._gpn[node]])[:n]
+        return np.asarray(first + local, dtype=np.int64)
+
+    def _start(self, j: int, t: float, warm: bool = False) -> bool:
+        jobs = self.jobs
+        if jobs.defer_until_s[j] > t:
+            return False
+        gpus = self._allocate(int(jobs.n_gpus[j]))
+        if gpus is None:
+            return False
+        self.gpu_job[gpus] = j
+        jobs.gpus[j] = gpus
+        self._mapping_dirty = True
+        self.active.append(j)
+        jobs.start_s[j] = t
+        rng = self.rng
+        if warm:
+            jobs.state[j] = State.RUNNING
+            jobs.state_start_s[j] = t
+            jobs.phase[j] = rng.uniform()
+            jobs.next_ckpt_s[j] = t + rng.uniform(0.0, 1.0) * jobs.ckpt_interval_s[j]
+        else:
+            jobs.state[j] = State.STARTING
+            jobs.state_start_s[j] = t
+            jobs.state_end_s[j] = t + jobs.startup_s[j]
+        rate = jobs.fail_rate_per_s[j]
+        jobs.next_fail_s[j] = t + rng.exponential(1.0 / rate) if rate > 0 else np.inf
+        self._schedule_straggler(j, t)
+        self._update_speed(np.array([j]))
+        self._refresh(j, t)
+        return True
+
+    def _release(self, j: int) -> None:
+        gpus = self.jobs.gpus[j]
+        self.gpu_job[gpus] = -1
+        self._mapping_dirty = True
+        self.active.remove(j)
+        self.jobs.timer_s[j] = np.inf
+
+    def _try_queue(self, t: float) -> None:
+        if not self.queue:
+            return
+        order = sorted(self.queue, key=lambda q: (self.jobs.priority[q], self.jobs.submit_s[q], q))
+        started = {j for j in order if self._start(j, t)}
+        self.queue = [j for j in self.queue if j not in started]
+
+    def _schedule_straggler(self, j: int, t: float) -> None:
+        rate = self.cfg.straggler_rate_per_job_hour / 3600.0
+        if self.jobs.kind[j] in (Kind.PRETRAIN, Kind.FINETUNE) and rate > 0:
+            self.jobs.next_straggle_s[j] = t + self.rng.exponential(1.0 / rate)
+        else:
+            self.jobs.next_straggle_s[j] = np.inf
+
+    def _update_speed(self, idx: I64) -> None:
+        """Compute-phase speed of jobs from their GPUs' power caps (the slowest GPU sets the pace)."""
+        for j in idx:
+            gpus = self.jobs.gpus[j]
+            self.jobs.speed[j] = float(self.gpu_cap_factor[gpus].min()) if gpus.size else 1.0
+
+    def active_ids(self) -> I64:
+        """Jobs holding GPUs now."""
+        return np.array(self.active, dtype=np.int64)
+
+    # ----------------------------------------------------------------------------------- operator levers
+
+    def set_cap_factors(self, factor: F64, t: float) -> None:
+        self.gpu_cap_factor = factor
+        ids = self.active_ids()
+        self._update_speed(ids)
+        for j in ids:
+            self._refresh(int(j), t)
+        self._next_event_s = -np.inf
+
+    def pause(self, j: int, t: float, until_s: float = np.inf) -> bool:
+        """Suspend a job in place (it keeps its GPUs, as a suspended Slurm job does)."""
+        if self.jobs.state[j] not in (State.STARTING, State.RUNNING, State.CHECKPOINT):
+            return False
+        self.jobs.state[j] = State.PAUSED
+        self.jobs.state_start_s[j] = t
+        self.jobs.state_end_s[j] = until_s
+        self._refresh(j, t)
+        self._next_event_s = -np.inf
+        return True
+
+    def resume(self, j: int, t: float) -> bool:
+        if self.jobs.state[j] != State.PAUSED:
+            return False
+        self._restart(j, t)
+        return True
+
+    def defer(self, j: int, until_s: float) -> bool:
+        """Hold a queued job back until ``until_s``."""
+        if self.jobs.state[j] != State.QUEUED:
+            return False
+        self.jobs.defer_until_s[j] = until_s
+        self._next_event_s = -np.inf
+        return True
+
+    def _restart(self, j: int, t: float) -> None:
+        jobs = self.jobs
+        jobs.state[j] = State.STARTING
+        jobs.state_start_s[j] = t
+        jobs.state_end_s[j] = t + jobs.startup_s[j]
+        self._refresh(j, t)
+        self._next_event_s = -np.inf
+
+    # ----------------------------------------------------------------------------------- events
+
+    def _work_rate(self, idx: I64 | int) -> tuple[F64, F64, F64]:
+        """(iterations per second, compute share of an iteration, work seconds per second) while RUNNING.
+
+        Under a cap the compute phase stretches by 1/speed; a straggler stretches the whole iteration by
+        (1 + slowdown) while the others wait in the collective.
+        """
+        jobs = self.jobs
+        f = jobs.compute_fraction[idx]
+        speed = np.maximum(jobs.speed[idx], 1e-3)
+        period = jobs.iteration_s[idx] * (f / speed + 1.0 - f) * (1.0 + jobs.straggle[idx])
+        f_eff = f * jobs.iteration_s[idx] / speed / period
+        return 1.0 / period, f_eff, jobs.iteration_s[idx] / period
+
+    def _refresh(self, j: int, t: float) -> None:
+        """Recompute the time of job j's next event from its state and timers."""
+        jobs = self.jobs
+        st = jobs.state[j]
+        if st == _RUNNING:
+            _, _, work_rate = self._work_rate(j)
+            done_at = t + (jobs.work_s[j] - jobs.work_done_s[j]) / max(float(work_rate), 1e-9)
+            timer = min(jobs.next_ckpt_s[j], jobs.next_fail_s[j], jobs.next_straggle_s[j], jobs.straggle_end_s[j],
+                        done_at)
+        elif st in (_STARTING, _CHECKPOINT):
+            timer = min(jobs.state_end_s[j], jobs.next_fail_s[j], jobs.straggle_end_s[j])
+        elif st in (_STALLED, _PAUSED):
+            timer = jobs.state_end_s[j]
+        else:
+            timer = np.inf
+        jobs.timer_s[j] = timer
+
+    def _handle(self, j: int, t: float) -> bool:
+        """Apply every transition of job j due at t. Returns True when the job released its GPUs."""
+        jobs = self.jobs
+        due = t + 1e-9
+        if jobs.straggle_end_s[j] <= due:
+            jobs.straggle[j] = 0.0
+            jobs.straggle_end_s[j] = np.inf
+            self._schedule_straggler(j, t)
+        st = jobs.state[j]
+        if st in (_STARTING, _CHECKPOINT) and jobs.state_end_s[j] <= due:
+            if st == _CHECKPOINT:
+                jobs.checkpoints[j] += 1
+            jobs.state[j] = _RUNNING
+            jobs.state_start_s[j] = t
+            jobs.state_end_s[j] = np.inf
+            jobs.next_ckpt_s[j] = t + jobs.ckpt_interval_s[j]
+        elif st == _STALLED and jobs.state_end_s[j] <= due:
+            self._restart(j, t)
+            rate = jobs.fail_rate_per_s[j]
+            jobs.next_fail_s[j] = t + self.rng.exponential(1.0 / rate) if rate > 0 else np.inf
+        elif st == _PAUSED and jobs.state_end_s[j] <= due:
+            self._restart(j, t)
+        st = jobs.state[j]
+        if st == _RUNNING and jobs.work_done_s[j] >= jobs.work_s[j] * (1.0 - 1e-9) - 1e-6:
+            jobs.state[j] = _DONE
+            jobs.end_s[j] = t
+            self._release(j)
+            return True
+        if st == _RUNNING and jobs.next_ckpt_s[j] <= due:
+            # The checkpoint saves the work done so far.
+            jobs.state[j] = _CHECKPOINT
+            jobs.state_start_s[j] = t
+            jobs.state_end_s[j] = t + jobs.ckpt_duration_s[j]
+            jobs.last_ckpt_work_s[j] = jobs.work_done_s[j]
+            jobs.next_ckpt_s[j] = np.inf
+        st = jobs.state[j]
+        if st in (_STARTING, _RUNNING, _CHECKPOINT) and jobs.next_fail_s[j] <= due:
+            # A fault stalls the whole job; it restarts from its last checkpoint after a delay.
+            jobs.lost_work_s[j] += jobs.work_done_s[j] - jobs.last_ckpt_work_s[j]
+            jobs.work_done_s[j] = jobs.last_ckpt_work_s[j]
+            jobs.failures[j] += 1
+            jobs.state[j] = _STALLED
+            jobs.state_start_s[j] = t
+            jobs.state_end_s[j] = t + self.rng.uniform(*self.cfg.restart_delay_s)
+            jobs.next_fail_s[j] = np.inf
+            jobs.straggle[j] = 0.0
+            jobs.straggle_end_s[j] = np.inf
+            gpu = int(self.rng.choice(jobs.gpus[j]))
+            xid = int(self.rng.choice(XID_CODES, p=XID_WEIGHTS / XID_WEIGHTS.sum()))
+            self.gpu_last_xid[gpu] = xid
+            self.xid_events.append(XidEvent(t, int(j), gpu, xid))
+        if jobs.state[j] == _RUNNING and jobs.next_straggle_s[j] <= due:
+            jobs.straggle[j] = self.rng.uniform(*self.cfg.straggler_slowdown)
+            jobs.straggle_end_s[j] = t + self.rng.uniform(*self.cfg.straggler_duration_s)
+            jobs.next_straggle_s[j] = np.inf
+        self._refresh(j, t)
+        return False
+
+    def _process_events(self, t: float) -> None:
+        jobs = self.jobs
+        released = False
+        ids = self.active_ids()
+        if ids.size:
+            for j in ids[jobs.timer_s[ids] <= t + 1e-9]:
+                released |= self._handle(int(j), t)
+        arrived = False
+        for kind, next_s in list(self._next_arrival_s.items()):
+            while next_s <= t + 1e-9:
+                if kind == _BATCH:
+                    spec = self._batch_spec(warm=False)
+                elif kind == _FINETUNE:
+                    spec = self._training_spec(self.cfg.finetune, _FINETUNE, self._finetune_priority(), False)
+                else:
+                    spec = self._training_spec(self.cfg.pretraining, _PRETRAIN, Priority.CORE, False)
+                self.queue.append(self.jobs.add(spec, next_s, self._fail_rate_per_gpu_s))
+                arrived = True
+                next_s += self.rng.exponential(1.0 / self._arrival_rates_per_s[kind])
+            self._next_arrival_s[kind] = next_s
+        deferred_due = any(np.isfinite(jobs.defer_until_s[q]) and jobs.defer_until_s[q] <= t + 1e-9
+                           for q in self.queue)
+        if released or arrived or deferred_due:
+            self._try_queue(t)
+        ids = self.active_ids()
+        candidates = [float(jobs.timer_s[ids].min()) if ids.size else np.inf, *self._next_arrival_s.values()]
+        candidates += [float(jobs.defer_until_s[q]) for q in self.queue if jobs.defer_until_s[q] > t]
+        self._next_event_s = min(candidates)
+
+    # ----------------------------------------------------------------------------------- activity
+
+    def inference_load(self, t_s: F64) -> F64:
+        """Load of the inference services at times ``t_s`` [share of daily peak]: the Azure trace's per-second
+        token rate (tiled hourly) on a diurnal cycle."""
+        inf = self.cfg.inference
+        hour = ((t_s + self.utc_offset_s) / 3600.0) % 24.0
+        daily = traces.diurnal_shape(hour, inf.peak_hour_local, inf.trough_fraction)
+        prof = self._inference_profile
+        short = prof[((t_s - self.t0_s).astype(np.int64)) % prof.size]
+        return np.asarray(daily * short)
+
+    def _segment_activity(self, ids: I64, t: float, steps: int, dt: float) -> NDArray[np.float32]:
+        """Activity [steps, len(ids)] of the given jobs over a segment in which none changes state."""
+        jobs = self.jobs
+        st = jobs.state[ids]
+        kind = jobs.kind[ids]
+        act = np.zeros((steps, ids.size), dtype=np.float32)
+        t_k = t + dt * np.arange(steps, dtype=np.float64)
+        running = st == _RUNNING
+        sel = np.flatnonzero(running & ((kind == _PRETRAIN) | (kind == _FINETUNE)))
+        if sel.size:
+            j = ids[sel]
+            rate, f_eff, _ = self._work_rate(j)
+            edges = jobs.phase[j] + np.outer(dt * np.arange(steps + 1, dtype=np.float64), rate)
+            share = compute_share(edges[:-1], edges[1:], f_eff)
+            coll = jobs.act_collective[j]
+            act[:, sel] = coll + (jobs.act_compute[j] - coll) * share
+        sel = np.flatnonzero(running & (kind == _INFERENCE))
+        if sel.size:
+            load = self.inference_load(t_k)
+            act[:, sel] = np.clip(0.1 + 0.8 * np.outer(load, jobs.level[ids[sel]]), 0.0, 1.0)
+        sel = np.flatnonzero(running & (kind == _BATCH))
+        if sel.size:
+            act[:, sel] = jobs.level[ids[sel]]
+        sel = np.flatnonzero(st == _STARTING)
+        if sel.size:
+            j = ids[sel]
+            ramp = np.clip((t_k[:, None] - jobs.state_start_s[j]) / np.maximum(jobs.startup_s[j], 1e-9), 0.0, 1.0)
+            act[:, sel] = ACT_STARTUP[0] + (ACT_STARTUP[1] - ACT_STARTUP[0]) * ramp
+        sel = np.flatnonzero(st == _CHECKPOINT)
+        if sel.size:
+            act[:, sel] = ACT_CHECKPOINT
+        return act
+
+    def _advance_state(self, ids: I64, duration_s: float) -> None:
+        if ids.size == 0:
+            return
+        jobs = self.jobs
+        running = jobs.state[ids] == _RUNNING
+        j = ids[running]
+        if j.size:
+            rate, _, work_rate = self._work_rate(j)
+            jobs.phase[j] = (jobs.phase[j] + rate * duration_s) % 1.0
+            jobs.work_done_s[j] += work_rate * duration_s
+            jobs.throughput_lost_gpu_s[j] += (1.0 - work_rate) * duration_s * jobs.n_gpus[j]
+        held = ids[~running]
+        jobs.throughput_lost_gpu_s[held] += duration_s * jobs.n_gpus[held]
+        jobs.gpu_seconds[ids] += duration_s * jobs.n_gpus[ids]
+
+    def advance(self, t0: float, n_steps: int, dt: float) -> BlockActivity:
+        """Advance the workload over ``n_steps`` steps of ``dt`` from ``t0``; return the activity block."""
+        segments: list[tuple[int, I64, NDArray[np.float32]]] = []
+        changes: list[tuple[int, I64]] = []
+        k = 0
+        while k < n_steps:
+            t = t0 + k * dt
+            if t + 1e-9 >= self._next_event_s:
+                self._process_events(t)
+            if self._mapping_dirty or k == 0:
+                changes.append((k, self.gpu_job.copy()))
+                self._mapping_dirty = False
+            steps = int(min(n_steps - k, max(1, np.ceil((self._next_event_s - t) / dt - 1e-9))))
+            ids = self.active_ids()
+            segments.append((k, ids, self._segment_activity(ids, t, steps, dt)))
+            self._advance_state(ids, steps * dt)
+            k += steps
+        columns = np.unique(np.concatenate([ids for _, ids, _ in segments]))
+        pos = np.zeros(self.jobs.n + 1, dtype=np.int64)  # pos[job + 1] = column; pos[0] = 0 for "no job"
+        pos[columns + 1] = np.arange(1, columns.size + 1)
+        activity = np.zeros((n_steps, columns.size + 1), dtype=np.float32)
+        for k0, ids, act in segments:
+            activity[k0 : k0 + act.shape[0], pos[ids + 1]] = act
+        mapping = [(k, pos[gj + 1]) for k, gj in changes]
+        return BlockActivity(activity, mapping, columns)
