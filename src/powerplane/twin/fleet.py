@@ -65,6 +65,7 @@ class Fleet:
         self.resistance = np.clip(self.resistance, 0.5 * cooling.thermal_resistance_c_per_w, None)
         self.gpu_tau_s = cooling.gpu_time_constant_s
         self.energy_j = np.zeros(topo.n_gpus, dtype=np.float64)
+        self.last_gpu_energy_j = np.zeros(topo.n_gpus, dtype=np.float64)
         self.power_w = self.idle_w.astype(np.float32).copy()  # last step's power
         self.activity = np.zeros(topo.n_gpus, dtype=np.float32)  # last step's activity
         self.temp_c = np.full(topo.n_gpus, cooling.supply_temp_c + 10.0, dtype=np.float64)
@@ -125,7 +126,8 @@ class Fleet:
         # Energy per GPU and per job column; reductions as BLAS products (far faster than ufunc.reduce here).
         ones_t = np.ones(n_steps, dtype=np.float32)
         gpu_sum = (ones_t @ p).astype(np.float64)
-        self.energy_j += gpu_sum * self.dt_s
+        self.last_gpu_energy_j = gpu_sum * self.dt_s
+        self.energy_j += self.last_gpu_energy_j
         n_cols = activity.shape[1]
         job_energy = np.bincount(cols0, weights=gpu_sum, minlength=n_cols)
         for k, changed, old, new in moves:

@@ -83,6 +83,7 @@ class Twin:
         self.fleet = Fleet(site, self.topo, np.random.default_rng(fleet_seq), self.dt_s)
         self.plant = Plant(site, site_file, self.topo, np.random.default_rng(plant_seq), self.dt_s, t0)
         self._last: TwinBlock | None = None
+        self.last_block_jobs = np.zeros(0, dtype=np.int64)
         self._rack_power_w = np.zeros(self.topo.n_racks)
 
     @property
@@ -101,6 +102,7 @@ class Twin:
         inlet = self.plant.rack_inlet(t_s, self._rack_power_w, self.fleet.rack_peak_w)
         fleet = self.fleet.advance(acts.activity, acts.mapping_changes, inlet)
         self.workload.jobs.energy_j[acts.column_jobs] += fleet.job_energy_j[1:]
+        self.last_block_jobs = acts.column_jobs
         self._rack_power_w = fleet.rack_power_w.mean(axis=0, dtype=np.float64)
         plant = self.plant.advance(t_s, fleet.hall_it_power_w.sum(axis=1))
         self.clock.set(t0 + n_steps * self.dt_s)

@@ -1,0 +1,135 @@
+"""The `powerplane` command."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from powerplane import __version__
+from powerplane.core.errors import PowerPlaneError
+from powerplane.core.units import parse_duration_s
+
+app = typer.Typer(
+    name="powerplane",
+    help="Track, predict and steer the compute load and power of a 10,000-GPU AI datacenter.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code)
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    console.print(__version__)
+
+
+@app.command()
+def scenarios() -> None:
+    """List the shipped site scenarios."""
+    from powerplane.config import list_scenarios, load_scenario
+    from powerplane.topology import Topology
+
+    table = Table("scenario", "GPUs", "halls", "contract MW", "grid Hz", "description")
+    for name, desc in list_scenarios().items():
+        site, _ = load_scenario(name)
+        topo = Topology.from_site(site)
+        table.add_row(name, f"{topo.n_gpus:,}", str(topo.n_halls), f"{site.electrical.contract_demand_kw / 1e3:g}",
+                      str(site.grid.frequency_hz), desc)
+    console.print(table)
+
+
+@app.command()
+def simulate(
+    scenario: Annotated[str, typer.Option(help="shipped scenario name (see `powerplane scenarios`) or a site YAML")] = (
+        "small"
+    ),
+    hours: Annotated[float | None, typer.Option(help="horizon in hours")] = None,
+    days: Annotated[float | None, typer.Option(help="horizon in days")] = None,
+    step: Annotated[str, typer.Option(help="time step, e.g. 1s or 100ms")] = "1s",
+    seed: Annotated[int, typer.Option(help="random seed; the same seed gives the same numbers")] = 0,
+    gpu_detail: Annotated[bool, typer.Option("--gpu-detail", help="also write per-GPU tables")] = False,
+    interval: Annotated[str, typer.Option(help="record interval of rack, job and GPU tables")] = "60s",
+    out: Annotated[Path, typer.Option(help="output directory")] = Path("runs/sim"),
+    force: Annotated[bool, typer.Option("--force", help="replace an existing output directory")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+) -> None:
+    """Simulate a site second by second with the digital twin; write Parquet, summary.json and a plot."""
+    from powerplane.runtime.simulate import SimulateOptions, simulate as run_simulation
+
+    if hours is not None and days is not None:
+        raise _fail("give --hours or --days, not both")
+    horizon_h = hours if hours is not None else (days * 24.0 if days is not None else 1.0)
+    try:
+        step_s = parse_duration_s(step)
+        interval_s = parse_duration_s(interval)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    opts = SimulateOptions(scenario=scenario, hours=horizon_h, step_s=step_s, seed=seed, out=out,
+                           gpu_detail=gpu_detail, force=force, record_interval_s=interval_s)
+    columns = (TextColumn("[bold]simulating[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    try:
+        with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bar:
+            task = bar.add_task("sim", total=None)
+
+            def progress(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            summary = run_simulation(opts, progress)
+    except PowerPlaneError as exc:
+        raise _fail(str(exc)) from None
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted: no output was written[/]")
+        raise typer.Exit(130) from None
+    if as_json:
+        console.print_json(json.dumps(summary))
+        return
+    _print_summary(summary, out)
+
+
+def _print_summary(s: dict, out: Path) -> None:  # type: ignore[type-arg]
+    p, e, c, run = s["power_mw"], s["energy_mwh"], s["cost"], s["run"]
+    t = Table(title=f"{s['scenario']}: {s['hours']:g} h at {s['step_s']:g} s, {s['gpus']:,} GPUs", show_header=False)
+    t.add_row("facility power", f"mean {p['facility_mean']:.2f} MW, peak {p['facility_peak']:.2f} MW")
+    t.add_row("IT power", f"mean {p['it_mean']:.2f} MW, peak {p['it_peak']:.2f} MW")
+    t.add_row("PUE", f"{s['pue']:.3f}")
+    t.add_row("energy", f"facility {e['facility']:.1f} MWh, grid import {e['grid_import']:.1f} MWh, "
+                        f"renewables {e['renewable_used']:.1f} MWh")
+    t.add_row("peak 15-min grid demand", f"{p['grid_peak_15min']:.2f} MW (contract {p['contract_demand']:.2f} MW)")
+    t.add_row("largest 1-s swing", f"{s['largest_1s_swing_mw']['facility']:.2f} MW")
+    band = s["spectral_share"]["band_hz"]
+    t.add_row(f"spectral share {band[0]:g}-{band[1]:g} Hz", f"{s['spectral_share']['facility'] * 100:.1f} %")
+    t.add_row("cost", f"{c['total']:,.0f} {c['currency']} (energy {c['energy_cost']:,.0f}, "
+                      f"demand {c['demand_charge']:,.0f})")
+    t.add_row("jobs", f"{s['jobs']['total']} ({s['jobs']['failures']} faults, {s['jobs']['checkpoints']} checkpoints)")
+    t.add_row("speed", f"{run['wall_s']:.1f} s wall, {run['realtime_factor']:,.0f}x real time")
+    t.add_row("output", str(out))
+    console.print(t)
+
+
+def main() -> None:
+    try:
+        app()
+    except BrokenPipeError:  # e.g. piped into head
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""History in an embedded database and Parquet export."""
