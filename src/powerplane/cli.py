@@ -5,11 +5,18 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from powerplane import __version__
@@ -48,8 +55,14 @@ def scenarios() -> None:
     for name, desc in list_scenarios().items():
         site, _ = load_scenario(name)
         topo = Topology.from_site(site)
-        table.add_row(name, f"{topo.n_gpus:,}", str(topo.n_halls), f"{site.electrical.contract_demand_kw / 1e3:g}",
-                      str(site.grid.frequency_hz), desc)
+        table.add_row(
+            name,
+            f"{topo.n_gpus:,}",
+            str(topo.n_halls),
+            f"{site.electrical.contract_demand_kw / 1e3:g}",
+            str(site.grid.frequency_hz),
+            desc,
+        )
     console.print(table)
 
 
@@ -69,7 +82,8 @@ def simulate(
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
 ) -> None:
     """Simulate a site second by second with the digital twin; write Parquet, summary.json and a plot."""
-    from powerplane.runtime.simulate import SimulateOptions, simulate as run_simulation
+    from powerplane.runtime.simulate import SimulateOptions
+    from powerplane.runtime.simulate import simulate as run_simulation
 
     if hours is not None and days is not None:
         raise _fail("give --hours or --days, not both")
@@ -79,10 +93,24 @@ def simulate(
         interval_s = parse_duration_s(interval)
     except ValueError as exc:
         raise _fail(str(exc)) from None
-    opts = SimulateOptions(scenario=scenario, hours=horizon_h, step_s=step_s, seed=seed, out=out,
-                           gpu_detail=gpu_detail, force=force, record_interval_s=interval_s)
-    columns = (TextColumn("[bold]simulating[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
-               TimeElapsedColumn(), TimeRemainingColumn())
+    opts = SimulateOptions(
+        scenario=scenario,
+        hours=horizon_h,
+        step_s=step_s,
+        seed=seed,
+        out=out,
+        gpu_detail=gpu_detail,
+        force=force,
+        record_interval_s=interval_s,
+    )
+    columns = (
+        TextColumn("[bold]simulating[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("steps"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     try:
         with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bar:
             task = bar.add_task("sim", total=None)
@@ -104,21 +132,29 @@ def simulate(
     _print_summary(summary, out)
 
 
-def _print_summary(s: dict, out: Path) -> None:  # type: ignore[type-arg]
+def _print_summary(s: dict[str, Any], out: Path) -> None:
     p, e, c, run = s["power_mw"], s["energy_mwh"], s["cost"], s["run"]
     t = Table(title=f"{s['scenario']}: {s['hours']:g} h at {s['step_s']:g} s, {s['gpus']:,} GPUs", show_header=False)
     t.add_row("facility power", f"mean {p['facility_mean']:.2f} MW, peak {p['facility_peak']:.2f} MW")
     t.add_row("IT power", f"mean {p['it_mean']:.2f} MW, peak {p['it_peak']:.2f} MW")
     t.add_row("PUE", f"{s['pue']:.3f}")
-    t.add_row("energy", f"facility {e['facility']:.1f} MWh, grid import {e['grid_import']:.1f} MWh, "
-                        f"renewables {e['renewable_used']:.1f} MWh")
+    t.add_row(
+        "energy",
+        f"facility {e['facility']:.1f} MWh, grid import {e['grid_import']:.1f} MWh, "
+        f"renewables {e['renewable_used']:.1f} MWh",
+    )
     t.add_row("peak 15-min grid demand", f"{p['grid_peak_15min']:.2f} MW (contract {p['contract_demand']:.2f} MW)")
     t.add_row("largest 1-s swing", f"{s['largest_1s_swing_mw']['facility']:.2f} MW")
     band = s["spectral_share"]["band_hz"]
     t.add_row(f"spectral share {band[0]:g}-{band[1]:g} Hz", f"{s['spectral_share']['facility'] * 100:.1f} %")
-    t.add_row("cost", f"{c['total']:,.0f} {c['currency']} (energy {c['energy_cost']:,.0f}, "
-                      f"demand {c['demand_charge']:,.0f})")
-    t.add_row("jobs", f"{s['jobs']['total']} ({s['jobs']['failures']} faults, {s['jobs']['checkpoints']} checkpoints)")
+    t.add_row(
+        "cost",
+        f"{c['total']:,.0f} {c['currency']} (energy {c['energy_cost']:,.0f}, demand {c['demand_charge']:,.0f})",
+    )
+    t.add_row(
+        "jobs",
+        f"{s['jobs']['total']} ({s['jobs']['failures']} faults, {s['jobs']['checkpoints']} checkpoints)",
+    )
     t.add_row("speed", f"{run['wall_s']:.1f} s wall, {run['realtime_factor']:,.0f}x real time")
     t.add_row("output", str(out))
     console.print(t)

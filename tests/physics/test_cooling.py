@@ -20,9 +20,7 @@ def test_single_point_curve_is_constant() -> None:
 
 
 def test_cooling_power_is_heat_over_cop() -> None:
-    np.testing.assert_allclose(
-        cooling_power_w([6000.0, 6000.0, 1000.0], [15.0, 25.0, 40.0], CURVE), [1000, 2000, 500]
-    )
+    np.testing.assert_allclose(cooling_power_w([6000.0, 6000.0, 1000.0], [15.0, 25.0, 40.0], CURVE), [1000, 2000, 500])
 
 
 def test_facility_power() -> None:

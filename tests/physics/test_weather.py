@@ -41,9 +41,7 @@ def _weather(name: str) -> WeatherYear:
 def test_interpolate_hourly_linear_and_wraps() -> None:
     hourly = np.array([0.0, 10.0, 20.0, 30.0])
     hours = np.array([0.0, 0.25, 1.5, 3.0, 3.5, 4.0, -0.5, 7.75])
-    np.testing.assert_allclose(
-        interpolate_hourly(hourly, hours), [0.0, 2.5, 15.0, 30.0, 15.0, 0.0, 15.0, 7.5]
-    )
+    np.testing.assert_allclose(interpolate_hourly(hourly, hours), [0.0, 2.5, 15.0, 30.0, 15.0, 0.0, 15.0, 7.5])
 
 
 @pytest.mark.parametrize(
@@ -67,9 +65,7 @@ def test_hour_of_year_exact(stamp: str, tz: str, expected_h: float) -> None:
 
 def test_hour_of_year_uses_standard_time_all_year() -> None:
     # Sydney keeps daylight saving in January (+11); its standard offset is +10.
-    assert hour_of_year(np.array([_epoch("2023-01-01T00:00:00")]), "Australia/Sydney")[0] == pytest.approx(
-        10.0
-    )
+    assert hour_of_year(np.array([_epoch("2023-01-01T00:00:00")]), "Australia/Sydney")[0] == pytest.approx(10.0)
     # Across the Chicago spring-forward the hour of year moves on smoothly, without a jump.
     t = _epoch("2023-03-12T07:00:00") + np.arange(0, 4 * 3600, 1800.0)
     assert np.allclose(np.diff(hour_of_year(t, "America/Chicago")), 0.5)
@@ -152,9 +148,7 @@ def test_qingyang_temperature_offset() -> None:
 
 
 def test_tmy3_with_a_wind_file_takes_its_wind() -> None:
-    cfg = WeatherConfig(
-        kind="tmy3", file="pvlib:723170TYA.CSV", wind_file="windpowerlib_weather_2010_hourly.csv"
-    )
+    cfg = WeatherConfig(kind="tmy3", file="pvlib:723170TYA.CSV", wind_file="windpowerlib_weather_2010_hourly.csv")
     w = load_weather_year(cfg, None, 32.9, -97.0, "America/Chicago")
     assert w.wind_heights_m == (10.0, 80.0)
     assert np.array_equal(w.wind_speed_10m_m_s, _weather("small").wind_speed_10m_m_s)
@@ -171,9 +165,7 @@ def test_leap_year_file_drops_february_29(tmp_path: Path) -> None:
     ]
     path = tmp_path / "leap.csv"
     path.write_text("\n".join(lines) + "\n")
-    w = load_weather_year(
-        WeatherConfig(kind="windpowerlib", file=str(path)), None, 35.0, 105.0, "Asia/Shanghai"
-    )
+    w = load_weather_year(WeatherConfig(kind="windpowerlib", file=str(path)), None, 35.0, 105.0, "Asia/Shanghai")
     kelvin = w.temp_air_c + 273.15
     assert kelvin.shape == (HOURS_PER_YEAR,)
     assert kelvin[58 * 24 + 23] == pytest.approx(58 * 24 + 23)  # Feb 28 23:00

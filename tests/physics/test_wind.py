@@ -42,10 +42,7 @@ def test_output_scales_with_capacity() -> None:
 
 def test_higher_hub_sees_more_wind() -> None:
     w = _weather("qingyang")
-    assert (
-        farm_power_w(w, "E-126/4200", 135.0, 4200.0).mean()
-        > farm_power_w(w, "E-126/4200", 80.0, 4200.0).mean()
-    )
+    assert farm_power_w(w, "E-126/4200", 135.0, 4200.0).mean() > farm_power_w(w, "E-126/4200", 80.0, 4200.0).mean()
 
 
 def test_unknown_turbine_lists_valid_ones() -> None:

@@ -254,7 +254,8 @@ class TrainingMix(_Strict):
     checkpoint_duration_s: tuple[float, float] = (20.0, 90.0)
     startup_s: tuple[float, float] = (60.0, 300.0)
     arrivals_per_day: NonNegFloat | None = Field(
-        default=None, description="arrivals per day; by default enough to keep `count` jobs running (Little's law)"
+        default=None,
+        description="arrivals per day; by default enough to keep `count` jobs running (Little's law)",
     )
 
 
@@ -269,7 +270,8 @@ class InferenceMix(_Strict):
 class BatchMix(_Strict):
     share_of_gpus: Fraction = 0.10
     arrivals_per_hour: NonNegFloat | None = Field(
-        default=None, description="arrivals per hour; by default enough to keep `share_of_gpus` busy (Little's law)"
+        default=None,
+        description="arrivals per hour; by default enough to keep `share_of_gpus` busy (Little's law)",
     )
 
 
@@ -280,7 +282,7 @@ class WorkloadConfig(_Strict):
     inference: InferenceMix = InferenceMix()
     batch: BatchMix = BatchMix()
     priority_shares: dict[Literal["core", "normal", "low"], Fraction] = Field(
-        default_factory=lambda: {"core": 0.4, "normal": 0.4, "low": 0.2}
+        default_factory=lambda: {"core": 0.4, "normal": 0.4, "low": 0.2}  # type: ignore[arg-type]
     )
     failure_rate_per_gpu_day: NonNegFloat = Field(
         default=0.0006, description="job-stalling faults per GPU-day (Llama 3: 466 in 54 days on 16K GPUs)"

@@ -59,12 +59,8 @@ class BessParams:
 def power_limits_w(soc: F64, params: BessParams, dt_s: float) -> tuple[F64, F64]:
     """Largest discharge and charge power [W] (both >= 0) this step allows, from nameplate and the SOC window."""
     e = params.energy_j
-    max_dis = np.minimum(
-        params.power_max_w, np.maximum(soc - params.soc_min, 0.0) * e * params.eta_discharge / dt_s
-    )
-    max_chg = np.minimum(
-        params.power_max_w, np.maximum(params.soc_max - soc, 0.0) * e / (params.eta_charge * dt_s)
-    )
+    max_dis = np.minimum(params.power_max_w, np.maximum(soc - params.soc_min, 0.0) * e * params.eta_discharge / dt_s)
+    max_chg = np.minimum(params.power_max_w, np.maximum(params.soc_max - soc, 0.0) * e / (params.eta_charge * dt_s))
     return max_dis, max_chg
 
 
@@ -88,16 +84,12 @@ def step(setpoint_w: F64, power_w: F64, soc: F64, params: BessParams, dt_s: floa
     new = np.clip(new, power_w - max_delta, power_w + max_delta)
     max_dis, max_chg = power_limits_w(soc, params, dt_s)
     new = np.clip(new, -max_chg, max_dis)
-    stored_change_j = np.where(
-        new >= 0.0, -new * dt_s / params.eta_discharge, -new * dt_s * params.eta_charge
-    )
+    stored_change_j = np.where(new >= 0.0, -new * dt_s / params.eta_discharge, -new * dt_s * params.eta_charge)
     soc_new = np.clip(soc + stored_change_j / params.energy_j, params.soc_min, params.soc_max)
     return new, soc_new
 
 
-def step_block(
-    setpoint_w: F64, power_w: F64, soc: F64, params: BessParams, dt_s: float
-) -> tuple[F64, F64, F64]:
+def step_block(setpoint_w: F64, power_w: F64, soc: F64, params: BessParams, dt_s: float) -> tuple[F64, F64, F64]:
     """Advance ``T`` steps with a setpoint block [T, U]. Returns (power block [T, U], last power, last SOC).
 
     The loop is over time only (SOC is sequential); each step is vectorized over units.

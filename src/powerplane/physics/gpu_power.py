@@ -53,25 +53,65 @@ class GpuProfile:
 # (nvidia-smi -q "GPU Slowdown Temp" on H100 SXM is ~87-90 C); values marked estimate in the table below.
 GPU_PROFILES: dict[str, GpuProfile] = {
     "H100": GpuProfile(
-        vendor="NVIDIA", tdp_w=700.0, idle_w=70.0, peak_w=590.0, min_cap_w=200.0, max_cap_w=700.0,
-        slowdown_temp_c=87.0, shutdown_temp_c=92.0, max_sm_clock_mhz=1980.0, base_sm_clock_mhz=1590.0,
-        memory_gib=80.0, node_base_w=1500.0, node_gpu_share=0.45,
+        vendor="NVIDIA",
+        tdp_w=700.0,
+        idle_w=70.0,
+        peak_w=590.0,
+        min_cap_w=200.0,
+        max_cap_w=700.0,
+        slowdown_temp_c=87.0,
+        shutdown_temp_c=92.0,
+        max_sm_clock_mhz=1980.0,
+        base_sm_clock_mhz=1590.0,
+        memory_gib=80.0,
+        node_base_w=1500.0,
+        node_gpu_share=0.45,
     ),
     "H200": GpuProfile(
-        vendor="NVIDIA", tdp_w=700.0, idle_w=75.0, peak_w=600.0, min_cap_w=200.0, max_cap_w=700.0,
-        slowdown_temp_c=87.0, shutdown_temp_c=92.0, max_sm_clock_mhz=1980.0, base_sm_clock_mhz=1590.0,
-        memory_gib=141.0, node_base_w=1500.0, node_gpu_share=0.45,
+        vendor="NVIDIA",
+        tdp_w=700.0,
+        idle_w=75.0,
+        peak_w=600.0,
+        min_cap_w=200.0,
+        max_cap_w=700.0,
+        slowdown_temp_c=87.0,
+        shutdown_temp_c=92.0,
+        max_sm_clock_mhz=1980.0,
+        base_sm_clock_mhz=1590.0,
+        memory_gib=141.0,
+        node_base_w=1500.0,
+        node_gpu_share=0.45,
     ),
     # DGX B200: ~14.3 kW max; 1.8 kW + 8 x 1,000 W x 1.45 = 13.4 kW with every GPU at TDP.
     "B200": GpuProfile(
-        vendor="NVIDIA", tdp_w=1000.0, idle_w=140.0, peak_w=900.0, min_cap_w=200.0, max_cap_w=1000.0,
-        slowdown_temp_c=87.0, shutdown_temp_c=92.0, max_sm_clock_mhz=1965.0, base_sm_clock_mhz=1665.0,
-        memory_gib=180.0, node_base_w=1800.0, node_gpu_share=0.45,
+        vendor="NVIDIA",
+        tdp_w=1000.0,
+        idle_w=140.0,
+        peak_w=900.0,
+        min_cap_w=200.0,
+        max_cap_w=1000.0,
+        slowdown_temp_c=87.0,
+        shutdown_temp_c=92.0,
+        max_sm_clock_mhz=1965.0,
+        base_sm_clock_mhz=1665.0,
+        memory_gib=180.0,
+        node_base_w=1800.0,
+        node_gpu_share=0.45,
     ),
     "MI300X": GpuProfile(
-        vendor="AMD", tdp_w=750.0, idle_w=90.0, peak_w=640.0, min_cap_w=300.0, max_cap_w=750.0,
-        slowdown_temp_c=95.0, shutdown_temp_c=105.0, max_sm_clock_mhz=2100.0, base_sm_clock_mhz=1500.0,
-        memory_gib=192.0, node_base_w=1600.0, node_gpu_share=0.45,
+        vendor="AMD",
+        tdp_w=750.0,
+        idle_w=90.0,
+        peak_w=640.0,
+        min_cap_w=300.0,
+        max_cap_w=750.0,
+        slowdown_temp_c=95.0,
+        shutdown_temp_c=105.0,
+        max_sm_clock_mhz=2100.0,
+        base_sm_clock_mhz=1500.0,
+        memory_gib=192.0,
+        node_base_w=1600.0,
+        node_gpu_share=0.45,
     ),
 }
 
@@ -84,9 +124,7 @@ def profile(model: str) -> GpuProfile:
         raise ValueError(f"unknown GPU model {model!r}; known: {sorted(GPU_PROFILES)}") from None
 
 
-def board_power_w(
-    activity: ArrayLike, idle_w: ArrayLike, peak_w: ArrayLike, cap_w: ArrayLike
-) -> NDArray[np.float64]:
+def board_power_w(activity: ArrayLike, idle_w: ArrayLike, peak_w: ArrayLike, cap_w: ArrayLike) -> NDArray[np.float64]:
     """Board power [W] for an activity in [0, 1] under a power cap [W].
 
     >>> float(board_power_w(1.0, 70.0, 590.0, 700.0))
@@ -96,14 +134,10 @@ def board_power_w(
     """
     a = np.clip(np.asarray(activity, dtype=np.float64), 0.0, 1.0)
     idle = np.asarray(idle_w, dtype=np.float64)
-    return np.minimum(
-        idle + a * (np.asarray(peak_w, dtype=np.float64) - idle), np.asarray(cap_w, dtype=np.float64)
-    )
+    return np.minimum(idle + a * (np.asarray(peak_w, dtype=np.float64) - idle), np.asarray(cap_w, dtype=np.float64))
 
 
-def throughput_factor(
-    cap_w: ArrayLike, idle_w: ArrayLike, peak_w: ArrayLike, exponent: float = 0.5
-) -> NDArray:
+def throughput_factor(cap_w: ArrayLike, idle_w: ArrayLike, peak_w: ArrayLike, exponent: float = 0.5) -> NDArray:
     """Share of full training throughput left under a power cap [-].
 
     Work per second falls more slowly than power when a GPU is capped (clocks drop, memory-bound phases do
@@ -126,9 +160,7 @@ def node_power_w(gpu_power_sum_w: ArrayLike, node_base_w: ArrayLike, node_gpu_sh
     return np.asarray(np.asarray(node_base_w) + g * (1.0 + np.asarray(node_gpu_share)))
 
 
-def sm_clock_mhz(
-    activity: ArrayLike, power_w: ArrayLike, cap_w: ArrayLike, base_mhz: float, max_mhz: float
-) -> NDArray:
+def sm_clock_mhz(activity: ArrayLike, power_w: ArrayLike, cap_w: ArrayLike, base_mhz: float, max_mhz: float) -> NDArray:
     """SM clock [MHz]: boost when busy and below the cap, pulled towards base clock as power presses the cap."""
     a = np.clip(np.asarray(activity, dtype=np.float64), 0.0, 1.0)
     pressure = np.clip(np.asarray(power_w) / np.maximum(np.asarray(cap_w), 1.0), 0.0, 1.0)

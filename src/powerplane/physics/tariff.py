@@ -47,9 +47,7 @@ _S_PER_DAY = 86400.0
 _BLOCK_S = 900.0
 
 
-def _local_calendar(
-    t_s: ArrayLike, timezone: str
-) -> tuple[NDArray[np.float64], NDArray[np.int64], NDArray[np.int64]]:
+def _local_calendar(t_s: ArrayLike, timezone: str) -> tuple[NDArray[np.float64], NDArray[np.int64], NDArray[np.int64]]:
     """Local epoch seconds, month (1..12) and year of epoch times, on the zone's real (DST-aware) clock.
 
     The zone is consulted once per distinct 15-minute block of the input, the rest is array arithmetic.

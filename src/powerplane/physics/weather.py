@@ -220,9 +220,7 @@ def _place(values: NDArray[np.float64], pos: NDArray, what: str) -> NDArray[np.f
     out = np.full(HOURS_PER_YEAR, np.nan)
     out[pos] = values[keep]
     if len(np.unique(pos)) != HOURS_PER_YEAR:
-        raise ConfigError(
-            f"{what}: expected one value for each of the 8760 hours of a year", field="weather.file"
-        )
+        raise ConfigError(f"{what}: expected one value for each of the 8760 hours of a year", field="weather.file")
     return out
 
 
@@ -303,9 +301,7 @@ def _read_windpowerlib(path: Path) -> _WindFile:
     winds = sorted(h for n, h in columns if n == "wind_speed")
     pressures = [v for (n, _h), v in columns.items() if n == "pressure"]
     if not temps or not winds or not pressures:
-        raise ConfigError(
-            f"{path.name}: expected pressure, temperature and wind_speed columns", field="weather.file"
-        )
+        raise ConfigError(f"{path.name}: expected pressure, temperature and wind_speed columns", field="weather.file")
     roughs = [v for (n, _h), v in columns.items() if n == "roughness_length"]
     return _WindFile(
         temp_air_c=columns[("temperature", temps[0])] - 273.15,
@@ -365,9 +361,7 @@ def _load_cached(
         heights, speeds, rough = wind.wind_heights_m, wind.wind_speeds_m_s, wind.roughness_length_m
         source = f"windpowerlib {Path(path).name} (Ineichen clear sky x {CLOUDINESS_FACTOR} for irradiance)"
     else:
-        raise ConfigError(
-            f"unknown weather kind {kind!r}; expected tmy3 or windpowerlib", field="weather.kind"
-        )
+        raise ConfigError(f"unknown weather kind {kind!r}; expected tmy3 or windpowerlib", field="weather.kind")
     if temp_offset_c:
         source += f", temperature {temp_offset_c:+g} C"
     if 10.0 in heights:

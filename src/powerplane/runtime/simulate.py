@@ -36,9 +36,19 @@ from powerplane.twin.twin import Twin, TwinBlock
 F64 = NDArray[np.float64]
 
 SITE_COLUMNS = (
-    "it_power_w", "cooling_power_w", "other_power_w", "facility_power_w", "solar_power_w", "wind_power_w",
-    "renewable_power_w", "curtailed_power_w", "bess_power_w", "ups_power_w", "generator_power_w",
-    "unserved_power_w", "grid_power_w",
+    "it_power_w",
+    "cooling_power_w",
+    "other_power_w",
+    "facility_power_w",
+    "solar_power_w",
+    "wind_power_w",
+    "renewable_power_w",
+    "curtailed_power_w",
+    "bess_power_w",
+    "ups_power_w",
+    "generator_power_w",
+    "unserved_power_w",
+    "grid_power_w",
 )
 MAX_BLOCK_STEPS = 64
 
@@ -72,32 +82,80 @@ class _Recorder:
         topo = twin.topo
         self.steps_per_interval = steps_per_interval
         site_schema = pa.schema(
-            [("t_s", pa.float64()), *((c, pa.float64()) for c in SITE_COLUMNS), ("pue", pa.float64()),
-             ("frequency_hz", pa.float64()), ("outdoor_temp_c", pa.float64()), ("price_per_kwh", pa.float64()),
-             ("islanded", pa.bool_())]
+            [
+                ("t_s", pa.float64()),
+                *((c, pa.float64()) for c in SITE_COLUMNS),
+                ("pue", pa.float64()),
+                ("frequency_hz", pa.float64()),
+                ("outdoor_temp_c", pa.float64()),
+                ("price_per_kwh", pa.float64()),
+                ("islanded", pa.bool_()),
+            ]
         )
         self.site = TableWriter(out / "site.parquet", site_schema)
-        self.halls = TableWriter(out / "halls.parquet", pa.schema(
-            [("t_s", pa.float64()), ("hall", pa.dictionary(pa.int16(), pa.string())), ("it_power_w", pa.float64())]))
-        self.bess = TableWriter(out / "bess.parquet", pa.schema(
-            [("t_s", pa.float64()), ("unit", pa.dictionary(pa.int16(), pa.string())),
-             ("hall", pa.dictionary(pa.int16(), pa.string())), ("power_w", pa.float64()), ("soc", pa.float64())]))
-        self.racks = TableWriter(out / "racks.parquet", pa.schema(
-            [("t_s", pa.float64()), ("rack", pa.dictionary(pa.int32(), pa.string())),
-             ("hall", pa.dictionary(pa.int16(), pa.string())), ("power_w", pa.float32()),
-             ("power_max_w", pa.float32()), ("inlet_temp_c", pa.float32()), ("gpu_temp_max_c", pa.float32())]))
-        self.job_power = TableWriter(out / "job_power.parquet", pa.schema(
-            [("t_s", pa.float64()), ("job", pa.int64()), ("power_w", pa.float64())]))
+        self.halls = TableWriter(
+            out / "halls.parquet",
+            pa.schema(
+                [
+                    ("t_s", pa.float64()),
+                    ("hall", pa.dictionary(pa.int16(), pa.string())),
+                    ("it_power_w", pa.float64()),
+                ]
+            ),
+        )
+        self.bess = TableWriter(
+            out / "bess.parquet",
+            pa.schema(
+                [
+                    ("t_s", pa.float64()),
+                    ("unit", pa.dictionary(pa.int16(), pa.string())),
+                    ("hall", pa.dictionary(pa.int16(), pa.string())),
+                    ("power_w", pa.float64()),
+                    ("soc", pa.float64()),
+                ]
+            ),
+        )
+        self.racks = TableWriter(
+            out / "racks.parquet",
+            pa.schema(
+                [
+                    ("t_s", pa.float64()),
+                    ("rack", pa.dictionary(pa.int32(), pa.string())),
+                    ("hall", pa.dictionary(pa.int16(), pa.string())),
+                    ("power_w", pa.float32()),
+                    ("power_max_w", pa.float32()),
+                    ("inlet_temp_c", pa.float32()),
+                    ("gpu_temp_max_c", pa.float32()),
+                ]
+            ),
+        )
+        self.job_power = TableWriter(
+            out / "job_power.parquet",
+            pa.schema([("t_s", pa.float64()), ("job", pa.int64()), ("power_w", pa.float64())]),
+        )
         self.gpus = (
-            TableWriter(out / "gpus.parquet", pa.schema(
-                [("t_s", pa.float64()), ("gpu", pa.int32()), ("node", pa.int32()), ("power_w", pa.float32()),
-                 ("power_last_w", pa.float32()), ("temp_c", pa.float32()), ("energy_mj", pa.float64()),
-                 ("util_pct", pa.float32())]))
-            if opts.gpu_detail else None
+            TableWriter(
+                out / "gpus.parquet",
+                pa.schema(
+                    [
+                        ("t_s", pa.float64()),
+                        ("gpu", pa.int32()),
+                        ("node", pa.int32()),
+                        ("power_w", pa.float32()),
+                        ("power_last_w", pa.float32()),
+                        ("temp_c", pa.float32()),
+                        ("energy_mj", pa.float64()),
+                        ("util_pct", pa.float32()),
+                    ]
+                ),
+            )
+            if opts.gpu_detail
+            else None
         )
         self._hall_names = pa.array(topo.hall_names, pa.string())
         self._rack_dict = pa.DictionaryArray.from_arrays(
-            pa.array(np.arange(topo.n_racks, dtype=np.int32)), pa.array(topo.rack_names))
+            pa.array(np.arange(topo.n_racks, dtype=np.int32)), pa.array(topo.rack_names)
+        )
         self._rack_hall = topo.parent_index("rack", "hall").astype(np.int16)
         self._unit_hall = twin.plant.bess_unit_hall.astype(np.int16)
         self._unit_names = pa.array([u.name for u in twin.site.bess], pa.string())
@@ -122,26 +180,41 @@ class _Recorder:
         with np.errstate(divide="ignore", invalid="ignore"):
             pue = np.where(p.it_power_w > 0, p.facility_power_w / p.it_power_w, np.nan)
         price = tariff.price_per_kwh(b.t_s, twin.site.tariff, twin.site.timezone)
-        cols = {"t_s": b.t_s, **{c: getattr(p, c) for c in SITE_COLUMNS}, "pue": pue, "frequency_hz": p.frequency_hz,
-                "outdoor_temp_c": p.outdoor_temp_c, "price_per_kwh": price, "islanded": p.islanded}
+        cols = {
+            "t_s": b.t_s,
+            **{c: getattr(p, c) for c in SITE_COLUMNS},
+            "pue": pue,
+            "frequency_hz": p.frequency_hz,
+            "outdoor_temp_c": p.outdoor_temp_c,
+            "price_per_kwh": price,
+            "islanded": p.islanded,
+        }
         self.site.append(cols)
         for c in self._series:
             self._series[c].append(np.asarray(cols[c], dtype=np.float64))
         h = topo.n_halls
-        self.halls.append({
-            "t_s": np.repeat(b.t_s, h),
-            "hall": pa.DictionaryArray.from_arrays(pa.array(np.tile(np.arange(h, dtype=np.int16), n)), self._hall_names),
-            "it_power_w": b.fleet.hall_it_power_w.ravel(),
-        })
+        self.halls.append(
+            {
+                "t_s": np.repeat(b.t_s, h),
+                "hall": pa.DictionaryArray.from_arrays(
+                    pa.array(np.tile(np.arange(h, dtype=np.int16), n)), self._hall_names
+                ),
+                "it_power_w": b.fleet.hall_it_power_w.ravel(),
+            }
+        )
         u = p.bess_unit_power_w.shape[1]
         if u:
-            self.bess.append({
-                "t_s": np.repeat(b.t_s, u),
-                "unit": pa.DictionaryArray.from_arrays(pa.array(np.tile(np.arange(u, dtype=np.int16), n)),
-                                                       self._unit_names),
-                "hall": pa.DictionaryArray.from_arrays(pa.array(np.tile(self._unit_hall, n)), self._hall_names),
-                "power_w": p.bess_unit_power_w.ravel(), "soc": p.bess_soc.ravel(),
-            })
+            self.bess.append(
+                {
+                    "t_s": np.repeat(b.t_s, u),
+                    "unit": pa.DictionaryArray.from_arrays(
+                        pa.array(np.tile(np.arange(u, dtype=np.int16), n)), self._unit_names
+                    ),
+                    "hall": pa.DictionaryArray.from_arrays(pa.array(np.tile(self._unit_hall, n)), self._hall_names),
+                    "power_w": p.bess_unit_power_w.ravel(),
+                    "soc": p.bess_soc.ravel(),
+                }
+            )
         if self._k == 0:
             self._t_start = float(b.t_s[0])
         self._rack_sum += b.fleet.rack_power_w.sum(axis=0, dtype=np.float64)
@@ -161,26 +234,38 @@ class _Recorder:
         interval_s = self._k * twin.dt_s
         r = topo.n_racks
         t = np.full(r, self._t_start)
-        self.racks.append({
-            "t_s": t, "rack": self._rack_dict,
-            "hall": pa.DictionaryArray.from_arrays(pa.array(self._rack_hall), self._hall_names),
-            "power_w": (self._rack_sum / self._k).astype(np.float32), "power_max_w": self._rack_max,
-            "inlet_temp_c": b.rack_inlet_c.astype(np.float32),
-            "gpu_temp_max_c": topo.rollup_max(twin.fleet.temp_c, "gpu", "rack").astype(np.float32),
-        })
+        self.racks.append(
+            {
+                "t_s": t,
+                "rack": self._rack_dict,
+                "hall": pa.DictionaryArray.from_arrays(pa.array(self._rack_hall), self._hall_names),
+                "power_w": (self._rack_sum / self._k).astype(np.float32),
+                "power_max_w": self._rack_max,
+                "inlet_temp_c": b.rack_inlet_c.astype(np.float32),
+                "gpu_temp_max_c": topo.rollup_max(twin.fleet.temp_c, "gpu", "rack").astype(np.float32),
+            }
+        )
         jobs = np.array(sorted(self._job_energy), dtype=np.int64)
         if jobs.size:
             energy = np.array([self._job_energy[j] for j in jobs])
-            self.job_power.append({"t_s": np.full(jobs.size, self._t_start), "job": jobs, "power_w": energy / interval_s})
+            self.job_power.append(
+                {"t_s": np.full(jobs.size, self._t_start), "job": jobs, "power_w": energy / interval_s}
+            )
         if self.gpus is not None and self._gpu_energy is not None:
             g = topo.n_gpus
             f = twin.fleet
-            self.gpus.append({
-                "t_s": np.full(g, self._t_start), "gpu": np.arange(g, dtype=np.int32), "node": self._gpu_node,
-                "power_w": (self._gpu_energy / interval_s).astype(np.float32), "power_last_w": f.power_w,
-                "temp_c": f.temp_c.astype(np.float32), "energy_mj": f.energy_j * 1e3,
-                "util_pct": (f.activity * 100.0).astype(np.float32),
-            })
+            self.gpus.append(
+                {
+                    "t_s": np.full(g, self._t_start),
+                    "gpu": np.arange(g, dtype=np.int32),
+                    "node": self._gpu_node,
+                    "power_w": (self._gpu_energy / interval_s).astype(np.float32),
+                    "power_last_w": f.power_w,
+                    "temp_c": f.temp_c.astype(np.float32),
+                    "energy_mj": f.energy_j * 1e3,
+                    "util_pct": (f.activity * 100.0).astype(np.float32),
+                }
+            )
         self._reset_interval()
 
     def close(self) -> dict[str, F64]:
@@ -194,33 +279,45 @@ def _write_jobs(twin: Twin, out: Path, job_cost: dict[int, float]) -> None:
     jobs = twin.workload.jobs
     n = jobs.n
     v = jobs.view
-    table = pa.table({
-        "job": np.arange(n, dtype=np.int64),
-        "name": jobs.names,
-        "kind": [KIND_NAMES[k] for k in v("kind")],  # type: ignore[index]
-        "priority": [PRIORITY_NAMES[p] for p in v("priority")],  # type: ignore[index]
-        "n_gpus": v("n_gpus"),
-        "state": [STATE_NAMES[s] for s in v("state")],  # type: ignore[index]
-        "submit_s": v("submit_s"), "start_s": v("start_s"), "end_s": v("end_s"),
-        "deferrable": v("deferrable").astype(bool),
-        "energy_kwh": v("energy_j") / 3.6e6,
-        "cost": np.array([job_cost.get(j, 0.0) for j in range(n)]),
-        "gpu_hours": v("gpu_seconds") / S_PER_H,
-        "throughput_lost_gpu_hours": v("throughput_lost_gpu_s") / S_PER_H,
-        "failures": v("failures"), "checkpoints": v("checkpoints"),
-        "lost_work_hours": v("lost_work_s") / S_PER_H,
-        "work_done_hours": v("work_done_s") / S_PER_H,
-        "work_hours": v("work_s") / S_PER_H,
-    })
+    table = pa.table(
+        {
+            "job": np.arange(n, dtype=np.int64),
+            "name": jobs.names,
+            "kind": [KIND_NAMES[k] for k in v("kind")],
+            "priority": [PRIORITY_NAMES[p] for p in v("priority")],
+            "n_gpus": v("n_gpus"),
+            "state": [STATE_NAMES[s] for s in v("state")],
+            "submit_s": v("submit_s"),
+            "start_s": v("start_s"),
+            "end_s": v("end_s"),
+            "deferrable": v("deferrable").astype(bool),
+            "energy_kwh": v("energy_j") / 3.6e6,
+            "cost": np.array([job_cost.get(j, 0.0) for j in range(n)]),
+            "gpu_hours": v("gpu_seconds") / S_PER_H,
+            "throughput_lost_gpu_hours": v("throughput_lost_gpu_s") / S_PER_H,
+            "failures": v("failures"),
+            "checkpoints": v("checkpoints"),
+            "lost_work_hours": v("lost_work_s") / S_PER_H,
+            "work_done_hours": v("work_done_s") / S_PER_H,
+            "work_hours": v("work_s") / S_PER_H,
+        }
+    )
     import pyarrow.parquet as pq
 
     pq.write_table(table, str(out / "jobs.parquet"), compression="zstd")
     ev = twin.workload.xid_events
-    pq.write_table(pa.table({
-        "t_s": np.array([e.t_s for e in ev], dtype=np.float64), "job": np.array([e.job for e in ev], dtype=np.int64),
-        "gpu": np.array([e.gpu for e in ev], dtype=np.int64), "xid": np.array([e.xid for e in ev], dtype=np.int64),
-        "uuid": [twin.topo.gpu_uuids[e.gpu] for e in ev],
-    }), str(out / "xid_events.parquet"))
+    pq.write_table(
+        pa.table(
+            {
+                "t_s": np.array([e.t_s for e in ev], dtype=np.float64),
+                "job": np.array([e.job for e in ev], dtype=np.int64),
+                "gpu": np.array([e.gpu for e in ev], dtype=np.int64),
+                "xid": np.array([e.xid for e in ev], dtype=np.int64),
+                "uuid": [twin.topo.gpu_uuids[e.gpu] for e in ev],
+            }
+        ),
+        str(out / "xid_events.parquet"),
+    )
 
 
 def summarize(twin: Twin, series: dict[str, F64], wall_s: float, opts: SimulateOptions) -> dict[str, object]:
@@ -228,8 +325,14 @@ def summarize(twin: Twin, series: dict[str, F64], wall_s: float, opts: SimulateO
     s = series
     mwh = dt / 3.6e9
     facility, grid, it = s["facility_power_w"], s["grid_power_w"], s["it_power_w"]
-    balance = facility - s["bess_power_w"] - s["renewable_power_w"] - s["generator_power_w"] - s["ups_power_w"] \
+    balance = (
+        facility
+        - s["bess_power_w"]
+        - s["renewable_power_w"]
+        - s["generator_power_w"]
+        - s["ups_power_w"]
         - s["unserved_power_w"]
+    )
     balance_err = float(abs(balance.sum() - grid.sum()) / max(abs(facility.sum()), 1.0))
     site = twin.site
     bill = tariff.bill(s["t_s"], grid, dt, site.tariff, site.timezone, site.electrical.contract_demand_kw)
@@ -247,25 +350,32 @@ def summarize(twin: Twin, series: dict[str, F64], wall_s: float, opts: SimulateO
         "start_s": float(s["t_s"][0]),
         "gpus": twin.topo.n_gpus,
         "energy_mwh": {
-            "facility": float(facility.sum() * mwh), "it": float(it.sum() * mwh),
+            "facility": float(facility.sum() * mwh),
+            "it": float(it.sum() * mwh),
             "cooling": float(s["cooling_power_w"].sum() * mwh),
-            "grid_import": float(np.maximum(grid, 0).sum() * mwh), "grid_export": float(np.maximum(-grid, 0).sum() * mwh),
+            "grid_import": float(np.maximum(grid, 0).sum() * mwh),
+            "grid_export": float(np.maximum(-grid, 0).sum() * mwh),
             "renewable_used": float(s["renewable_power_w"].sum() * mwh),
             "renewable_curtailed": float(s["curtailed_power_w"].sum() * mwh),
             "bess_discharge": float(np.maximum(s["bess_power_w"], 0).sum() * mwh),
             "bess_charge": float(np.maximum(-s["bess_power_w"], 0).sum() * mwh),
-            "generator": float(s["generator_power_w"].sum() * mwh), "unserved": float(s["unserved_power_w"].sum() * mwh),
+            "generator": float(s["generator_power_w"].sum() * mwh),
+            "unserved": float(s["unserved_power_w"].sum() * mwh),
         },
         "power_mw": {
-            "facility_mean": float(facility.mean() / 1e6), "facility_peak": float(facility.max() / 1e6),
-            "facility_min": float(facility.min() / 1e6), "it_mean": float(it.mean() / 1e6),
-            "it_peak": float(it.max() / 1e6), "grid_peak": float(grid.max() / 1e6),
+            "facility_mean": float(facility.mean() / 1e6),
+            "facility_peak": float(facility.max() / 1e6),
+            "facility_min": float(facility.min() / 1e6),
+            "it_mean": float(it.mean() / 1e6),
+            "it_peak": float(it.max() / 1e6),
+            "grid_peak": float(grid.max() / 1e6),
             "grid_peak_15min": float(win.max() / 1e6) if win.size else 0.0,
             "contract_demand": site.electrical.contract_demand_kw / 1e3,
         },
         "pue": float(facility.sum() / it.sum()),
         "largest_1s_swing_mw": {
-            "facility": largest_swing_w(facility, dt) / 1e6, "it": largest_swing_w(it, dt) / 1e6,
+            "facility": largest_swing_w(facility, dt) / 1e6,
+            "it": largest_swing_w(it, dt) / 1e6,
             "grid": largest_swing_w(grid, dt) / 1e6,
         },
         "spectral_share": {"band_hz": list(band), "facility": share_fac, "grid": share_grid},
@@ -273,14 +383,17 @@ def summarize(twin: Twin, series: dict[str, F64], wall_s: float, opts: SimulateO
         "energy_balance_error": balance_err,
         "frequency_hz": {"min": float(s["frequency_hz"].min()), "max": float(s["frequency_hz"].max())},
         "jobs": {
-            "total": jobs.n, "finished": int(np.count_nonzero(jobs.view("state") == 6)),
-            "failures": int(jobs.view("failures").sum()), "checkpoints": int(jobs.view("checkpoints").sum()),
+            "total": jobs.n,
+            "finished": int(np.count_nonzero(jobs.view("state") == 6)),
+            "failures": int(jobs.view("failures").sum()),
+            "checkpoints": int(jobs.view("checkpoints").sum()),
             "gpu_hours": float(jobs.view("gpu_seconds").sum() / S_PER_H),
             "throughput_lost_gpu_hours": float(jobs.view("throughput_lost_gpu_s").sum() / S_PER_H),
         },
         "weather": twin.plant.weather_source,
         "run": {
-            "wall_s": wall_s, "realtime_factor": steps * dt / max(wall_s, 1e-9),
+            "wall_s": wall_s,
+            "realtime_factor": steps * dt / max(wall_s, 1e-9),
             "ns_per_gpu_step": wall_s / max(gpu_steps, 1) * 1e9,
         },
     }
@@ -304,8 +417,14 @@ def plot_site(series: dict[str, F64], path: Path, title: str) -> None:
 
     h = hours[:m].reshape(-1, bucket)[:, 0]
     fig, ax = plt.subplots(figsize=(12, 5), dpi=110)
-    for name, color in (("facility_power_w", "C3"), ("it_power_w", "C0"), ("grid_power_w", "C2"),
-                        ("cooling_power_w", "C1"), ("renewable_power_w", "C4"), ("bess_power_w", "C5")):
+    for name, color in (
+        ("facility_power_w", "C3"),
+        ("it_power_w", "C0"),
+        ("grid_power_w", "C2"),
+        ("cooling_power_w", "C1"),
+        ("renewable_power_w", "C4"),
+        ("bess_power_w", "C5"),
+    ):
         mean, lo, hi = env(series[name])
         ax.plot(h, mean, color=color, lw=1.0, label=name.removesuffix("_power_w"))
         if bucket > 1:
@@ -349,5 +468,9 @@ def simulate(opts: SimulateOptions, progress: Callable[[int, int], None] | None 
         _write_jobs(twin, out, rec.job_cost)
         summary = summarize(twin, series, wall, opts)
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
-        plot_site(series, out / "site_power.png", f"{site.name}: site power ({opts.hours:g} h, step {opts.step_s:g} s)")
+        plot_site(
+            series,
+            out / "site_power.png",
+            f"{site.name}: site power ({opts.hours:g} h, step {opts.step_s:g} s)",
+        )
     return summary

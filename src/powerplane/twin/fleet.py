@@ -61,7 +61,7 @@ class Fleet:
         gpn = np.bincount(topo.gpu_node, minlength=topo.n_nodes)
         self._uniform_gpn = int(gpn[0]) if np.all(gpn == gpn[0]) else 0
         cooling = site.cooling
-        self.resistance = (cooling.thermal_resistance_c_per_w * (1.0 + 0.08 * rng.standard_normal(topo.n_gpus)))
+        self.resistance = cooling.thermal_resistance_c_per_w * (1.0 + 0.08 * rng.standard_normal(topo.n_gpus))
         self.resistance = np.clip(self.resistance, 0.5 * cooling.thermal_resistance_c_per_w, None)
         self.gpu_tau_s = cooling.gpu_time_constant_s
         self.energy_j = np.zeros(topo.n_gpus, dtype=np.float64)
@@ -97,16 +97,14 @@ class Fleet:
 
     # ------------------------------------------------------------------------------- block
 
-    def advance(
-        self, activity: F32, mapping: list[tuple[int, I64]], inlet_c: F64
-    ) -> FleetBlock:
+    def advance(self, activity: F32, mapping: list[tuple[int, I64]], inlet_c: F64) -> FleetBlock:
         """Advance all GPUs over a block given job activity [T, J+1], the GPU->column mapping changes and the
         rack inlet temperatures [R] (held over the block)."""
         topo = self.topo
         n_steps = activity.shape[0]
         g = topo.n_gpus
         # One full gather with the block's first mapping, then patch only the GPUs whose job changed later.
-        k0, cols0 = mapping[0]
+        _k0, cols0 = mapping[0]
         p = activity[:, cols0]
         current = cols0
         moves: list[tuple[int, I64, I64, I64]] = []
@@ -129,10 +127,12 @@ class Fleet:
         self.last_gpu_energy_j = gpu_sum * self.dt_s
         self.energy_j += self.last_gpu_energy_j
         n_cols = activity.shape[1]
-        job_energy = np.bincount(cols0, weights=gpu_sum, minlength=n_cols)
+        job_energy: F64 = np.bincount(cols0, weights=gpu_sum, minlength=n_cols).astype(np.float64)
         for k, changed, old, new in moves:
             part = (ones_t[k:] @ p[k:, changed]).astype(np.float64)
-            job_energy += np.bincount(new, weights=part, minlength=n_cols) - np.bincount(old, weights=part, minlength=n_cols)
+            job_energy += np.bincount(new, weights=part, minlength=n_cols) - np.bincount(
+                old, weights=part, minlength=n_cols
+            )
         job_energy *= self.dt_s
         # Node, rack and hall power.
         if self._uniform_gpn:

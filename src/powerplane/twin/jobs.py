@@ -44,7 +44,12 @@ class Priority(IntEnum):
 
 
 PRIORITY_NAMES = {Priority.CORE: "core", Priority.NORMAL: "normal", Priority.LOW: "low"}
-KIND_NAMES = {Kind.PRETRAIN: "pretrain", Kind.FINETUNE: "finetune", Kind.INFERENCE: "inference", Kind.BATCH: "batch"}
+KIND_NAMES = {
+    Kind.PRETRAIN: "pretrain",
+    Kind.FINETUNE: "finetune",
+    Kind.INFERENCE: "inference",
+    Kind.BATCH: "batch",
+}
 STATE_NAMES = {s: s.name.lower() for s in State}
 
 # Activity levels of the phases (share of peak dynamic power). The collective phase of the measured 8xH100
@@ -78,10 +83,36 @@ class JobSpec:
 
 
 _FIELDS_F = (
-    "work_s", "work_done_s", "last_ckpt_work_s", "iteration_s", "compute_fraction", "act_compute", "act_collective",
-    "level", "ckpt_interval_s", "ckpt_duration_s", "startup_s", "phase", "speed", "straggle", "state_start_s",
-    "state_end_s", "next_ckpt_s", "next_fail_s", "next_straggle_s", "straggle_end_s", "submit_s", "start_s",
-    "end_s", "defer_until_s", "timer_s", "lost_work_s", "energy_j", "gpu_seconds", "throughput_lost_gpu_s", "fail_rate_per_s",
+    "work_s",
+    "work_done_s",
+    "last_ckpt_work_s",
+    "iteration_s",
+    "compute_fraction",
+    "act_compute",
+    "act_collective",
+    "level",
+    "ckpt_interval_s",
+    "ckpt_duration_s",
+    "startup_s",
+    "phase",
+    "speed",
+    "straggle",
+    "state_start_s",
+    "state_end_s",
+    "next_ckpt_s",
+    "next_fail_s",
+    "next_straggle_s",
+    "straggle_end_s",
+    "submit_s",
+    "start_s",
+    "end_s",
+    "defer_until_s",
+    "timer_s",
+    "lost_work_s",
+    "energy_j",
+    "gpu_seconds",
+    "throughput_lost_gpu_s",
+    "fail_rate_per_s",
 )
 _FIELDS_I = ("kind", "priority", "n_gpus", "state", "failures", "checkpoints", "deferrable")
 

@@ -71,14 +71,24 @@ class Plant:
         self.weather_source = wy.source
         self.temp_hourly = np.asarray(wy.temp_air_c, dtype=np.float64)
         self.solar_hourly = (
-            solar.pvwatts_ac_w(wy, site.latitude, site.longitude, site.timezone, ren.solar_kw_dc,
-                               ren.solar_tilt_deg, ren.solar_azimuth_deg)
-            if ren.solar_kw_dc > 0 else np.zeros(8760)
+            solar.pvwatts_ac_w(
+                wy,
+                site.latitude,
+                site.longitude,
+                site.timezone,
+                ren.solar_kw_dc,
+                ren.solar_tilt_deg,
+                ren.solar_azimuth_deg,
+            )
+            if ren.solar_kw_dc > 0
+            else np.zeros(8760)
         )
         self.wind_hourly = (
-            wind.farm_power_w(wy, ren.turbine_type, ren.hub_height_m, ren.wind_kw) if ren.wind_kw > 0 else np.zeros(8760)
+            wind.farm_power_w(wy, ren.turbine_type, ren.hub_height_m, ren.wind_kw)
+            if ren.wind_kw > 0
+            else np.zeros(8760)
         )
-        self.cop_curve = [tuple(p) for p in site.cooling.cop_curve]
+        self.cop_curve: list[tuple[float, float]] = [(float(a), float(b)) for a, b in site.cooling.cop_curve]
         self.supply_temp_c = site.cooling.supply_temp_c
         self.cooling_w = np.nan
         self._cool_a = float(np.exp(-dt_s / COOLING_TIME_CONSTANT_S))
@@ -162,8 +172,9 @@ class Plant:
 
     def _frequency(self, t_s: F64) -> F64:
         g = self.site.grid
-        dev = grid.ou_block(self.freq_dev_hz, t_s.size, self.dt_s, g.frequency_sigma_hz, g.frequency_reversion_s,
-                            self.rng)
+        dev = grid.ou_block(
+            self.freq_dev_hz, t_s.size, self.dt_s, g.frequency_sigma_hz, g.frequency_reversion_s, self.rng
+        )
         self.freq_dev_hz = float(dev[-1])
         while self._next_freq_event_s <= t_s[-1]:
             self._freq_events.append(self._next_freq_event_s)
@@ -189,13 +200,15 @@ class Plant:
     def advance(self, t_s: F64, it_power_w: F64) -> PlantBlock:
         n = t_s.size
         temp = self.outdoor_temp_c(t_s)
-        cop = cooling.cop(temp, self.cop_curve) * (1.0 + COP_GAIN_PER_C * (self.supply_temp_c - self.site.cooling.supply_temp_c))
+        cop = cooling.cop(temp, self.cop_curve) * (
+            1.0 + COP_GAIN_PER_C * (self.supply_temp_c - self.site.cooling.supply_temp_c)
+        )
         # Cooling follows the heat load through the thermal mass of water loops and air: a first-order lag
         # (chillers and CRAH fans do not swing at the 0.1-3 Hz of training iterations).
         cool_target = it_power_w / np.maximum(cop, 0.5)
         if np.isnan(self.cooling_w):
             self.cooling_w = float(cool_target[0])
-        cool, zf = lfilter([1.0 - self._cool_a], [1.0, -self._cool_a], cool_target, zi=[self._cool_a * self.cooling_w])
+        cool, _zf = lfilter([1.0 - self._cool_a], [1.0, -self._cool_a], cool_target, zi=[self._cool_a * self.cooling_w])
         self.cooling_w = float(cool[-1])
         other = it_power_w * self.other_fraction
         aux = np.full(n, float(self.bess.aux_power_w.sum()))
@@ -215,7 +228,9 @@ class Plant:
             unit_p = np.zeros((n, self.bess.n_units))
             soc = np.broadcast_to(self.bess_soc, (n, self.bess.n_units))
         elif not islanded.any():
-            unit_p, self.bess_power_w, self.bess_soc, soc = self._bess_block(np.broadcast_to(self.bess_setpoint_w, (n, self.bess.n_units)))
+            unit_p, self.bess_power_w, self.bess_soc, soc = self._bess_block(
+                np.broadcast_to(self.bess_setpoint_w, (n, self.bess.n_units))
+            )
         else:
             unit_p, soc, ups, gen, unserved = self._islanded_block(t_s, facility, renewable, islanded)
         bess_total = unit_p.sum(axis=1)
@@ -228,11 +243,25 @@ class Plant:
         if not islanded.any():
             self.outage_start_s = np.nan
         return PlantBlock(
-            outdoor_temp_c=temp, it_power_w=it_power_w, cooling_power_w=cool, other_power_w=other, bess_aux_w=aux,
-            facility_power_w=facility, solar_power_w=sol, wind_power_w=wnd, renewable_power_w=used,
-            curtailed_power_w=curtailed, bess_power_w=bess_total, bess_unit_power_w=unit_p, bess_soc=np.asarray(soc),
-            ups_power_w=ups, generator_power_w=gen, unserved_power_w=unserved, grid_power_w=grid_w,
-            frequency_hz=self._frequency(t_s), islanded=islanded,
+            outdoor_temp_c=temp,
+            it_power_w=it_power_w,
+            cooling_power_w=cool,
+            other_power_w=other,
+            bess_aux_w=aux,
+            facility_power_w=facility,
+            solar_power_w=sol,
+            wind_power_w=wnd,
+            renewable_power_w=used,
+            curtailed_power_w=curtailed,
+            bess_power_w=bess_total,
+            bess_unit_power_w=unit_p,
+            bess_soc=np.asarray(soc),
+            ups_power_w=ups,
+            generator_power_w=gen,
+            unserved_power_w=unserved,
+            grid_power_w=grid_w,
+            frequency_hz=self._frequency(t_s),
+            islanded=islanded,
         )
 
     def _bess_block(self, setpoints: F64) -> tuple[F64, F64, F64, F64]:

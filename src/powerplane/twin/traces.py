@@ -67,9 +67,7 @@ def diurnal_shape(hour_local: NDArray[np.float64], peak_hour: float, trough_frac
     return np.asarray(trough_fraction + (1.0 - trough_fraction) * 0.5 * (1.0 + np.cos(phase)))
 
 
-def sample_durations_mapped(
-    rng: np.random.Generator, n: int, low_s: float, high_s: float
-) -> NDArray[np.float64]:
+def sample_durations_mapped(rng: np.random.Generator, n: int, low_s: float, high_s: float) -> NDArray[np.float64]:
     """Durations in [low_s, high_s] with the *shape* of the Alibaba lifetime distribution.
 
     Draws trace lifetimes, takes their rank in the trace's distribution (a quantile u in [0, 1]) and maps it

@@ -99,7 +99,7 @@ class Twin:
         t0 = self.clock.now_s()
         t_s = t0 + self.dt_s * np.arange(n_steps, dtype=np.float64)
         acts = self.workload.advance(t0, n_steps, self.dt_s)
-        inlet = self.plant.rack_inlet(t_s, self._rack_power_w, self.fleet.rack_peak_w)
+        inlet = self.plant.rack_inlet(t_s, self._rack_power_w, np.asarray(self.fleet.rack_peak_w, dtype=np.float64))
         fleet = self.fleet.advance(acts.activity, acts.mapping_changes, inlet)
         self.workload.jobs.energy_j[acts.column_jobs] += fleet.job_energy_j[1:]
         self.last_block_jobs = acts.column_jobs
@@ -130,8 +130,9 @@ class Twin:
         base_mhz = np.array([p.base_sm_clock_mhz for p in profiles])[topo.gpu_model_idx]
         max_mhz = np.array([p.max_sm_clock_mhz for p in profiles])[topo.gpu_model_idx]
         act = f.activity.astype(np.float64)
-        clock = 0.35 * base_mhz + act * (max_mhz - (max_mhz - base_mhz) * np.clip((power / f.cap_w - 0.9) / 0.1, 0, 1)
-                                          - 0.35 * base_mhz)
+        clock = 0.35 * base_mhz + act * (
+            max_mhz - (max_mhz - base_mhz) * np.clip((power / f.cap_w - 0.9) / 0.1, 0, 1) - 0.35 * base_mhz
+        )
         node_power = b.fleet.node_power_w[-1].astype(np.float64)
         volts = 415.0 + 2.0 * np.sin(self.clock.now_s() / 600.0)
         p = b.plant
@@ -196,9 +197,9 @@ class Twin:
                 gpus = np.asarray(c.gpus, dtype=np.int64)
                 if gpus.size and (gpus.min() < 0 or gpus.max() >= self.topo.n_gpus):
                     return CommandResult(c, False, detail="GPU index out of range")
-            applied, clipped = self.fleet.set_caps(gpus, c.cap_w)
+            caps, clipped = self.fleet.set_caps(gpus, c.cap_w)
             wl.set_cap_factors(self.fleet.cap_factors(), now)
-            detail = f"{gpus.size} GPUs capped to {applied.min():.0f}-{applied.max():.0f} W" if gpus.size else "no GPUs"
+            detail = f"{gpus.size} GPUs capped to {caps.min():.0f}-{caps.max():.0f} W" if gpus.size else "no GPUs"
             return CommandResult(c, True, clipped, detail)
         if isinstance(c, PauseJob | ResumeJob | DeferJob):
             if not 0 <= c.job < wl.jobs.n:

@@ -34,7 +34,12 @@ I64 = NDArray[np.int64]
 # Plain ints for the hot paths (IntEnum attribute access costs ~1 us each).
 _STARTING, _RUNNING, _CHECKPOINT = int(State.STARTING), int(State.RUNNING), int(State.CHECKPOINT)
 _STALLED, _PAUSED, _DONE = int(State.STALLED), int(State.PAUSED), int(State.DONE)
-_PRETRAIN, _FINETUNE, _INFERENCE, _BATCH = int(Kind.PRETRAIN), int(Kind.FINETUNE), int(Kind.INFERENCE), int(Kind.BATCH)
+_PRETRAIN, _FINETUNE, _INFERENCE, _BATCH = (
+    int(Kind.PRETRAIN),
+    int(Kind.FINETUNE),
+    int(Kind.INFERENCE),
+    int(Kind.BATCH),
+)
 
 # Xid codes a job-stalling fault is drawn from, with weights (NVIDIA Xid catalog; Llama 3 reports most
 # interruptions as hardware: GPU, HBM, NVLink, GSP).
@@ -159,8 +164,11 @@ class Workload:
         if ft.arrivals_per_day is not None:
             rates[Kind.FINETUNE] = ft.arrivals_per_day / 86_400.0
         else:  # Little's law: keep `count` jobs running on average
-            mean_work = float(traces.sample_durations_mapped(np.random.default_rng(0), 4000, ft.duration_h[0] * 3600,
-                                                             ft.duration_h[1] * 3600).mean())
+            mean_work = float(
+                traces.sample_durations_mapped(
+                    np.random.default_rng(0), 4000, ft.duration_h[0] * 3600, ft.duration_h[1] * 3600
+                ).mean()
+            )
             rates[Kind.FINETUNE] = ft.count / mean_work
         b = cfg.batch
         if b.arrivals_per_hour is not None:
@@ -182,10 +190,14 @@ class Workload:
         inf = cfg.inference
         inf_gpus = int(inf.share_of_gpus * self.topo.n_gpus)
         while inf_gpus >= inf.replica_gpus:
-            replicas = int(min(self.rng.integers(4, 17), inf_gpus // inf.replica_gpus))
+            replicas = min(int(self.rng.integers(4, 17)), inf_gpus // inf.replica_gpus)
             spec = JobSpec(
-                name=self._name("inf"), kind=Kind.INFERENCE, priority=Priority.CORE,
-                n_gpus=replicas * inf.replica_gpus, work_s=np.inf, level=self.rng.uniform(0.85, 1.0),
+                name=self._name("inf"),
+                kind=Kind.INFERENCE,
+                priority=Priority.CORE,
+                n_gpus=replicas * inf.replica_gpus,
+                work_s=np.inf,
+                level=self.rng.uniform(0.85, 1.0),
                 startup_s=60.0,
             )
             self._submit(spec, t0, warm=True)
@@ -231,7 +243,9 @@ class Workload:
             span = whole[need - 1 :] - whole[: whole.size - need + 1]
             hits = np.flatnonzero(span == need - 1)
             nodes = whole[hits[0] : hits[0] + need] if hits.size else whole[:need]
-            gpus = np.concatenate([np.arange(self._node_first_gpu[m], self._node_first_gpu[m] + self._gpn[m]) for m in nodes])
+            gpus = np.concatenate(
+                [np.arange(self._node_first_gpu[m], self._node_first_gpu[m] + self._gpn[m]) for m in nodes]
+            )
             return gpus[:n]
         cand = np.flatnonzero(node_free >= n)
         if cand.size == 0:
@@ -366,8 +380,13 @@ class Workload:
         if st == _RUNNING:
             _, _, work_rate = self._work_rate(j)
             done_at = t + (jobs.work_s[j] - jobs.work_done_s[j]) / max(float(work_rate), 1e-9)
-            timer = min(jobs.next_ckpt_s[j], jobs.next_fail_s[j], jobs.next_straggle_s[j], jobs.straggle_end_s[j],
-                        done_at)
+            timer = min(
+                jobs.next_ckpt_s[j],
+                jobs.next_fail_s[j],
+                jobs.next_straggle_s[j],
+                jobs.straggle_end_s[j],
+                done_at,
+            )
         elif st in (_STARTING, _CHECKPOINT):
             timer = min(jobs.state_end_s[j], jobs.next_fail_s[j], jobs.straggle_end_s[j])
         elif st in (_STALLED, _PAUSED):
@@ -447,15 +466,14 @@ class Workload:
                 if kind == _BATCH:
                     spec = self._batch_spec(warm=False)
                 elif kind == _FINETUNE:
-                    spec = self._training_spec(self.cfg.finetune, _FINETUNE, self._finetune_priority(), False)
+                    spec = self._training_spec(self.cfg.finetune, Kind.FINETUNE, self._finetune_priority(), False)
                 else:
-                    spec = self._training_spec(self.cfg.pretraining, _PRETRAIN, Priority.CORE, False)
+                    spec = self._training_spec(self.cfg.pretraining, Kind.PRETRAIN, Priority.CORE, False)
                 self.queue.append(self.jobs.add(spec, next_s, self._fail_rate_per_gpu_s))
                 arrived = True
                 next_s += self.rng.exponential(1.0 / self._arrival_rates_per_s[kind])
             self._next_arrival_s[kind] = next_s
-        deferred_due = any(np.isfinite(jobs.defer_until_s[q]) and jobs.defer_until_s[q] <= t + 1e-9
-                           for q in self.queue)
+        deferred_due = any(np.isfinite(jobs.defer_until_s[q]) and jobs.defer_until_s[q] <= t + 1e-9 for q in self.queue)
         if released or arrived or deferred_due:
             self._try_queue(t)
         ids = self.active_ids()
