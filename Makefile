@@ -20,7 +20,7 @@ $(DEVSTAMP): pyproject.toml | $(BIN)/python
 	touch $@ $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/powerplane simulate --scenario small --hours 1 --out runs/demo --force
+	$(BIN)/powerplane simulate --scenario texas --hours 1 --out runs/demo --force
 
 test: $(DEVSTAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -21,7 +21,7 @@ F64 = NDArray[np.float64]
 I64 = NDArray[np.int64]
 
 NOISE_SIGMA_W = 4.0  # sensor and load jitter per GPU [W]
-POWER_VARIATION = 0.03  # chip-to-chip spread of dynamic power (1 sigma) [-]
+POWER_VARIATION = 0.02  # chip-to-chip spread of dynamic power (1 sigma) [-]
 NETWORK_STORAGE_W_PER_NODE = 350.0  # switch fabric and storage share per node [W] (estimate)
 
 
