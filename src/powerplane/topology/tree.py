@@ -193,6 +193,13 @@ class Topology:
             self._starts[key] = _segment_starts(self.parent_index(child, parent), self.count(parent))
         return self._starts[key]
 
+    def child_counts(self, child: Level, parent: Level) -> NDArray[np.float64]:
+        """Number of ``child``-level entities under each ``parent`` (cached)."""
+        key = f"{child}>{parent}#n"
+        if key not in self._starts:
+            self._starts[key] = np.bincount(self.parent_index(child, parent), minlength=self.count(parent))
+        return self._starts[key].astype(np.float64)
+
     def uniform_fanout(self, child: Level, parent: Level) -> int:
         """Children per parent when every parent has the same number, else 0."""
         key = f"{child}>{parent}#k"

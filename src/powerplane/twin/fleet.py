@@ -69,6 +69,7 @@ class Fleet:
         self.power_w = self.idle_w.astype(np.float32).copy()  # last step's power
         self.activity = np.zeros(topo.n_gpus, dtype=np.float32)  # last step's activity
         self.temp_c = np.full(topo.n_gpus, cooling.supply_temp_c + 10.0, dtype=np.float64)
+        self._thermal_started = False
         self._noise = (NOISE_SIGMA_W * rng.standard_normal(1 << 20)).astype(np.float32)
         self._noise_rng = rng
         self._gpu_rack = topo.parent_index("gpu", "rack")
@@ -148,6 +149,9 @@ class Fleet:
         w = thermal.lag_weights(n_steps, a).astype(np.float32)
         inlet_gpu = inlet_c[self._gpu_rack]
         weighted_p = w @ p
+        if not self._thermal_started:  # start from the steady state of the first step, not from cold
+            self.temp_c = inlet_gpu + self.resistance * p[0]
+            self._thermal_started = True
         self.temp_c = a**n_steps * self.temp_c + (1.0 - a**n_steps) * inlet_gpu + self.resistance * weighted_p
         self.power_w = p[-1].copy()
         return FleetBlock(p, node.astype(np.float32), rack.astype(np.float32), hall, job_energy)
