@@ -71,7 +71,10 @@ def _case(kind: str, hours: float, step: float) -> dict[str, float]:
 
 def run_case(kind: str, hours: float, step: float) -> dict[str, float]:
     env = {**os.environ, **ONE_CORE}
-    code = f"import json,sys; sys.path.insert(0, {str(HERE)!r}); import bench_twin as b; print(json.dumps(b._case({kind!r}, {hours}, {step})))"
+    code = (
+        f"import json,sys; sys.path.insert(0, {str(HERE)!r}); import bench_twin as b; "
+        f"print(json.dumps(b._case({kind!r}, {hours}, {step})))"
+    )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -102,30 +105,39 @@ def main() -> None:
         ("block-100ms", "block", args.hours_100ms, 0.1, 200.0 * args.hours_100ms / 24.0),
     ]
     rows = []
-    header = f"{'case':<20} {'sim h':>6} {'wall s':>8} {'x real time':>12} {'ns/GPU-step':>12} {'peak MB':>8} {'target s':>9}"
+    header = (
+        f"{'case':<20} {'sim h':>6} {'wall s':>8} {'x real time':>12} {'ns/GPU-step':>12} {'peak MB':>8} "
+        f"{'target s':>9}"
+    )
     print(header)
     for name, kind, hours, step, target in cases:
         if hours <= 0:
             continue
         r = run_case(kind, hours, step)
         t = f"{target:.1f}" if target else "-"
-        line = (f"{name:<20} {hours:>6g} {r['wall_s']:>8.2f} {r['realtime_x']:>12,.0f} {r['ns_per_gpu_step']:>12.2f} "
-                f"{r['peak_rss_mb']:>8.0f} {t:>9}")
+        line = (
+            f"{name:<20} {hours:>6g} {r['wall_s']:>8.2f} {r['realtime_x']:>12,.0f} {r['ns_per_gpu_step']:>12.2f} "
+            f"{r['peak_rss_mb']:>8.0f} {t:>9}"
+        )
         print(line, flush=True)
         rows.append((name, hours, step, r, target))
     prof = profile() if args.profile else ""
     if prof:
         print(prof)
     if args.record:
-        machine = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, {platform.system()}"
+        machine = (
+            f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, {platform.system()}"
+        )
         lines = [
             f"\n### Twin speed, {time.strftime('%Y-%m-%d')} ({machine}; one core: BLAS threads = 1)\n",
             "| case | simulated h | wall s | x real time | ns per GPU-step | peak RSS MB | target wall s |",
             "|---|---|---|---|---|---|---|",
         ]
         for name, hours, _, r, target in rows:
-            lines.append(f"| {name} | {hours:g} | {r['wall_s']:.2f} | {r['realtime_x']:,.0f} | "
-                         f"{r['ns_per_gpu_step']:.2f} | {r['peak_rss_mb']:.0f} | {f'{target:.1f}' if target else '-'} |")
+            lines.append(
+                f"| {name} | {hours:g} | {r['wall_s']:.2f} | {r['realtime_x']:,.0f} | "
+                f"{r['ns_per_gpu_step']:.2f} | {r['peak_rss_mb']:.0f} | {f'{target:.1f}' if target else '-'} |"
+            )
         if prof:
             lines += ["", "Profile (1 h at 1 s, blocked advance, top by own time):", "", "```", prof.strip(), "```"]
         with (HERE / "BENCHMARKS.md").open("a") as fh:

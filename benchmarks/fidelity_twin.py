@@ -81,10 +81,17 @@ def texas_100ms() -> list[tuple[str, str, str]]:
     _trigger(tw, j, "next_fail_s")
     fault = tw.advance(100).plant.it_power_w[20:].mean()
     return [
-        ("8,192-GPU job: largest 1-s swing of facility power", "megawatts", f"{largest_swing_w(fac, 0.1) / 1e6:.1f} MW"),
+        (
+            "8,192-GPU job: largest 1-s swing of facility power",
+            "megawatts",
+            f"{largest_swing_w(fac, 0.1) / 1e6:.1f} MW",
+        ),
         (f"share of spectral energy in {band[0]:g}-{band[1]:g} Hz", "mostly", f"{share * 100:.1f} %"),
-        ("dominant frequency vs 1 / iteration period", "equal",
-         f"{peak_hz:.3f} Hz vs {1 / wl.jobs.iteration_s[j]:.3f} Hz"),
+        (
+            "dominant frequency vs 1 / iteration period",
+            "equal",
+            f"{peak_hz:.3f} Hz vs {1 / wl.jobs.iteration_s[j]:.3f} Hz",
+        ),
         ("IT power step at a checkpoint", "tens of MW at 16k H100 (Llama 3)", f"-{(it_before - ckpt) / 1e6:.1f} MW"),
         ("IT power step at a fault", "similar to a checkpoint", f"-{(it_before - fault) / 1e6:.1f} MW"),
     ]
@@ -105,13 +112,22 @@ def texas_day() -> list[tuple[str, str, str]]:
     faults = int(tw.workload.jobs.view("failures").sum())
     gpu_days = tw.workload.jobs.view("gpu_seconds").sum() / 86400
     return [
-        ("texas facility power, 24 h in July", "mean ~15 MW, peaks near 25 MW",
-         f"mean {s['facility_power_w'].mean() / 1e6:.1f} MW, peak {s['facility_power_w'].max() / 1e6:.1f} MW"),
-        ("texas PUE (energy-weighted)", "1.2-1.5 for chilled air in a hot summer",
-         f"{s['facility_power_w'].sum() / s['it_power_w'].sum():.3f}"),
+        (
+            "texas facility power, 24 h in July",
+            "mean ~15 MW, peaks near 25 MW",
+            f"mean {s['facility_power_w'].mean() / 1e6:.1f} MW, peak {s['facility_power_w'].max() / 1e6:.1f} MW",
+        ),
+        (
+            "texas PUE (energy-weighted)",
+            "1.2-1.5 for chilled air in a hot summer",
+            f"{s['facility_power_w'].sum() / s['it_power_w'].sum():.3f}",
+        ),
         ("energy balance: grid = facility - BESS - renewables", "within 0.1 %", f"{err:.1e}"),
-        ("job-stalling faults per GPU-day", "~0.00053 (Llama 3: 466 in 54 days on 16k GPUs)",
-         f"{faults / max(gpu_days, 1):.5f} ({faults} faults)"),
+        (
+            "job-stalling faults per GPU-day",
+            "~0.00053 (Llama 3: 466 in 54 days on 16k GPUs)",
+            f"{faults / max(gpu_days, 1):.5f} ({faults} faults)",
+        ),
     ]
 
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -130,6 +131,132 @@ def simulate(
         console.print_json(json.dumps(summary))
         return
     _print_summary(summary, out)
+
+
+@app.command()
+def track(
+    run_dir: Annotated[Path | None, typer.Argument(help="with --source replay: a `powerplane simulate` output")] = None,
+    source: Annotated[str, typer.Option(help="twin, dcgm, nvml or replay")] = "twin",
+    targets: Annotated[
+        str | None,
+        typer.Option(help="dcgm: a file of URLs, comma-separated URLs, or file://PATH of a saved scrape"),
+    ] = None,
+    scenario: Annotated[str | None, typer.Option(help="site scenario or YAML (twin; dcgm host names)")] = None,
+    interval: Annotated[str, typer.Option(help="cycle interval, e.g. 1s or 100ms")] = "1s",
+    speed: Annotated[float, typer.Option(help="twin/replay: simulated seconds per wall second")] = 1.0,
+    port: Annotated[int | None, typer.Option(help="serve /metrics on this port (0: any free port)")] = 9464,
+    host: Annotated[str, typer.Option(help="address to serve /metrics on")] = "127.0.0.1",
+    once: Annotated[bool, typer.Option("--once", help="read one snapshot, print it and exit")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON (with --once)")] = False,
+    duration: Annotated[float | None, typer.Option(help="stop after this many seconds")] = None,
+    history: Annotated[Path | None, typer.Option(help="DuckDB file to keep history in")] = None,
+    fake_nvml: Annotated[bool, typer.Option("--fake-nvml", help="nvml: use the built-in fake (demos, tests)")] = False,
+    seed: Annotated[int, typer.Option(help="twin: random seed")] = 0,
+    timeout: Annotated[float, typer.Option(help="dcgm: per-target timeout in seconds")] = 5.0,
+) -> None:
+    """Track GPUs live: validate and roll up every cycle, show a summary table and serve Prometheus /metrics."""
+    from powerplane.runtime.track import TrackOptions, build_tracking, run_live, snapshot_json
+
+    try:
+        interval_s = parse_duration_s(interval)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    target_list: list[str] = []
+    if targets:
+        target_list = [t.strip() for t in targets.split(",") if t.strip()]
+    opts = TrackOptions(
+        source=source,
+        scenario=scenario,
+        targets=target_list,
+        run_dir=run_dir,
+        interval_s=interval_s,
+        speed=speed,
+        seed=seed,
+        fake_nvml=fake_nvml,
+        timeout_s=timeout,
+        history=history,
+    )
+    try:
+        tr = build_tracking(opts)
+    except PowerPlaneError as exc:
+        raise _fail(str(exc)) from None
+    try:
+        if once:
+            snap = tr.cycle()
+            if tr.history is not None:
+                tr.history.flush(10.0)
+            doc = snapshot_json(tr, snap)
+            if as_json:
+                sys.stdout.write(json.dumps(doc, indent=1) + "\n")
+            else:
+                console.print(_track_table(doc, tr.cycle_ms))
+            return
+        from rich.live import Live
+
+        with Live(console=console, refresh_per_second=4, transient=False) as live:
+
+            def show(snap: object) -> None:
+                live.update(_track_table(snapshot_json(tr, snap), tr.cycle_ms))  # type: ignore[arg-type]
+
+            if port is not None:
+                err.print(f"serving /metrics on http://{host}:{port}/metrics" if port else "serving /metrics")
+            run_live(tr, interval_s, port, host, duration, show)
+    except PowerPlaneError as exc:
+        raise _fail(str(exc)) from None
+    except KeyboardInterrupt:
+        err.print("stopped")
+    finally:
+        tr.close()
+
+
+def _track_table(doc: dict[str, Any], cycle_ms: list[float]) -> Table:
+    site = doc["site"]
+    t = Table(title=f"{doc['source']}: {doc['gpus']:,} GPUs, snapshot {doc['seq']}", show_header=True)
+    t.add_column("entity")
+    t.add_column("GPU power", justify="right")
+    t.add_column("node power", justify="right")
+    t.add_column("GPU temp max", justify="right")
+    t.add_column("coverage", justify="right")
+
+    def mw(x: float | None) -> str:
+        return "-" if x is None else f"{x / 1e6:,.3f} MW"
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{x * 100:.1f} %"
+
+    def c(x: float | None) -> str:
+        return "-" if x is None else f"{x:.1f} C"
+
+    t.add_row(
+        "site",
+        mw(site.get("gpu_power_w_sum")),
+        mw(site.get("node_power_w_sum")),
+        c(site.get("gpu_temp_c_max")),
+        pct(site.get("gpu_coverage")),
+    )
+    for h in doc["halls"]:
+        t.add_row(
+            h["name"],
+            mw(h.get("gpu_power_w_sum")),
+            mw(h.get("node_power_w_sum")),
+            c(h.get("gpu_temp_c_max")),
+            pct(h.get("gpu_coverage")),
+        )
+    extra = []
+    for k in ("facility_power_w", "meter_power_w", "frequency_hz", "pue"):
+        if site.get(k) is not None:
+            v = site[k]
+            extra.append(f"{k}={v / 1e6:.3f} MW" if k.endswith("_w") else f"{k}={v:.3f}")
+    if extra:
+        t.caption = "  ".join(extra)
+    rej = doc["rejected_total"]
+    reasons = ", ".join(f"{k}: {v}" for k, v in sorted(rej.items())) or "none"
+    p50 = float(np.percentile(cycle_ms, 50)) if cycle_ms else float("nan")
+    t.add_section()
+    t.add_row("rejected values", reasons, "", "", f"cycle p50 {p50:.1f} ms")
+    for fail in doc.get("failed_targets", [])[:5]:
+        t.add_row("target down", str(fail), "", "", "")
+    return t
 
 
 def _print_summary(s: dict[str, Any], out: Path) -> None:

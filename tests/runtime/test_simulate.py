@@ -30,15 +30,39 @@ def test_simulate_small_writes_every_table(tmp_path: Path) -> None:
     code, text = _run("simulate", "--scenario", "small", "--hours", "0.25", "--out", str(out), "--gpu-detail")
     assert code == 0, text
     files = {p.name for p in out.iterdir()}
-    assert files >= {"site.parquet", "halls.parquet", "bess.parquet", "racks.parquet", "jobs.parquet",
-                     "job_power.parquet", "gpus.parquet", "xid_events.parquet", "summary.json", "site_power.png"}
+    assert files >= {
+        "site.parquet",
+        "halls.parquet",
+        "bess.parquet",
+        "racks.parquet",
+        "jobs.parquet",
+        "job_power.parquet",
+        "gpus.parquet",
+        "xid_events.parquet",
+        "summary.json",
+        "site_power.png",
+    }
     site = pq.read_table(out / "site.parquet").to_pandas()
-    for col in ("t_s", "it_power_w", "cooling_power_w", "facility_power_w", "renewable_power_w", "bess_power_w",
-                "grid_power_w", "pue"):
+    for col in (
+        "t_s",
+        "it_power_w",
+        "cooling_power_w",
+        "facility_power_w",
+        "renewable_power_w",
+        "bess_power_w",
+        "grid_power_w",
+        "pue",
+    ):
         assert col in site.columns
     assert len(site) == 900 and np.all(np.diff(site.t_s) == 1.0)
-    bal = site.facility_power_w - site.bess_power_w - site.renewable_power_w - site.generator_power_w \
-        - site.ups_power_w - site.unserved_power_w
+    bal = (
+        site.facility_power_w
+        - site.bess_power_w
+        - site.renewable_power_w
+        - site.generator_power_w
+        - site.ups_power_w
+        - site.unserved_power_w
+    )
     np.testing.assert_allclose(bal, site.grid_power_w, rtol=1e-9, atol=1e-6)
     gpus = pq.read_table(out / "gpus.parquet")
     assert gpus.num_rows == 15 * 256
@@ -60,8 +84,9 @@ def test_simulate_small_writes_every_table(tmp_path: Path) -> None:
 def test_same_seed_same_numbers(tmp_path: Path) -> None:
     sums = []
     for name, seed in (("a", 5), ("b", 5), ("c", 6)):
-        code, text = _run("simulate", "--scenario", "small", "--hours", "0.1", "--seed", str(seed),
-                          "--out", str(tmp_path / name))
+        code, text = _run(
+            "simulate", "--scenario", "small", "--hours", "0.1", "--seed", str(seed), "--out", str(tmp_path / name)
+        )
         assert code == 0, text
         sums.append(pq.read_table(tmp_path / name / "site.parquet").column("facility_power_w").to_numpy())
     np.testing.assert_array_equal(sums[0], sums[1])
@@ -102,7 +127,9 @@ def test_interrupted_run_leaves_nothing(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "powerplane.cli", "simulate", "--scenario", "small", "--hours", "48", "--out", str(out)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     deadline = time.time() + 60
     while time.time() < deadline and not list(tmp_path.glob(".run.partial*/site.parquet")):
@@ -126,7 +153,9 @@ def test_help_for_every_command() -> None:
 
 @pytest.mark.parametrize("step", ["100ms"])
 def test_sub_second_steps(tmp_path: Path, step: str) -> None:
-    code, text = _run("simulate", "--scenario", "small", "--hours", "0.02", "--step", step, "--out", str(tmp_path / "r"))
+    code, text = _run(
+        "simulate", "--scenario", "small", "--hours", "0.02", "--step", step, "--out", str(tmp_path / "r")
+    )
     assert code == 0, text
     site = pq.read_table(tmp_path / "r" / "site.parquet").column("t_s").to_numpy()
     assert site.size == 720 and np.allclose(np.diff(site), 0.1)

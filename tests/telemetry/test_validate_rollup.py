@@ -42,8 +42,16 @@ def test_every_bad_value_class_is_flagged_and_counted(topo: Topology) -> None:
     util = np.full(topo.n_gpus, 80.0)
     util[6] = 120.0
     snap = tr.ingest(_frame(topo, 1.0, p, temp_c=temp, util_pct=util))
-    assert snap.rejected == Counter({"nan": 1, "inf": 1, "negative_power": 1, "power_above_limit": 1,
-                                     "temp_out_of_range": 2, "util_out_of_range": 1})
+    assert snap.rejected == Counter(
+        {
+            "nan": 1,
+            "inf": 1,
+            "negative_power": 1,
+            "power_above_limit": 1,
+            "temp_out_of_range": 2,
+            "util_out_of_range": 1,
+        }
+    )
     q = snap.levels["gpu"].quality
     assert list(q["power_w"][:4]) == [Quality.INVALID] * 4 and q["power_w"][4] == Quality.OK
     # Bad values are kept for inspection but excluded from rollups; coverage says so.

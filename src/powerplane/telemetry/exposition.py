@@ -47,7 +47,12 @@ ROLLUP_METRICS: tuple[tuple[str, str, str, str, str], ...] = (
 SITE_METRICS: tuple[tuple[str, str, float, str], ...] = (
     ("facility_power_w", "powerplane_site_facility_power_watts", 1.0, "Facility power (IT + cooling + losses)."),
     ("it_power_w", "powerplane_site_it_power_watts", 1.0, "IT power."),
-    ("meter_power_w", "powerplane_site_grid_power_watts", 1.0, "Grid power at the point of interconnection (import +)."),
+    (
+        "meter_power_w",
+        "powerplane_site_grid_power_watts",
+        1.0,
+        "Grid power at the point of interconnection (import +).",
+    ),
     ("renewable_power_w", "powerplane_site_renewable_power_watts", 1.0, "Renewable power used on site."),
     ("frequency_hz", "powerplane_site_grid_frequency_hertz", 1.0, "Grid frequency."),
     ("pue", "powerplane_site_pue_ratio", 1.0, "Power usage effectiveness."),
@@ -86,8 +91,16 @@ class SnapshotCollector:
             "site": [f'{{site="{_escape(site_name or t.site_name)}"}}'],
         }
 
-    def _family(self, out: list[str], name: str, kind: str, help_text: str, labels: list[str],
-                values: NDArray[np.float64], keep: NDArray[np.bool_] | None = None) -> None:
+    def _family(
+        self,
+        out: list[str],
+        name: str,
+        kind: str,
+        help_text: str,
+        labels: list[str],
+        values: NDArray[np.float64],
+        keep: NDArray[np.bool_] | None = None,
+    ) -> None:
         out.append(f"# HELP {name} {help_text}")
         out.append(f"# TYPE {name} {kind}")
         vals = values.tolist()
@@ -108,8 +121,14 @@ class SnapshotCollector:
             ok = ld.quality[metric] == Quality.OK
             self._family(out, name, "gauge", help_text, self._labels[level], ld.values[metric] * scale, ok)
         if snap.gpu_energy_kwh.size == self.topo.n_gpus:
-            self._family(out, "powerplane_gpu_energy_joules_total", "counter", "GPU energy since tracking began.",
-                         self._labels["gpu"], snap.gpu_energy_kwh * 3.6e6)
+            self._family(
+                out,
+                "powerplane_gpu_energy_joules_total",
+                "counter",
+                "GPU energy since tracking began.",
+                self._labels["gpu"],
+                snap.gpu_energy_kwh * 3.6e6,
+            )
         for parent, key, stat, name, help_text in ROLLUP_METRICS:
             roll = snap.rollups.get(parent, {}).get(key)
             if roll is None:
@@ -124,17 +143,37 @@ class SnapshotCollector:
         if snap.job_ids.size:
             jl = [f'{{job="{int(j)}"}}' for j in snap.job_ids]
             self._family(out, "powerplane_job_power_watts", "gauge", "Power of a job's GPUs.", jl, snap.job_power_w)
-            self._family(out, "powerplane_job_gpu_coverage_ratio", "gauge", "Share of a job's GPUs reporting.", jl,
-                         snap.job_coverage)
-            self._family(out, "powerplane_job_energy_joules_total", "counter", "Energy of a job since tracking began.",
-                         jl, snap.job_energy_kwh * 3.6e6)
+            self._family(
+                out,
+                "powerplane_job_gpu_coverage_ratio",
+                "gauge",
+                "Share of a job's GPUs reporting.",
+                jl,
+                snap.job_coverage,
+            )
+            self._family(
+                out,
+                "powerplane_job_energy_joules_total",
+                "counter",
+                "Energy of a job since tracking began.",
+                jl,
+                snap.job_energy_kwh * 3.6e6,
+            )
             cl = [f'{{job="{int(j)}",currency="{_escape(currency)}"}}' for j in snap.job_ids]
-            self._family(out, "powerplane_job_cost_total", "counter", "Energy cost of a job under the site tariff.",
-                         cl, snap.job_cost)
+            self._family(
+                out,
+                "powerplane_job_cost_total",
+                "counter",
+                "Energy cost of a job under the site tariff.",
+                cl,
+                snap.job_cost,
+            )
         reasons = sorted(snap.rejected_total)
         out.append("# HELP powerplane_rejected_values_total Values flagged by validation, by reason.")
         out.append("# TYPE powerplane_rejected_values_total counter")
-        out.extend(f'powerplane_rejected_values_total{{reason="{_escape(r)}"}} {snap.rejected_total[r]}' for r in reasons)
+        out.extend(
+            f'powerplane_rejected_values_total{{reason="{_escape(r)}"}} {snap.rejected_total[r]}' for r in reasons
+        )
         out.append("# HELP powerplane_snapshot_timestamp_seconds Time of the latest snapshot.")
         out.append("# TYPE powerplane_snapshot_timestamp_seconds gauge")
         out.append(f"powerplane_snapshot_timestamp_seconds {snap.t_s!r}")

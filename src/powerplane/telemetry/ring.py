@@ -26,7 +26,9 @@ class GpuRing:
         self.size = 0
 
     @classmethod
-    def for_window(cls, n_gpus: int, window_s: float, rate_hz: float, metrics: dict[str, DTypeLike] | None = None) -> GpuRing:
+    def for_window(
+        cls, n_gpus: int, window_s: float, rate_hz: float, metrics: dict[str, DTypeLike] | None = None
+    ) -> GpuRing:
         return cls(n_gpus, max(1, int(np.ceil(window_s * rate_hz))), metrics)
 
     @property
@@ -50,8 +52,9 @@ class GpuRing:
         start = (self._next - self.size) % self.capacity
         return (start + np.arange(self.size)) % self.capacity
 
-    def window(self, start_s: float = -np.inf, end_s: float = np.inf, gpus: NDArray[np.int64] | None = None
-               ) -> tuple[NDArray[np.float64], dict[str, NDArray[np.floating]]]:
+    def window(
+        self, start_s: float = -np.inf, end_s: float = np.inf, gpus: NDArray[np.int64] | None = None
+    ) -> tuple[NDArray[np.float64], dict[str, NDArray[np.floating]]]:
         """Samples with ``start_s <= t < end_s`` in time order: (t_s [k], {metric: [k, n or len(gpus)]})."""
         order = self._order()
         t = self.t_s[order]

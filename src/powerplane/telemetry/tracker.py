@@ -45,8 +45,9 @@ class Tracker:
     ) -> None:
         self.topo = topology
         self.site = site
-        tdp = np.array([gpu_power.GPU_PROFILES[m].tdp_w if m in gpu_power.GPU_PROFILES else 1000.0
-                        for m in topology.gpu_models])[topology.gpu_model_idx]
+        tdp = np.array(
+            [gpu_power.GPU_PROFILES[m].tdp_w if m in gpu_power.GPU_PROFILES else 1000.0 for m in topology.gpu_models]
+        )[topology.gpu_model_idx]
         self.validator = Validator(tdp, limits)
         self.ring = ring
         self.history = history
@@ -61,23 +62,29 @@ class Tracker:
         self._price_key = -1
         self._price_now = 0.0
 
-    def ingest(self, frame: Frame, gpu_job: NDArray[np.int64] | None = None,
-               source_rejected: Counter[str] | None = None) -> Snapshot:
+    def ingest(
+        self, frame: Frame, gpu_job: NDArray[np.int64] | None = None, source_rejected: Counter[str] | None = None
+    ) -> Snapshot:
         """Validate and roll up one frame. ``gpu_job`` maps each GPU to its job (-1: none)."""
         topo = self.topo
         if "gpu" in frame.levels:
             for name, arr in frame.levels["gpu"].items():
                 if name != "_reported" and np.asarray(arr).shape != (topo.n_gpus,):
-                    raise ValueError(f"frame gpu metric {name!r} has shape {np.asarray(arr).shape}, "
-                                     f"expected ({topo.n_gpus},) for this topology")
+                    raise ValueError(
+                        f"frame gpu metric {name!r} has shape {np.asarray(arr).shape}, "
+                        f"expected ({topo.n_gpus},) for this topology"
+                    )
         v = self.validator.validate(frame)
         rejected = v.rejected
         if source_rejected:
             rejected.update(source_rejected)
         self.rejected_total.update(rejected)
         rollups: dict[str, dict[str, Rollup]] = {}
-        for child, metrics in (("gpu", GPU_ROLLUP_METRICS), ("node", NODE_ROLLUP_METRICS),
-                               ("rack", RACK_ROLLUP_METRICS)):
+        for child, metrics in (
+            ("gpu", GPU_ROLLUP_METRICS),
+            ("node", NODE_ROLLUP_METRICS),
+            ("rack", RACK_ROLLUP_METRICS),
+        ):
             if child in v.levels:
                 for parent, items in rollup_level(topo, child, v.levels[child], metrics).items():  # type: ignore[arg-type]
                     rollups.setdefault(parent, {}).update(items)
@@ -116,16 +123,25 @@ class Tracker:
         self.seq += 1
         self._last_t_s = frame.t_s
         snap = Snapshot(
-            t_s=frame.t_s, seq=self.seq, source=frame.source, levels=v.levels, rollups=rollups,
-            job_ids=job_ids, job_power_w=job_power, job_coverage=job_cov,
+            t_s=frame.t_s,
+            seq=self.seq,
+            source=frame.source,
+            levels=v.levels,
+            rollups=rollups,
+            job_ids=job_ids,
+            job_power_w=job_power,
+            job_coverage=job_cov,
             job_energy_kwh=np.array([self.job_energy_j.get(int(j), 0.0) / 3.6e6 for j in job_ids]),
             job_cost=np.array([self.job_cost.get(int(j), 0.0) for j in job_ids]),
-            gpu_energy_kwh=self.gpu_energy_j / 3.6e6, rejected=rejected, rejected_total=Counter(self.rejected_total),
+            gpu_energy_kwh=self.gpu_energy_j / 3.6e6,
+            rejected=rejected,
+            rejected_total=Counter(self.rejected_total),
         )
         if self.ring is not None and "gpu" in v.levels:
             gl = v.levels["gpu"]
-            self.ring.push(frame.t_s, {m: np.where(gl.ok(m), gl.values[m], np.nan)
-                                       for m in self.ring.metrics if m in gl.values})
+            self.ring.push(
+                frame.t_s, {m: np.where(gl.ok(m), gl.values[m], np.nan) for m in self.ring.metrics if m in gl.values}
+            )
         if self.history is not None:
             self.history.submit(snap)
         self.last = snap

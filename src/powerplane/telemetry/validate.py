@@ -62,7 +62,9 @@ class Validator:
         self._last_energy_t: F64 | None = None
         self._bounds_cache: dict[tuple[str, tuple[str, ...], int], tuple[F64, F64, list[str]]] = {}
 
-    def _entity_quality(self, level: str, n: int, frame: Frame, rejected: Counter[str]) -> tuple[NDArray[np.uint8], F64]:
+    def _entity_quality(
+        self, level: str, n: int, frame: Frame, rejected: Counter[str]
+    ) -> tuple[NDArray[np.uint8], F64]:
         """Quality of each entity's reading from its timestamp (and the source's ``_reported`` mask)."""
         data = frame.levels[level]
         q = np.zeros(n, dtype=np.uint8)
@@ -86,8 +88,12 @@ class Validator:
             stale = same & (age > self.limits.stale_after_s)
             q[older | bad_t] = Quality.INVALID
             q[stale] = Quality.STALE
-            for reason, mask in (("out_of_order", older), ("invalid_timestamp", bad_t),
-                                 ("duplicate_timestamp", same), ("stale", stale)):
+            for reason, mask in (
+                ("out_of_order", older),
+                ("invalid_timestamp", bad_t),
+                ("duplicate_timestamp", same),
+                ("stale", stale),
+            ):
                 self._count(rejected, reason, mask)
             self._last_t[level] = np.where(newer, t, last)
             self._last_new_t[level] = np.where(newer, t, last_new)
@@ -129,8 +135,16 @@ class Validator:
         self._bounds_cache[key] = (lo, hi, reasons)
         return lo, hi, reasons
 
-    def _count_reasons(self, v: F64, lo: F64, hi: F64, bad: NDArray[np.bool_], names: tuple[str, ...],
-                       reasons: list[str], rejected: Counter[str]) -> None:
+    def _count_reasons(
+        self,
+        v: F64,
+        lo: F64,
+        hi: F64,
+        bad: NDArray[np.bool_],
+        names: tuple[str, ...],
+        reasons: list[str],
+        rejected: Counter[str],
+    ) -> None:
         """Say why each bad value is bad (only rows that hold one: bad values are rare)."""
         for i in np.flatnonzero(bad.any(axis=1)):
             row, b = v[i], bad[i]
@@ -179,8 +193,13 @@ class Validator:
                 q = np.zeros((len(names), n), dtype=np.uint8)
             else:
                 q = np.repeat(entity_q[None, :], len(names), axis=0)
-            ld = LevelData(values={k: v[i] for i, k in enumerate(names)}, quality={k: q[i] for i, k in enumerate(names)},
-                           block=v, qblock=q, names=names)
+            ld = LevelData(
+                values={k: v[i] for i, k in enumerate(names)},
+                quality={k: q[i] for i, k in enumerate(names)},
+                block=v,
+                qblock=q,
+                names=names,
+            )
             if level == "gpu" and "energy_mj" in ld.values:
                 energy_delta = self._energy_delta(ld.values["energy_mj"], ld.quality["energy_mj"], frame.t_s, rejected)
             levels[level] = ld

@@ -193,6 +193,13 @@ class Topology:
             self._starts[key] = _segment_starts(self.parent_index(child, parent), self.count(parent))
         return self._starts[key]
 
+    def parent_index_cached(self, child: Level, parent: Level) -> IntArray:
+        """:meth:`parent_index`, computed once per pair (do not modify the returned array)."""
+        key = f"{child}>{parent}#p"
+        if key not in self._starts:
+            self._starts[key] = self.parent_index(child, parent)
+        return self._starts[key]
+
     def child_counts(self, child: Level, parent: Level) -> NDArray[np.float64]:
         """Number of ``child``-level entities under each ``parent`` (cached)."""
         key = f"{child}>{parent}#n"
