@@ -198,9 +198,7 @@ def track(
             def show(snap: object) -> None:
                 live.update(_track_table(snapshot_json(tr, snap), tr.cycle_ms))  # type: ignore[arg-type]
 
-            if port is not None:
-                err.print(f"serving /metrics on http://{host}:{port}/metrics" if port else "serving /metrics")
-            run_live(tr, interval_s, port, host, duration, show)
+            run_live(tr, interval_s, port, host, duration, show, lambda url: err.print(f"serving {url}"))
     except PowerPlaneError as exc:
         raise _fail(str(exc)) from None
     except KeyboardInterrupt:

@@ -232,9 +232,12 @@ def run_live(
     host: str,
     duration_s: float | None,
     on_snapshot: Callable[[Snapshot], None],
+    announce: Callable[[str], None] | None = None,
 ) -> None:
-    """Cycle until Ctrl-C (or ``duration_s``), serving /metrics when ``port`` is given."""
+    """Cycle until Ctrl-C (or ``duration_s``), serving /metrics when ``port`` is given (0: any free port)."""
     server = MetricsServer(tr.render_metrics, host, port).start() if port is not None else None
+    if server is not None and announce is not None:
+        announce(f"http://{host}:{server.port}/metrics")
     start = time.monotonic()
     next_t = start
     try:
