@@ -6,6 +6,8 @@ counts and maxima, so a 10,240-GPU rollup to every level costs about one pass ov
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -13,6 +15,7 @@ from powerplane.telemetry.snapshot import LevelData, Rollup
 from powerplane.topology import LEVELS, Level, Topology
 
 F64 = NDArray[np.float64]
+MAX_FIXUPS = 256  # up to this many bad values, fix up their parents one by one; beyond, mask the whole block
 
 
 def _group_max(values: F64, topo: Topology, child: Level, parent: Level) -> F64:
@@ -60,7 +63,7 @@ def sparse_nonzero(q: NDArray[np.uint8]) -> tuple[NDArray[np.intp], NDArray[np.i
 
 def rollup_level(
     topo: Topology, child: Level, data: LevelData, metrics: tuple[str, ...]
-) -> dict[str, dict[str, Rollup]]:
+) -> dict[str, RollupBlock]:
     """Roll ``metrics`` of level ``child`` up to every level above. Returns ``out[parent][f"{child}.{metric}"]``.
 
     All metrics move together as one [metrics, entities] block, so each level costs a few array passes whatever
@@ -72,33 +75,43 @@ def rollup_level(
         return {}
     if data.block is not None and data.qblock is not None:
         rows = [data.names.index(m) for m in present]
-        v = data.block[rows]  # fancy indexing copies: ours to patch
-        q = data.qblock[rows]
+        if rows == list(range(rows[0], rows[0] + len(rows))):  # contiguous rows: views, no copy
+            v = data.block[rows[0] : rows[0] + len(rows)]
+            q = data.qblock[rows[0] : rows[0] + len(rows)]
+        else:
+            v = data.block[rows]
+            q = data.qblock[rows]
     else:
         v = np.stack([data.values[m] for m in present])
         q = np.stack([data.quality[m] for m in present])
-    # Bad values are few: rather than masking the whole block, patch them in our copy ``v`` (0 for sums, -inf
-    # for maxima) and subtract them from the first level's counts.
     bad_r, bad_c = sparse_nonzero(q)
     levels_up = LEVELS[LEVELS.index(child) + 1 :]
     first = levels_up[0]
     c: F64 | None = None
-    if bad_r.size > 0.02 * q.size:  # many bad values (a source down): mask the whole block
+    if bad_r.size > MAX_FIXUPS:  # many bad values (a source down): mask the whole block
         ok = q == 0
         s = _group_sum(np.where(ok, v, 0.0), topo, child, first)
         mx = _group_max(np.where(ok, v, -np.inf), topo, child, first)
         c = _group_sum(ok.astype(np.float64), topo, child, first)
-    elif bad_r.size:
-        v[bad_r, bad_c] = 0.0
-        s = _group_sum(v, topo, child, first)
-        v[bad_r, bad_c] = -np.inf
-        mx = _group_max(v, topo, child, first)
-        c = np.broadcast_to(topo.child_counts(child, first), s.shape).copy()
-        np.subtract.at(c, (bad_r, topo.parent_index_cached(child, first)[bad_c]), 1.0)
     else:
+        # Bad values are few: roll up as if all were good, then redo only the parents that hold a bad value.
         s = _group_sum(v, topo, child, first)
         mx = _group_max(v, topo, child, first)
-    out: dict[str, dict[str, Rollup]] = {}
+        if bad_r.size:
+            s, mx = s.copy(), mx.copy()
+            c = np.broadcast_to(topo.child_counts(child, first), s.shape).copy()
+            parent_of = topo.parent_index_cached(child, first)
+            starts = topo.segment_starts(child, first) if first != "site" else np.zeros(1, dtype=np.int64)
+            ends = np.append(starts[1:], v.shape[1])
+            for r, p in {(int(r), int(parent_of[cc])) for r, cc in zip(bad_r, bad_c, strict=True)}:
+                seg = slice(int(starts[p]), int(ends[p]))
+                good = q[r, seg] == 0
+                vals = v[r, seg][good]
+                c[r, p] = float(good.sum())
+                s[r, p] = float(vals.sum())
+                mx[r, p] = float(vals.max()) if vals.size else -np.inf
+    out: dict[str, RollupBlock] = {}
+    keys = [f"{child}.{m}" for m in present]
     lower: Level = first
     for parent in levels_up:
         n_children = topo.child_counts(child, parent)
@@ -108,24 +121,42 @@ def rollup_level(
             if c is not None:
                 c = _group_sum(c, topo, lower, parent)
         if c is None:
-            cnt = np.broadcast_to(n_children, s.shape)
-            mean = s / n_children
-            total, top = s, mx
+            out[parent] = RollupBlock(keys, s, s / n_children, mx, None, n_children)
         else:
-            cnt = c
             has = c > 0
-            with np.errstate(invalid="ignore", divide="ignore"):
-                mean = np.where(has, s / np.maximum(c, 1.0), np.nan)
-            total = np.where(has, s, np.nan)
-            top = np.where(has, mx, np.nan)
-        cov = cnt / n_children
-        count = cnt.astype(np.int64)
-        out[parent] = {
-            f"{child}.{m}": Rollup(sum=total[i], mean=mean[i], max=top[i], coverage=cov[i], count=count[i])
-            for i, m in enumerate(present)
-        }
+            mean = np.where(has, s / np.maximum(c, 1.0), np.nan)
+            out[parent] = RollupBlock(keys, np.where(has, s, np.nan), mean, np.where(has, mx, np.nan), c, n_children)
         lower = parent
     return out
+
+
+class RollupBlock(Mapping[str, Rollup]):
+    """The rollups of several metrics to one level as [metrics, parents] arrays; ``block[key]`` is a Rollup view.
+
+    Keeping the block whole saves building one object per metric and level every cycle.
+    """
+
+    def __init__(self, keys: list[str], total: F64, mean: F64, top: F64, count: F64 | None, n_children: F64) -> None:
+        self._row = {k: i for i, k in enumerate(keys)}
+        self.sum, self.mean, self.max = total, mean, top
+        self._count = count
+        self._n_children = n_children
+
+    def __getitem__(self, key: str) -> Rollup:
+        i = self._row[key]
+        if self._count is None:
+            cnt = self._n_children
+            return Rollup(sum=self.sum[i], mean=self.mean[i], max=self.max[i], coverage=np.ones_like(cnt),
+                          count=cnt.astype(np.int64))
+        c = self._count[i]
+        return Rollup(sum=self.sum[i], mean=self.mean[i], max=self.max[i], coverage=c / self._n_children,
+                      count=c.astype(np.int64))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._row)
+
+    def __len__(self) -> int:
+        return len(self._row)
 
 
 def job_rollup(gpu_job: NDArray[np.int64], power_w: F64, ok: NDArray[np.bool_]) -> tuple[NDArray[np.int64], F64, F64]:

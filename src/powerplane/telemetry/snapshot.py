@@ -9,6 +9,7 @@ excluded from every rollup; nothing is silently zeroed or averaged in.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -65,7 +66,7 @@ class Snapshot:
     seq: int
     source: str
     levels: dict[str, LevelData]
-    rollups: dict[str, dict[str, Rollup]]  # rollups[parent_level][metric] for GPU and node metrics
+    rollups: dict[str, Mapping[str, Rollup]]  # rollups[parent_level]["gpu.power_w" | "node.power_w" | ...]
     job_ids: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     job_power_w: F64 = field(default_factory=lambda: np.zeros(0))
     job_coverage: F64 = field(default_factory=lambda: np.zeros(0))

@@ -6,7 +6,8 @@ validate -> roll up the tree with coverage -> energy per GPU (counters, wrap and
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import ChainMap, Counter
+from collections.abc import Mapping
 from typing import Protocol
 
 import numpy as np
@@ -79,15 +80,16 @@ class Tracker:
         if source_rejected:
             rejected.update(source_rejected)
         self.rejected_total.update(rejected)
-        rollups: dict[str, dict[str, Rollup]] = {}
+        blocks: dict[str, list[Mapping[str, Rollup]]] = {}
         for child, metrics in (
             ("gpu", GPU_ROLLUP_METRICS),
             ("node", NODE_ROLLUP_METRICS),
             ("rack", RACK_ROLLUP_METRICS),
         ):
             if child in v.levels:
-                for parent, items in rollup_level(topo, child, v.levels[child], metrics).items():  # type: ignore[arg-type]
-                    rollups.setdefault(parent, {}).update(items)
+                for parent, block in rollup_level(topo, child, v.levels[child], metrics).items():  # type: ignore[arg-type]
+                    blocks.setdefault(parent, []).append(block)
+        rollups: dict[str, Mapping[str, Rollup]] = {p: ChainMap(*bs) for p, bs in blocks.items()}  # type: ignore[arg-type]
         # Energy per GPU: counters where valid, else power x elapsed time.
         dt = 0.0 if self._last_t_s is None else max(frame.t_s - self._last_t_s, 0.0)
         delta_j = v.energy_delta_j
