@@ -63,9 +63,15 @@ def test_live_tracking_serves_metrics_over_http(tmp_path: Path) -> None:
     )
     try:
         assert proc.stderr is not None
-        line = proc.stderr.readline()
-        url = re.search(r"http://\S+/metrics", line)
-        assert url, line
+        url = None
+        seen = []
+        for _ in range(50):  # other libraries may warn on stderr first
+            line = proc.stderr.readline()
+            seen.append(line)
+            url = re.search(r"http://\S+/metrics", line)
+            if url or not line:
+                break
+        assert url, seen
         deadline = time.time() + 15
         seqs = []
         while time.time() < deadline and len(seqs) < 2:
@@ -82,3 +88,47 @@ def test_live_tracking_serves_metrics_over_http(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_dcgm_endpoints_over_http_with_one_down(tmp_path: Path) -> None:
+    import socket
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from powerplane.config import load_scenario
+    from powerplane.sources.dcgm_synth import synth_scrape_per_host
+    from powerplane.topology import Topology
+
+    topo = Topology.from_site(load_scenario("small")[0])
+    texts = synth_scrape_per_host(topo)
+    hosts = list(texts)[:4]
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            host = self.path.strip("/").split("/")[0]
+            body = texts[host].encode() if isinstance(texts[host], str) else texts[host]
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            return
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    try:
+        listing = tmp_path / "targets.txt"
+        urls = [f"http://127.0.0.1:{srv.server_address[1]}/{h}/metrics" for h in hosts[:3]]
+        urls.append(f"http://127.0.0.1:{closed_port}/metrics  # this exporter is down")
+        listing.write_text("# dcgm-exporter endpoints\n" + "\n".join(urls) + "\n")
+        doc = _json("--source", "dcgm", "--targets", str(listing), "--scenario", "small", "--timeout", "2")
+    finally:
+        srv.shutdown()
+    assert len(doc["failed_targets"]) == 1 and str(closed_port) in doc["failed_targets"][0]
+    assert doc["coverage"]["site"] == pytest.approx(3 * 8 / 256)
+    assert doc["rejected"]["missing"] == 256 - 24
+    assert doc["site"]["gpu_power_w_sum"] > 0

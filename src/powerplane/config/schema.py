@@ -293,6 +293,53 @@ class WorkloadConfig(_Strict):
     straggler_duration_s: tuple[float, float] = (5.0, 60.0)
 
 
+# ------------------------------------------------------------------------------------------------ energy
+
+
+class DemandResponseEvent(_Strict):
+    """A committed reduction of grid import: ``reduction`` of the baseline for ``duration_h`` from ``start`` (local)."""
+
+    start: str = Field(description="local start time, ISO 8601 without offset, e.g. 2026-07-15T15:00")
+    duration_h: PositiveFloat
+    reduction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.25
+
+
+class EnergyConfig(_Strict):
+    """Energy-management settings: fast controllers, planner and compute levers."""
+
+    contract_margin: Annotated[float, Field(gt=0.5, le=1.0)] = Field(
+        default=0.98, description="aim at this share of the contract demand (headroom for metering error)"
+    )
+    ramp_limit_mw_per_s: PositiveFloat = Field(default=1.0, description="grid-side ramp-rate limit [MW/s]")
+    damping_time_constant_s: PositiveFloat = Field(
+        default=15.0, description="smoothing of grid power; swings faster than ~1/(2 pi tau) go to the batteries"
+    )
+    frequency_deadband_hz: NonNegFloat = 0.02
+    frequency_droop: Annotated[float, Field(gt=0.0, le=0.2)] = Field(
+        default=0.05, description="droop: full response power at this per-unit frequency deviation"
+    )
+    frequency_response_share: Fraction = Field(
+        default=0.2, description="share of battery power reserved for frequency response"
+    )
+    planner_step_min: PositiveFloat = 15.0
+    planner_horizon_h: PositiveFloat = 24.0
+    replan_min: PositiveFloat = 15.0
+    battery_capex_per_kwh: NonNegFloat = Field(default=250.0, description="replacement cost for wear pricing")
+    shed_cost_per_kwh: NonNegFloat = Field(
+        default=0.5, description="value of compute lost per kWh of GPU energy capped or deferred"
+    )
+    cap_classes: list[Literal["low", "normal", "core"]] = Field(default_factory=lambda: ["low", "normal"])  # type: ignore[arg-type]
+    stale_after_s: PositiveFloat = Field(default=5.0, description="older telemetry puts the controllers in safe mode")
+    safe_hold_s: NonNegFloat = Field(default=10.0, description="in safe mode, hold the last setpoint this long")
+    threshold_peak_fraction: Annotated[float, Field(gt=0.0, le=1.5)] = Field(
+        default=0.95, description="threshold policy: shave grid power above this share of the contract"
+    )
+    threshold_recharge_fraction: Annotated[float, Field(gt=0.0, le=1.5)] = Field(
+        default=0.8, description="threshold policy: recharge while grid power is below this share of the contract"
+    )
+    demand_response: list[DemandResponseEvent] = Field(default_factory=list)
+
+
 # -------------------------------------------------------------------------------------------------- site
 
 
@@ -311,6 +358,7 @@ class SiteConfig(_Strict):
     tariff: TariffConfig
     grid: GridConfig
     workload: WorkloadConfig
+    energy: EnergyConfig = EnergyConfig()
 
     @field_validator("timezone")
     @classmethod

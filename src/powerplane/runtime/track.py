@@ -64,7 +64,8 @@ class Tracking:
     def cycle(self) -> Snapshot:
         t0 = perf_counter_s()
         frame = self.source.read()
-        rejected: Counter[str] = Counter(getattr(self.source, "last_rejected", None) or {})
+        last = getattr(self.source, "last", None)  # dcgm: what the scrape itself rejected (unknown GPUs, bad lines)
+        rejected: Counter[str] = Counter(getattr(last, "rejected", None) or {})
         snap = self.tracker.ingest(frame, self._gpu_job(), rejected)
         self.cycle_ms.append((perf_counter_s() - t0) * 1e3)
         del self.cycle_ms[:-1000]
@@ -102,6 +103,64 @@ def _twin_tracking(opts: TrackOptions, history_factory: Callable[[Any], Any] | N
         ring_window_s=opts.ring_window_s,
         interval_s=opts.interval_s,
     )
+
+
+def resolve_targets(specs: list[str]) -> list[str]:
+    """Each spec is a file listing targets (one per line), a URL, ``host[:port]`` or ``file://PATH`` of a saved
+    scrape. A path to a file that is not a target list (it holds exporter text) is taken as a saved scrape."""
+    from powerplane.sources.dcgm import normalize_target, read_targets
+
+    out: list[str] = []
+    for spec in specs:
+        path = Path(spec)
+        if "://" not in spec and path.is_file():
+            head = path.read_text(errors="replace")[:4096]
+            if "DCGM_" in head or "# TYPE" in head or "# HELP" in head:
+                out.append("file://" + str(path.resolve()))
+            else:
+                out.extend(read_targets(path))
+        else:
+            out.append(normalize_target(spec))
+    if not out:
+        raise SourceError("no dcgm targets given")
+    return out
+
+
+def _dcgm_tracking(opts: TrackOptions, history_factory: Callable[[Any], Any] | None) -> Tracking:
+    from powerplane.config import load_scenario
+    from powerplane.sources.dcgm import DcgmScraper, DcgmSource
+    from powerplane.sources.discover import discover_topology
+    from powerplane.topology import Topology
+
+    if not opts.targets:
+        raise SourceError("--source dcgm needs --targets (a file of URLs, comma-separated URLs, or file://PATH)")
+    scraper = DcgmScraper(resolve_targets(opts.targets), timeout_s=opts.timeout_s)
+    site: SiteConfig | None = None
+    if opts.scenario:
+        site, _ = load_scenario(opts.scenario)
+        topo = Topology.from_site(site)
+    else:
+        topo = discover_topology(scraper)
+    src = DcgmSource(topo, scraper)
+
+    def status() -> dict[str, Any]:
+        last = src.last
+        if last is None:
+            return {}
+        targets = [
+            {"target": t.target, "status": t.status, "latency_s": round(t.latency_s, 4), "samples": t.n_samples,
+             **({"error": t.error} if t.error else {})}
+            for t in last.targets
+        ]
+        return {
+            "targets": targets,
+            "failed_targets": [t["target"] for t in targets if t["status"] != "ok"],
+            "samples": last.n_samples,
+        }
+
+    hist = history_factory(topo) if history_factory else None
+    return Tracking(src, site, lambda: None, extra=status, history=hist, ring_window_s=opts.ring_window_s,
+                    interval_s=opts.interval_s)
 
 
 def build_tracking(opts: TrackOptions) -> Tracking:
@@ -147,21 +206,7 @@ def build_tracking(opts: TrackOptions) -> Tracking:
             nsrc, None, lambda: None, history=hist, ring_window_s=opts.ring_window_s, interval_s=opts.interval_s
         )
     if opts.source == "dcgm":
-        from powerplane.sources.dcgm_source import DcgmSource
-
-        if not opts.targets:
-            raise SourceError("--source dcgm needs --targets (a file of URLs, comma-separated URLs, or file://PATH)")
-        dsrc = DcgmSource.create(opts.targets, scenario=opts.scenario, timeout_s=opts.timeout_s)
-        hist = history_factory(dsrc.topology) if history_factory else None
-        return Tracking(
-            dsrc,
-            dsrc.site,
-            dsrc.gpu_job,
-            extra=dsrc.status,
-            history=hist,
-            ring_window_s=opts.ring_window_s,
-            interval_s=opts.interval_s,
-        )
+        return _dcgm_tracking(opts, history_factory)
     raise SourceError(f"unknown source {opts.source!r}; valid: twin, dcgm, nvml, replay")
 
 
