@@ -81,8 +81,12 @@ def simulate(
     out: Annotated[Path, typer.Option(help="output directory")] = Path("runs/sim"),
     force: Annotated[bool, typer.Option("--force", help="replace an existing output directory")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+    policy: Annotated[str, typer.Option(help="energy management: none, threshold, mpc or oracle")] = "none",
+    dr: Annotated[
+        list[str] | None, typer.Option(help="demand-response event, e.g. 2026-07-15T15:00/3h/-25% (repeatable)")
+    ] = None,
 ) -> None:
-    """Simulate a site second by second with the digital twin; write Parquet, summary.json and a plot."""
+    """Simulate a site second by second with the digital twin; write Parquet, summary.json, report.html, a plot."""
     from powerplane.runtime.simulate import SimulateOptions
     from powerplane.runtime.simulate import simulate as run_simulation
 
@@ -103,6 +107,8 @@ def simulate(
         gpu_detail=gpu_detail,
         force=force,
         record_interval_s=interval_s,
+        policy=policy,
+        dr=tuple(dr or ()),
     )
     columns = (
         TextColumn("[bold]simulating[/]"),

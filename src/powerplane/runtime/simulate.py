@@ -63,6 +63,8 @@ class SimulateOptions:
     gpu_detail: bool = False
     force: bool = False
     record_interval_s: float = 60.0
+    policy: str = "none"
+    dr: tuple[str, ...] = ()  # demand-response events, e.g. "2026-07-15T15:00/3h/-25%"
 
 
 def block_steps(steps_per_interval: int) -> int:
@@ -161,7 +163,9 @@ class _Recorder:
         self._unit_names = pa.array([u.name for u in twin.site.bess], pa.string())
         self._gpu_node = topo.gpu_node.astype(np.int32)
         self.job_cost: dict[int, float] = {}
-        self._series: dict[str, list[F64]] = {c: [] for c in (*SITE_COLUMNS, "t_s", "frequency_hz")}
+        self._series: dict[str, list[F64]] = {
+            c: [] for c in (*SITE_COLUMNS, "t_s", "frequency_hz", "price_per_kwh", "bess_soc", "bess_unit_power_w")
+        }
         self._reset_interval()
 
     def _reset_interval(self) -> None:
@@ -189,7 +193,9 @@ class _Recorder:
             "price_per_kwh": price,
             "islanded": p.islanded,
         }
-        self.site.append(cols)
+        self.site.append({k: v for k, v in cols.items() if k not in ("bess_soc", "bess_unit_power_w")})
+        cols["bess_soc"] = p.bess_soc
+        cols["bess_unit_power_w"] = p.bess_unit_power_w
         for c in self._series:
             self._series[c].append(np.asarray(cols[c], dtype=np.float64))
         h = topo.n_halls
@@ -450,15 +456,35 @@ def simulate(opts: SimulateOptions, progress: Callable[[int, int], None] | None 
     total = round(opts.hours * S_PER_H / opts.step_s)
     if total < 1:
         raise ValueError("the horizon is shorter than one step")
+    from powerplane.runtime.energy import OraclePolicy, make_policy, parse_dr
+    from powerplane.runtime.energy_report import energy_summary, write_report
+
+    events = list(site.energy.demand_response) + [parse_dr(d, site.timezone) for d in opts.dr]
     with atomic_output_dir(opts.out, opts.force) as out:
         twin = Twin(site, site_file, seed=opts.seed, dt_s=opts.step_s)
-        rec = _Recorder(twin, out, opts, steps_per_interval)
+        policy = make_policy(opts.policy, twin, events)
         per_block = block_steps(steps_per_interval)
         t0 = time.perf_counter()
+        if isinstance(policy, OraclePolicy):  # perfect foresight: the same twin's load, without batteries
+            shadow = Twin(site, site_file, seed=opts.seed, dt_s=opts.step_s)
+            t_parts, it_parts, hall_parts = [], [], []
+            done = 0
+            while done < total:
+                b = shadow.advance(min(per_block, total - done))
+                t_parts.append(b.t_s)
+                it_parts.append(b.plant.it_power_w)
+                hall_parts.append(b.fleet.hall_it_power_w)
+                done += b.t_s.size
+            policy.set_actual(np.concatenate(t_parts), np.concatenate(it_parts), np.concatenate(hall_parts))
+            del shadow
+        rec = _Recorder(twin, out, opts, steps_per_interval)
+        controller = policy.controller()
         done = 0
         while done < total:
             n = min(per_block, total - done)
-            block = twin.advance(n)
+            policy.before_block(twin.now_s)
+            block = twin.advance(n, controller)  # type: ignore[arg-type]
+            policy.after_block(block)
             rec.add(block, twin.last_block_jobs)
             done += n
             if progress is not None:
@@ -467,10 +493,12 @@ def simulate(opts: SimulateOptions, progress: Callable[[int, int], None] | None 
         series = rec.close()
         _write_jobs(twin, out, rec.job_cost)
         summary = summarize(twin, series, wall, opts)
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        summary.update(energy_summary(twin, series, policy, opts.policy, out))
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
         plot_site(
             series,
             out / "site_power.png",
-            f"{site.name}: site power ({opts.hours:g} h, step {opts.step_s:g} s)",
+            f"{site.name}: site power ({opts.hours:g} h, step {opts.step_s:g} s, policy {opts.policy})",
         )
+        write_report(out, summary, series, policy)
     return summary

@@ -83,6 +83,8 @@ class JobSpec:
 
 
 _FIELDS_F = (
+    "cap_lost_gpu_s",
+    "pause_lost_gpu_s",
     "work_s",
     "work_done_s",
     "last_ckpt_work_s",
@@ -161,6 +163,8 @@ class JobTable:
     gpu_seconds: F64
     throughput_lost_gpu_s: F64
     fail_rate_per_s: F64
+    cap_lost_gpu_s: F64  # GPU-seconds of work lost to power caps
+    pause_lost_gpu_s: F64  # GPU-seconds held while paused by an operator or a controller
     kind: I64
     priority: I64
     n_gpus: I64

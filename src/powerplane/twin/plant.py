@@ -10,6 +10,7 @@ the load (UPS role), then the UPS strings bridge until the generator has started
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,9 @@ from powerplane.physics import battery, cooling, grid, solar, thermal, weather, 
 from powerplane.topology import Topology
 
 F64 = NDArray[np.float64]
+# controller(t_s, grid_w, bess_w[U], soc[U], frequency_hz, islanded, hall_it_w[H] | None) -> setpoint_w[U],
+# all readings from the previous step.
+StepController = Callable[[float, float, F64, F64, float, bool, F64 | None], F64]
 
 SUPPLY_TEMP_RANGE_C = (16.0, 32.0)
 COOLING_TIME_CONSTANT_S = 120.0  # response of cooling power to IT heat (estimate)
@@ -120,6 +124,10 @@ class Plant:
         self.ups_capacity_j = self.ups_energy_j
         self.ups_power_max_w = design_it_w
         self.outage_start_s = np.nan
+        self._last_grid_w = 0.0
+        self._last_frequency_hz = self.nominal_hz
+        self._last_islanded = False
+        self._last_hall_it_w: F64 | None = None
         # Rack inlet temperatures and cooling failures.
         self.inlet_c = np.full(topo.n_racks, self.supply_temp_c + 1.0)
         self.inlet_tau_s = site.cooling.inlet_time_constant_s
@@ -197,7 +205,12 @@ class Plant:
 
     # --------------------------------------------------------------------------------- block
 
-    def advance(self, t_s: F64, it_power_w: F64) -> PlantBlock:
+    def advance(
+        self, t_s: F64, it_power_w: F64, controller: StepController | None = None, hall_it_w: F64 | None = None
+    ) -> PlantBlock:
+        """Advance the facility over a block. With a ``controller`` the batteries are commanded step by step from
+        the previous step's readings (grid, battery power, SOC, frequency, island, hall IT power), as a real
+        controller one cycle behind its meters would; without one they hold their setpoints."""
         n = t_s.size
         temp = self.outdoor_temp_c(t_s)
         cop = cooling.cop(temp, self.cop_curve) * (
@@ -218,12 +231,17 @@ class Plant:
         wnd = weather.interpolate_hourly(self.wind_hourly, hour)
         renewable = sol + wnd
         islanded = self._islanded(t_s)
+        frequency = self._frequency(t_s)
         ups = np.zeros(n)
         gen = np.zeros(n)
         unserved = np.zeros(n)
         if self.bess.n_units == 0:
             unit_p = np.zeros((n, 0))
             soc = np.zeros((n, 0))
+        elif controller is not None:
+            unit_p, soc, ups, gen, unserved = self._stepwise_block(
+                t_s, facility, renewable, islanded, frequency, controller, hall_it_w
+            )
         elif not islanded.any() and not self.bess_setpoint_w.any() and not self.bess_power_w.any():
             unit_p = np.zeros((n, self.bess.n_units))
             soc = np.broadcast_to(self.bess_soc, (n, self.bess.n_units))
@@ -232,7 +250,9 @@ class Plant:
                 np.broadcast_to(self.bess_setpoint_w, (n, self.bess.n_units))
             )
         else:
-            unit_p, soc, ups, gen, unserved = self._islanded_block(t_s, facility, renewable, islanded)
+            unit_p, soc, ups, gen, unserved = self._stepwise_block(
+                t_s, facility, renewable, islanded, frequency, None, hall_it_w
+            )
         bess_total = unit_p.sum(axis=1)
         residual = facility - bess_total - renewable - gen - ups - unserved
         # Renewables beyond load and the export limit (no export at all in island) are curtailed.
@@ -242,6 +262,9 @@ class Plant:
         used = renewable - curtailed
         if not islanded.any():
             self.outage_start_s = np.nan
+        self._last_grid_w = float(grid_w[-1])
+        self._last_frequency_hz = float(frequency[-1])
+        self._last_islanded = bool(islanded[-1])
         return PlantBlock(
             outdoor_temp_c=temp,
             it_power_w=it_power_w,
@@ -260,7 +283,7 @@ class Plant:
             generator_power_w=gen,
             unserved_power_w=unserved,
             grid_power_w=grid_w,
-            frequency_hz=self._frequency(t_s),
+            frequency_hz=frequency,
             islanded=islanded,
         )
 
@@ -275,10 +298,18 @@ class Plant:
             socs[k] = s
         return out, p, s, socs
 
-    def _islanded_block(
-        self, t_s: F64, facility: F64, renewable: F64, islanded: NDArray[np.bool_]
+    def _stepwise_block(
+        self,
+        t_s: F64,
+        facility: F64,
+        renewable: F64,
+        islanded: NDArray[np.bool_],
+        frequency: F64,
+        controller: StepController | None,
+        hall_it_w: F64 | None,
     ) -> tuple[F64, F64, F64, F64, F64]:
-        """Step by step: batteries carry the load in island, the UPS bridges, the generator takes over."""
+        """Step by step: in island the batteries carry the load (UPS role), the UPS strings bridge and the
+        generator takes over; grid-connected, the batteries follow the controller (or hold their setpoints)."""
         n = t_s.size
         u = self.bess.n_units
         unit_p = np.zeros((n, u))
@@ -303,12 +334,26 @@ class Plant:
                 self.ups_energy_j -= ups_p * self.dt_s
                 ups[k] = ups_p
                 unserved[k] = max(need - ups_p, 0.0)
+                grid_now = 0.0
             else:
                 self.outage_start_s = np.nan
+                if controller is not None:
+                    hall = None if hall_it_w is None else (hall_it_w[k - 1] if k else self._last_hall_it_w)
+                    self.bess_setpoint_w = np.asarray(
+                        controller(float(t_s[k]), self._last_grid_w, self.bess_power_w, self.bess_soc,
+                                   self._last_frequency_hz, self._last_islanded, hall),
+                        dtype=np.float64,
+                    )
                 p, s = battery.step(self.bess_setpoint_w, self.bess_power_w, self.bess_soc, self.bess, self.dt_s)
                 # UPS strings recharge slowly from the grid (10 % of rating); counted in other losses.
                 self.ups_energy_j = min(self.ups_capacity_j, self.ups_energy_j + 0.1 * self.ups_power_max_w * self.dt_s)
+                grid_now = float(facility[k] - renewable[k] - p.sum())
             self.bess_power_w, self.bess_soc = p, s
             unit_p[k] = p
             socs[k] = s
+            self._last_grid_w = grid_now
+            self._last_frequency_hz = float(frequency[k])
+            self._last_islanded = bool(islanded[k])
+        if hall_it_w is not None:
+            self._last_hall_it_w = hall_it_w[-1]
         return unit_p, socs, ups, gen, unserved

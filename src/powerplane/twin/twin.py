@@ -31,7 +31,7 @@ from powerplane.core.frames import Frame
 from powerplane.physics import gpu_power
 from powerplane.topology import Topology
 from powerplane.twin.fleet import Fleet, FleetBlock
-from powerplane.twin.plant import Plant, PlantBlock
+from powerplane.twin.plant import Plant, PlantBlock, StepController
 from powerplane.twin.workload import Workload
 
 F64 = NDArray[np.float64]
@@ -92,8 +92,12 @@ class Twin:
 
     # ----------------------------------------------------------------------------------- simulation
 
-    def advance(self, n_steps: int) -> TwinBlock:
-        """Advance ``n_steps`` steps; return every series of the block (step k covers [t_k, t_k + dt))."""
+    def advance(self, n_steps: int, controller: StepController | None = None) -> TwinBlock:
+        """Advance ``n_steps`` steps; return every series of the block (step k covers [t_k, t_k + dt)).
+
+        A ``controller`` commands the batteries every step from the previous step's readings (closed loop);
+        GPU caps and job commands sent through :meth:`apply` take effect from the next block.
+        """
         if n_steps < 1:
             raise ValueError("advance needs at least one step")
         t0 = self.clock.now_s()
@@ -104,7 +108,7 @@ class Twin:
         self.workload.jobs.energy_j[acts.column_jobs] += fleet.job_energy_j[1:]
         self.last_block_jobs = acts.column_jobs
         self._rack_power_w = fleet.rack_power_w.mean(axis=0, dtype=np.float64)
-        plant = self.plant.advance(t_s, fleet.hall_it_power_w.sum(axis=1))
+        plant = self.plant.advance(t_s, fleet.hall_it_power_w.sum(axis=1), controller, fleet.hall_it_power_w)
         self.clock.set(t0 + n_steps * self.dt_s)
         block = TwinBlock(t_s, fleet, plant, inlet.copy())
         self._last = block

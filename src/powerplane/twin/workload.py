@@ -537,8 +537,16 @@ class Workload:
             jobs.phase[j] = (jobs.phase[j] + rate * duration_s) % 1.0
             jobs.work_done_s[j] += work_rate * duration_s
             jobs.throughput_lost_gpu_s[j] += (1.0 - work_rate) * duration_s * jobs.n_gpus[j]
+            capped = j[jobs.speed[j] < 1.0]
+            if capped.size:  # the share of the loss due to power caps: work rate at full speed minus now
+                f = jobs.compute_fraction[capped]
+                full = 1.0 / ((f + 1.0 - f) * (1.0 + jobs.straggle[capped]))
+                _, _, now = self._work_rate(capped)
+                jobs.cap_lost_gpu_s[capped] += (full - now) * duration_s * jobs.n_gpus[capped]
         held = ids[~running]
         jobs.throughput_lost_gpu_s[held] += duration_s * jobs.n_gpus[held]
+        paused = held[jobs.state[held] == _PAUSED]
+        jobs.pause_lost_gpu_s[paused] += duration_s * jobs.n_gpus[paused]
         jobs.gpu_seconds[ids] += duration_s * jobs.n_gpus[ids]
 
     def advance(self, t0: float, n_steps: int, dt: float) -> BlockActivity:

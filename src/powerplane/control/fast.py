@@ -1,0 +1,275 @@
+"""The fast loop: small controllers in priority order, run every cycle (100 ms to 1 s) on the newest readings.
+
+Each controller narrows the feasible interval of total battery power (a constraint a lower-priority controller
+cannot override) or shapes the grid-power target; the plan follower supplies the slow target. In priority order:
+
+1. limits guard   nameplate, SOC window, backup reserve, ramp rate, unit availability -> [lo, hi]
+2. safe mode      stale or invalid readings: hold the last setpoint, then return the batteries to idle
+3. backup         islanded: batteries carry the load (UPS role), compute is shed lowest class first
+4. contract cap   grid power at most the contract, instantaneously and as the 15-minute average
+5. demand resp.   grid power at most the committed level during an event
+6. damping        grid power follows a ramp-limited, low-passed target; 0.1-3 Hz swings go to the batteries
+7. frequency      droop response with a deadband around nominal
+8. plan follower  the planner's grid target for this slot (or its battery schedule), in the remaining headroom
+
+Sign conventions: battery power positive when discharging; grid power positive when importing. The load the
+batteries see is ``L = grid + battery`` (what the grid would carry without them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from powerplane.physics.battery import BessParams
+
+F64 = NDArray[np.float64]
+
+
+@dataclass
+class Measurements:
+    """What the fast loop reads each cycle (from the newest snapshot, or the simulated plant)."""
+
+    t_s: float
+    grid_w: float
+    bess_w: F64  # per unit, actual
+    soc: F64  # per unit
+    frequency_hz: float
+    islanded: bool = False
+    hall_it_w: F64 | None = None
+    reading_t_s: float | None = None  # when the readings were taken (staleness)
+    valid: bool = True
+
+    @property
+    def load_w(self) -> float:
+        return self.grid_w + float(self.bess_w.sum())
+
+
+@dataclass
+class FastSettings:
+    contract_w: float
+    contract_margin: float = 0.98
+    demand_window_s: float = 900.0
+    poi_limit_w: float = np.inf
+    ramp_limit_w_per_s: float = 1e6
+    damping_tau_s: float = 15.0
+    damping: bool = True
+    nominal_hz: float = 50.0
+    deadband_hz: float = 0.02
+    droop: float = 0.05
+    frequency_share: float = 0.2
+    backup_reserve: F64 | None = None  # per-unit SOC floor while the grid is up
+    stale_after_s: float = 5.0
+    safe_hold_s: float = 10.0
+    busbar_w: F64 | None = None  # per hall
+    unit_hall: NDArray[np.int64] | None = None
+
+
+@dataclass
+class Decision:
+    """What the fast loop asks for this cycle, and why."""
+
+    t_s: float
+    mode: str  # normal | safe | backup
+    bess_total_w: float
+    bess_unit_w: F64
+    grid_target_w: float
+    shed_w: float  # compute power the batteries could not cover (to be capped or deferred), >= 0
+    bounds_w: tuple[float, float]
+    reasons: list[str] = field(default_factory=list)
+
+
+class FastLoop:
+    """The controllers with their state (filters, window energy, last command). One ``step`` per cycle."""
+
+    def __init__(self, params: BessParams, settings: FastSettings) -> None:
+        self.params = params
+        self.s = settings
+        u = params.n_units
+        self.last_unit_w = np.zeros(u)
+        self.available = np.ones(u, dtype=bool)
+        self._grid_filtered: float | None = None
+        self._grid_out: float | None = None
+        self._window_id = -1
+        self._window_energy_j = 0.0
+        self._last_t: float | None = None
+        self._stale_since: float | None = None
+        self.plan_grid_w: float | None = None  # set by the plan follower's source each slot
+        self.plan_bess_w: float | None = None
+        self.dr_limit_w: float | None = None  # set while a demand-response event is active
+
+    # ------------------------------------------------------------------------------- 1. limits guard
+
+    def unit_bounds(self, m: Measurements, dt_s: float) -> tuple[F64, F64]:
+        """Per-unit feasible power [lo, hi] this cycle (negative: charge)."""
+        p = self.params
+        e = p.energy_j
+        floor = p.soc_min.copy()
+        if not m.islanded and self.s.backup_reserve is not None:
+            floor = np.maximum(floor, self.s.backup_reserve)
+        horizon = max(dt_s, 1.0)  # keep a second of energy margin at the window edges
+        hi = np.minimum(p.power_max_w, np.maximum(m.soc - floor, 0.0) * e * p.eta_discharge / horizon)
+        lo = -np.minimum(p.power_max_w, np.maximum(p.soc_max - m.soc, 0.0) * e / (p.eta_charge * horizon))
+        ramp = p.ramp_w_per_s * dt_s
+        hi = np.minimum(hi, self.last_unit_w + ramp)
+        lo = np.maximum(lo, self.last_unit_w - ramp)
+        lo = np.minimum(lo, hi)
+        hi = np.where(self.available, hi, 0.0)
+        lo = np.where(self.available, lo, 0.0)
+        return lo, hi
+
+    # ------------------------------------------------------------------------------- the cycle
+
+    def step(self, m: Measurements, dt_s: float) -> Decision:
+        s = self.s
+        reasons: list[str] = []
+        unit_lo, unit_hi = self.unit_bounds(m, dt_s)
+        lo, hi = float(unit_lo.sum()), float(unit_hi.sum())
+        load = m.load_w
+        # 2. Safe mode on stale or invalid readings: hold, then go idle.
+        age = m.t_s - (m.reading_t_s if m.reading_t_s is not None else m.t_s)
+        if not m.valid or age > s.stale_after_s or not np.isfinite(load):
+            if self._stale_since is None:
+                self._stale_since = m.t_s
+            held = m.t_s - self._stale_since
+            target = float(self.last_unit_w.sum()) if held <= s.safe_hold_s else 0.0
+            reasons.append(
+                f"safe mode: readings {'invalid' if not m.valid else f'{age:.1f} s old'}; "
+                f"{'hold' if held <= s.safe_hold_s else 'return to idle'}"
+            )
+            return self._finish(m, "safe", target, lo, hi, unit_lo, unit_hi, float("nan"), 0.0, reasons)
+        self._stale_since = None
+        # 3. Backup: islanded, the batteries carry what they can.
+        if m.islanded:
+            target = min(max(load, lo), hi)
+            shed = max(load - hi, 0.0)
+            reasons.append(f"backup: grid lost, batteries carry {target / 1e6:.2f} MW")
+            self._grid_filtered = None
+            self._grid_out = None
+            return self._finish(m, "backup", target, lo, hi, unit_lo, unit_hi, 0.0, shed, reasons)
+        # 4. Contract cap: instantaneous and what the rest of the 15-minute window allows.
+        limit = min(s.contract_w * s.contract_margin, s.poi_limit_w)
+        window = int(m.t_s // s.demand_window_s)
+        if window != self._window_id:
+            self._window_id, self._window_energy_j = window, 0.0
+        elapsed = m.t_s - window * s.demand_window_s
+        remaining = max(s.demand_window_s - elapsed, dt_s)
+        avg_room = (s.contract_w * s.contract_margin * s.demand_window_s - self._window_energy_j) / remaining
+        grid_max = min(limit, avg_room) if elapsed > 0 else limit
+        # 5. Demand response.
+        if self.dr_limit_w is not None:
+            grid_max = min(grid_max, self.dr_limit_w)
+        need_lo = load - grid_max
+        shed = 0.0
+        if need_lo > lo:
+            if need_lo > hi:
+                shed = need_lo - hi
+                reasons.append(f"contract/DR: {shed / 1e6:.2f} MW beyond the batteries, shed compute")
+            lo = min(need_lo, hi)
+        # 8. Plan follower (slow target) -> 6. damping -> 7. frequency response.
+        if self.plan_grid_w is not None:
+            desired_grid = self.plan_grid_w
+        elif self.plan_bess_w is not None:
+            desired_grid = load - self.plan_bess_w
+        else:
+            desired_grid = load
+        if s.damping:
+            desired_grid = self._damp(desired_grid, dt_s)
+        target = load - desired_grid
+        df = m.frequency_hz - s.nominal_hz
+        if abs(df) > s.deadband_hz:
+            response = -(df - np.sign(df) * s.deadband_hz) / (s.nominal_hz * s.droop)
+            target += float(np.clip(response, -1.0, 1.0)) * s.frequency_share * float(self.params.power_max_w.sum())
+            reasons.append(f"frequency {m.frequency_hz:.3f} Hz: droop response")
+        return self._finish(m, "normal", target, lo, hi, unit_lo, unit_hi, desired_grid, shed, reasons)
+
+    def _damp(self, desired_grid: float, dt_s: float) -> float:
+        """Low-pass then ramp-limit the grid target."""
+        s = self.s
+        if self._grid_filtered is None or self._grid_out is None:
+            self._grid_filtered = desired_grid
+            self._grid_out = desired_grid
+            return desired_grid
+        a = float(np.exp(-dt_s / s.damping_tau_s))
+        self._grid_filtered = a * self._grid_filtered + (1.0 - a) * desired_grid
+        step = s.ramp_limit_w_per_s * dt_s
+        self._grid_out = float(np.clip(self._grid_filtered, self._grid_out - step, self._grid_out + step))
+        return self._grid_out
+
+    def _finish(
+        self,
+        m: Measurements,
+        mode: str,
+        target: float,
+        lo: float,
+        hi: float,
+        unit_lo: F64,
+        unit_hi: F64,
+        grid_target: float,
+        shed: float,
+        reasons: list[str],
+    ) -> Decision:
+        total = float(np.clip(target, lo, hi)) if lo <= hi else hi
+        if total != target and mode == "normal":
+            reasons.append(f"limits: {target / 1e6:.2f} MW clipped to [{lo / 1e6:.2f}, {hi / 1e6:.2f}] MW")
+        unit = allocate(total, unit_lo, unit_hi, m.soc, self.params, m.hall_it_w, self.s.busbar_w, self.s.unit_hall)
+        self.last_unit_w = unit
+        # The window's energy uses the grid power this decision implies.
+        if self._last_t is not None:
+            self._window_energy_j += max(m.load_w - float(unit.sum()), 0.0) * max(m.t_s - self._last_t, 0.0)
+        self._last_t = m.t_s
+        if self._grid_out is not None and mode == "normal":
+            self._grid_out = m.load_w - float(unit.sum())  # what the grid really carries, for the next ramp step
+        return Decision(m.t_s, mode, float(unit.sum()), unit, grid_target, shed, (lo, hi), reasons)
+
+
+def allocate(
+    total_w: float,
+    unit_lo: F64,
+    unit_hi: F64,
+    soc: F64,
+    params: BessParams,
+    hall_it_w: F64 | None = None,
+    busbar_w: F64 | None = None,
+    unit_hall: NDArray[np.int64] | None = None,
+) -> F64:
+    """Share a total battery power across units by headroom: discharge by available energy and power above the
+    floor, charge by room below the ceiling. Hall busbars bound charging (it adds to the hall's load) and make a
+    battery in an overloaded hall discharge first; a battery may buffer another hall's load through the site bus.
+
+    >>> p = BessParams.from_config([])
+    >>> allocate(0.0, np.zeros(0), np.zeros(0), np.zeros(0), p).shape
+    (0,)
+    """
+    lo = unit_lo.copy()
+    hi = unit_hi.copy()
+    if hall_it_w is not None and busbar_w is not None and unit_hall is not None and lo.size:
+        headroom = busbar_w[unit_hall] - hall_it_w[unit_hall]
+        lo = np.maximum(lo, np.minimum(-headroom, hi))  # charging within the busbar; discharge if overloaded
+    if lo.size == 0:
+        return np.zeros(0)
+    total = float(np.clip(total_w, lo.sum(), hi.sum()))
+    base = np.clip(0.0, lo, hi)  # forced discharge (overloaded hall) or forced charge, else idle
+    rest = total - float(base.sum())
+    if abs(rest) < 1e-9:
+        return base
+    if rest > 0:  # more discharge: by available energy and power
+        room = hi - base
+        weight = room * (np.maximum(soc - params.soc_min, 0.0) * params.energy_j + 1.0)
+    else:  # more charge: by room below the ceiling
+        room = base - lo
+        weight = room * (np.maximum(params.soc_max - soc, 0.0) * params.energy_j + 1.0)
+    want = abs(rest)
+    give = np.zeros_like(room)
+    for _ in range(lo.size):  # water-filling: units that hit their limit pass the rest on
+        free = (room - give) > 1e-9
+        left = want - float(give.sum())
+        if left <= 1e-6 or not free.any():
+            break
+        w = np.where(free, weight, 0.0)
+        if w.sum() <= 0:
+            w = free.astype(float)
+        give = np.minimum(give + w / w.sum() * left, room)
+    return np.asarray(base + np.sign(rest) * give)

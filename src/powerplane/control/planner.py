@@ -1,0 +1,321 @@
+"""The dispatch planner: a linear program over a rolling horizon, solved with HiGHS.
+
+Per step t (length ``dt_h``) and battery unit u, in MW / MWh:
+
+    minimise  sum_t price_t g_t dt - export_price x_t dt                          energy bill
+              + demand_rate * (P - P_sofar)                                      demand charge on the new peak
+              + over_rate * O                                                    contract billing (e.g. 105 % rule)
+              + deg_cost * sum_tu (c_tu + d_tu) dt                               battery wear (throughput)
+              + curtail_cost * r_t dt + shed_cost_t * s_t dt + dr_penalty * z_t dt
+    s.t.      g_t - x_t + sum_u (d_tu - c_tu) + s_t - r_t = L_t - R_t            site balance
+              e_tu = e_t-1,u + (eta_c c_tu - d_tu / eta_d) dt                    state of charge
+              E_min_u <= e_tu <= E_max_u,  e_T-1,u >= e_final_u                  SOC window, reserve, terminal
+              P >= mean of g over each demand window,  P >= P_sofar              peak demand
+              O >= P - threshold * contract                                      contract overrun
+              hall_load_th + sum_{u in h} (c_tu - d_tu) <= busbar_h              hall busbars
+              g_t - z_t <= dr_limit_t                                            demand-response commitments
+              0 <= s_t <= shed_max_t                                             compute lever (GPU caps, deferral)
+
+Built from arrays in small ``_define_*`` steps (PyPSA/linopy style); no solver state is kept on the plan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import highspy
+import numpy as np
+from numpy.typing import NDArray
+from scipy import sparse
+
+F64 = NDArray[np.float64]
+INF = highspy.kHighsInf
+
+
+@dataclass(frozen=True)
+class PlanInputs:
+    """Everything the LP needs, in SI units (W, J, s) at the edges; converted to MW/MWh inside."""
+
+    t_s: F64  # start of each step [s]
+    dt_s: float
+    load_w: F64  # facility load forecast without batteries [W]
+    renewable_w: F64  # renewable available [W]
+    price_per_kwh: F64
+    hall_load_w: F64  # [T, H] IT load per hall (for busbars)
+    busbar_w: F64  # [H]
+    unit_hall: NDArray[np.int64]  # [U]
+    power_max_w: F64  # [U]
+    energy_j: F64  # [U]
+    soc0: F64  # [U]
+    soc_min: F64  # [U] (including the backup reserve)
+    soc_max: F64  # [U]
+    eta_charge: F64
+    eta_discharge: F64
+    soc_final: F64 | None = None  # [U] terminal SOC floor; default soc0
+    export_price_per_kwh: float = 0.0
+    export_limit_w: float = 0.0
+    import_limit_w: float = np.inf
+    demand_rate_per_kw: float = 0.0  # money per kW of new peak over the horizon's billing period
+    demand_window_s: float = 900.0
+    peak_so_far_w: float = 0.0
+    contract_w: float | None = None
+    contract_threshold: float = 1.05
+    contract_over_rate_per_kw: float = 0.0
+    degradation_cost_per_kwh: float = 0.0
+    curtail_cost_per_kwh: float = 0.0
+    shed_max_w: F64 | None = None  # [T] reducible compute load
+    shed_cost_per_kwh: float = 1.0  # value of the throughput lost by capping/deferring
+    dr_limit_w: F64 | None = None  # [T] grid import ceiling during demand-response events (inf elsewhere)
+    dr_penalty_per_kwh: float = 10.0
+
+
+@dataclass
+class Plan:
+    """A solved schedule. Battery power positive when discharging; all in W."""
+
+    t_s: F64
+    dt_s: float
+    bess_w: F64  # [T, U]
+    grid_w: F64  # [T]
+    soc: F64  # [T, U] at the end of each step
+    shed_w: F64  # [T]
+    curtail_w: F64  # [T]
+    peak_w: float
+    objective: float
+    status: str
+    solve_s: float
+    info: dict[str, float] = field(default_factory=dict)
+
+    def bess_total_w(self, t_s: float) -> float:
+        """Planned total battery power at time ``t_s`` (0 outside the plan)."""
+        k = int((t_s - self.t_s[0]) // self.dt_s)
+        if 0 <= k < self.t_s.size:
+            return float(self.bess_w[k].sum())
+        return 0.0
+
+    def unit_w(self, t_s: float) -> F64:
+        k = int((t_s - self.t_s[0]) // self.dt_s)
+        if 0 <= k < self.t_s.size:
+            return np.asarray(self.bess_w[k])
+        return np.zeros(self.bess_w.shape[1])
+
+
+_BANNER_SHOWN = False
+
+
+def _new_highs() -> highspy.Highs:
+    """A HiGHS instance; the first one of the process prints a banner on C stdout, which would corrupt JSON
+    output of our commands, so it is built with fd 1 pointed at /dev/null."""
+    global _BANNER_SHOWN
+    if _BANNER_SHOWN:
+        return highspy.Highs()
+    import os
+    import sys
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        h = highspy.Highs()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+        _BANNER_SHOWN = True
+    return h
+
+
+class PlanError(RuntimeError):
+    """The LP could not be solved (infeasible, unbounded or a solver error)."""
+
+
+class _Lp:
+    """Columns and rows of a sparse LP being assembled."""
+
+    def __init__(self) -> None:
+        self.cost: list[F64] = []
+        self.lo: list[F64] = []
+        self.hi: list[F64] = []
+        self.n_col = 0
+        self.rows_lo: list[F64] = []
+        self.rows_hi: list[F64] = []
+        self.n_row = 0
+        self.r: list[NDArray[np.int64]] = []
+        self.c: list[NDArray[np.int64]] = []
+        self.v: list[F64] = []
+
+    def var(self, n: int, lo: F64 | float, hi: F64 | float, cost: F64 | float = 0.0) -> NDArray[np.int64]:
+        idx = np.arange(self.n_col, self.n_col + n, dtype=np.int64)
+        self.n_col += n
+        self.lo.append(np.broadcast_to(np.asarray(lo, float), (n,)).copy())
+        self.hi.append(np.broadcast_to(np.asarray(hi, float), (n,)).copy())
+        self.cost.append(np.broadcast_to(np.asarray(cost, float), (n,)).copy())
+        return idx
+
+    def rows(self, n: int, lo: F64 | float, hi: F64 | float) -> NDArray[np.int64]:
+        idx = np.arange(self.n_row, self.n_row + n, dtype=np.int64)
+        self.n_row += n
+        self.rows_lo.append(np.broadcast_to(np.asarray(lo, float), (n,)).copy())
+        self.rows_hi.append(np.broadcast_to(np.asarray(hi, float), (n,)).copy())
+        return idx
+
+    def coef(self, rows: NDArray[np.int64], cols: NDArray[np.int64], vals: F64 | float) -> None:
+        rows, cols = np.broadcast_arrays(rows, cols)
+        self.r.append(rows.ravel())
+        self.c.append(cols.ravel())
+        self.v.append(np.broadcast_to(np.asarray(vals, float), rows.shape).ravel().copy())
+
+    def solve(self, time_limit_s: float = 10.0) -> tuple[str, F64, float]:
+        a = sparse.csc_matrix(
+            (np.concatenate(self.v), (np.concatenate(self.r), np.concatenate(self.c))), shape=(self.n_row, self.n_col)
+        )
+        lp = highspy.HighsLp()
+        lp.num_col_ = self.n_col
+        lp.num_row_ = self.n_row
+        lp.col_cost_ = np.concatenate(self.cost)
+        lp.col_lower_ = np.concatenate(self.lo)
+        lp.col_upper_ = np.where(np.isinf(np.concatenate(self.hi)), INF, np.concatenate(self.hi))
+        lp.row_lower_ = np.where(np.isinf(np.concatenate(self.rows_lo)), -INF, np.concatenate(self.rows_lo))
+        lp.row_upper_ = np.where(np.isinf(np.concatenate(self.rows_hi)), INF, np.concatenate(self.rows_hi))
+        lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+        lp.a_matrix_.start_ = a.indptr
+        lp.a_matrix_.index_ = a.indices
+        lp.a_matrix_.value_ = a.data
+        lp.a_matrix_.num_col_ = self.n_col
+        lp.a_matrix_.num_row_ = self.n_row
+        h = _new_highs()
+        h.setOptionValue("output_flag", False)
+        h.setOptionValue("time_limit", float(time_limit_s))
+        h.passModel(lp)
+        h.run()
+        status = h.modelStatusToString(h.getModelStatus())
+        sol = np.asarray(h.getSolution().col_value, dtype=np.float64)
+        obj = float(h.getInfo().objective_function_value)
+        return status, sol, obj
+
+
+def check_inputs(p: PlanInputs) -> None:
+    """Validate shapes and values before a solve (PyPSA's check_* habit)."""
+    t = p.t_s.size
+    u = p.power_max_w.size
+    for name in ("load_w", "renewable_w", "price_per_kwh"):
+        arr = getattr(p, name)
+        if arr.shape != (t,):
+            raise ValueError(f"{name} has shape {arr.shape}, expected ({t},)")
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"{name} holds NaN or infinite values")
+    if p.hall_load_w.shape != (t, p.busbar_w.size):
+        raise ValueError(f"hall_load_w has shape {p.hall_load_w.shape}, expected ({t}, {p.busbar_w.size})")
+    for name in ("energy_j", "soc0", "soc_min", "soc_max", "eta_charge", "eta_discharge", "unit_hall"):
+        if getattr(p, name).shape != (u,):
+            raise ValueError(f"{name} must have one entry per battery unit ({u})")
+    if np.any(p.soc_min > p.soc_max):
+        raise ValueError("soc_min above soc_max")
+    if not p.dt_s > 0:
+        raise ValueError("dt_s must be positive")
+
+
+def solve_plan(p: PlanInputs, time_limit_s: float = 10.0) -> Plan:
+    """Build and solve the dispatch LP. Raises PlanError when HiGHS finds no optimal plan."""
+    import time
+
+    check_inputs(p)
+    start = time.perf_counter()
+    t_n, u_n = p.t_s.size, p.power_max_w.size
+    dt_h = p.dt_s / 3600.0
+    mw = 1e-6
+    lp = _Lp()
+    kwh = 1000.0 * dt_h  # kWh per MW held for one step
+    # Columns.
+    g = lp.var(t_n, 0.0, min(p.import_limit_w, 1e15) * mw, p.price_per_kwh * kwh)
+    x = lp.var(t_n, 0.0, p.export_limit_w * mw, -p.export_price_per_kwh * kwh)
+    pmax = np.repeat(p.power_max_w[None, :] * mw, t_n, axis=0).ravel()
+    c = lp.var(t_n * u_n, 0.0, pmax, p.degradation_cost_per_kwh * kwh).reshape(t_n, u_n)
+    d = lp.var(t_n * u_n, 0.0, pmax, p.degradation_cost_per_kwh * kwh).reshape(t_n, u_n)
+    e_cap = p.energy_j / 3.6e9  # MWh
+    e_lo = np.repeat((p.soc_min * e_cap)[None, :], t_n, axis=0)
+    e_hi = np.repeat((p.soc_max * e_cap)[None, :], t_n, axis=0)
+    final = p.soc0 if p.soc_final is None else p.soc_final
+    e_lo[-1] = np.maximum(e_lo[-1], np.minimum(final, p.soc_max) * e_cap)
+    e = lp.var(t_n * u_n, e_lo.ravel(), e_hi.ravel()).reshape(t_n, u_n)
+    r = lp.var(t_n, 0.0, p.renewable_w * mw, p.curtail_cost_per_kwh * kwh)
+    shed_hi = np.zeros(t_n) if p.shed_max_w is None else p.shed_max_w * mw
+    s = lp.var(t_n, 0.0, shed_hi, p.shed_cost_per_kwh * kwh)
+    peak = lp.var(1, p.peak_so_far_w * mw, INF, p.demand_rate_per_kw * 1000.0)
+    # Balance: g - x + sum d - sum c + s - r = L - R.
+    rows = lp.rows(t_n, (p.load_w - p.renewable_w) * mw, (p.load_w - p.renewable_w) * mw)
+    lp.coef(rows, g, 1.0)
+    lp.coef(rows, x, -1.0)
+    lp.coef(rows[:, None], d, 1.0)
+    lp.coef(rows[:, None], c, -1.0)
+    lp.coef(rows, s, 1.0)
+    lp.coef(rows, r, -1.0)
+    _define_soc(lp, p, c, d, e, e_cap, dt_h)
+    _define_peak(lp, p, g, peak, t_n)
+    if p.contract_w is not None and p.contract_over_rate_per_kw > 0:
+        over = lp.var(1, 0.0, INF, p.contract_over_rate_per_kw * 1000.0)
+        row = lp.rows(1, -INF, p.contract_threshold * p.contract_w * mw)
+        lp.coef(row, peak, 1.0)
+        lp.coef(row, over, -1.0)
+    _define_busbars(lp, p, c, d, t_n)
+    if p.dr_limit_w is not None:
+        finite = np.flatnonzero(np.isfinite(p.dr_limit_w))
+        if finite.size:
+            z = lp.var(finite.size, 0.0, INF, p.dr_penalty_per_kwh * kwh)
+            rows = lp.rows(finite.size, -INF, p.dr_limit_w[finite] * mw)
+            lp.coef(rows, g[finite], 1.0)
+            lp.coef(rows, z, -1.0)
+    status, sol, obj = lp.solve(time_limit_s)
+    if status != "Optimal":
+        raise PlanError(f"planner LP not solved: {status}")
+    return Plan(
+        t_s=p.t_s,
+        dt_s=p.dt_s,
+        bess_w=(sol[d] - sol[c]) / mw,
+        grid_w=(sol[g] - sol[x]) / mw,
+        soc=sol[e] / e_cap,
+        shed_w=sol[s] / mw,
+        curtail_w=sol[r] / mw,
+        peak_w=float(sol[peak][0] / mw),
+        objective=obj,
+        status=status,
+        solve_s=time.perf_counter() - start,
+        info={"columns": float(lp.n_col), "rows": float(lp.n_row)},
+    )
+
+
+def _define_soc(
+    lp: _Lp, p: PlanInputs, c: NDArray[np.int64], d: NDArray[np.int64], e: NDArray[np.int64], e_cap: F64, dt_h: float
+) -> None:
+    """e_t - e_{t-1} - eta_c c_t dt + d_t / eta_d dt = 0; e_{-1} = soc0 E."""
+    t_n, u_n = c.shape
+    rhs = np.zeros((t_n, u_n))
+    rhs[0] = p.soc0 * e_cap
+    rows = lp.rows(t_n * u_n, rhs.ravel(), rhs.ravel()).reshape(t_n, u_n)
+    lp.coef(rows, e, 1.0)
+    lp.coef(rows[1:], e[:-1], -1.0)
+    lp.coef(rows, c, -p.eta_charge[None, :] * dt_h)
+    lp.coef(rows, d, 1.0 / p.eta_discharge[None, :] * dt_h)
+
+
+def _define_peak(lp: _Lp, p: PlanInputs, g: NDArray[np.int64], peak: NDArray[np.int64], t_n: int) -> None:
+    """peak >= mean of grid import over each demand window (aligned to the epoch, like the bill)."""
+    if p.demand_rate_per_kw <= 0 and p.contract_w is None:
+        return
+    window = np.floor(p.t_s / p.demand_window_s).astype(np.int64)
+    _, inverse, counts = np.unique(window, return_inverse=True, return_counts=True)
+    rows = lp.rows(counts.size, -INF, 0.0)
+    lp.coef(rows[inverse], g, 1.0 / counts[inverse])
+    lp.coef(rows, peak, -1.0)
+
+
+def _define_busbars(lp: _Lp, p: PlanInputs, c: NDArray[np.int64], d: NDArray[np.int64], t_n: int) -> None:
+    """Hall load plus the charging of the hall's batteries (minus their discharge) within the busbar rating."""
+    for h in range(p.busbar_w.size):
+        units = np.flatnonzero(p.unit_hall == h)
+        if units.size == 0:
+            continue
+        rows = lp.rows(t_n, -INF, (p.busbar_w[h] - p.hall_load_w[:, h]) * 1e-6)
+        lp.coef(rows[:, None], c[:, units], 1.0)
+        lp.coef(rows[:, None], d[:, units], -1.0)

@@ -1,0 +1,415 @@
+"""Energy management in closed loop with the twin: the policies of `powerplane simulate --policy`.
+
+- ``none``: batteries idle, no caps.
+- ``threshold``: OpenEMS-style peak shaving (discharge by grid - limit above the limit, recharge below a lower
+  threshold), every cycle, within the limits guard.
+- ``mpc``: ours: the planner (rolling-horizon LP, 24 h, replanned every 15 min on a forecast) publishes grid targets;
+  the fast loop (limits, contract, demand response, damping, frequency) follows them every cycle; GPU caps by class
+  when the batteries cannot hold a limit.
+- ``oracle``: the planner over the whole run with perfect foresight of the load, then followed the same way.
+
+The batteries are commanded every step from the previous step's readings; GPU caps change between blocks.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass, field
+from zoneinfo import ZoneInfo
+
+import numpy as np
+from numpy.typing import NDArray
+
+from powerplane.config.schema import DemandResponseEvent, SiteConfig
+from powerplane.control.fast import Decision, FastLoop, FastSettings, Measurements, allocate
+from powerplane.control.levers import ComputeLever
+from powerplane.control.planner import Plan, PlanError, PlanInputs, solve_plan
+from powerplane.core.commands import GpuPowerCap
+from powerplane.physics import aging, cooling, tariff, weather
+from powerplane.physics.battery import BessParams
+from powerplane.twin.twin import Twin, TwinBlock
+
+F64 = NDArray[np.float64]
+POLICIES = ("none", "threshold", "mpc", "oracle")
+
+
+def parse_dr(text: str, timezone: str) -> DemandResponseEvent:
+    """``2026-07-15T15:00/3h/-25%`` -> a demand-response event (local start, duration, reduction)."""
+    m = re.fullmatch(r"\s*([0-9T:\-]+)\s*/\s*([0-9.]+)\s*h\s*/\s*-?\s*([0-9.]+)\s*%\s*", text)
+    if m is None:
+        raise ValueError(f"not a demand-response event: {text!r} (expected e.g. 2026-07-15T15:00/3h/-25%)")
+    start, hours, pct = m.group(1), float(m.group(2)), float(m.group(3))
+    dt.datetime.fromisoformat(start)  # raises a clear ValueError on a bad date
+    return DemandResponseEvent(start=start, duration_h=hours, reduction=pct / 100.0)
+
+
+def event_window_s(ev: DemandResponseEvent, timezone: str) -> tuple[float, float]:
+    start = dt.datetime.fromisoformat(ev.start).replace(tzinfo=ZoneInfo(timezone)).timestamp()
+    return start, start + ev.duration_h * 3600.0
+
+
+@dataclass
+class PolicyStats:
+    decisions: int = 0
+    shed_steps: int = 0
+    safe_steps: int = 0
+    plan_solves: int = 0
+    plan_failures: int = 0
+    plan_solve_s: list[float] = field(default_factory=list)
+    cycle_s: list[float] = field(default_factory=list)
+    audit: list[dict[str, object]] = field(default_factory=list)
+    plan_t_s: list[float] = field(default_factory=list)
+    plan_grid_w: list[float] = field(default_factory=list)
+    dr: list[dict[str, float]] = field(default_factory=list)
+
+
+class Policy:
+    """Base: a step controller for the plant plus hooks around each block."""
+
+    name = "none"
+
+    def __init__(self, twin: Twin, events: list[DemandResponseEvent]) -> None:
+        self.twin = twin
+        self.site: SiteConfig = twin.site
+        self.params: BessParams = twin.plant.bess
+        self.stats = PolicyStats()
+        self.events = [(*event_window_s(e, self.site.timezone), e.reduction) for e in events]
+
+    def controller(self) -> object | None:
+        return None
+
+    def before_block(self, t_s: float) -> None:
+        return None
+
+    def after_block(self, block: TwinBlock) -> None:
+        return None
+
+
+class NonePolicy(Policy):
+    name = "none"
+
+
+class ThresholdPolicy(Policy):
+    """OpenEMS peak shaving (FACTS.md): every cycle, discharge by (grid - peak limit) when above it, recharge
+    below a lower threshold; limited by the batteries' power, ramp and SOC window."""
+
+    name = "threshold"
+
+    def __init__(self, twin: Twin, events: list[DemandResponseEvent]) -> None:
+        super().__init__(twin, events)
+        e = self.site.energy
+        contract = self.site.electrical.contract_demand_kw * 1e3
+        self.peak_w = e.threshold_peak_fraction * contract
+        self.recharge_w = e.threshold_recharge_fraction * contract
+        self.loop = FastLoop(self.params, _settings(self.site, damping=False))
+
+    def controller(self) -> object:
+        def step(t: float, grid: float, bess: F64, soc: F64, freq: float, island: bool, hall: F64 | None) -> F64:
+            m = Measurements(t, grid, bess, soc, freq, island, hall)
+            lo, hi = self.loop.unit_bounds(m, self.twin.dt_s)
+            load = m.load_w
+            if load > self.peak_w:
+                target = load - self.peak_w
+            elif load < self.recharge_w:
+                target = -(self.recharge_w - load)
+            else:
+                target = 0.0
+            unit = allocate(target, lo, hi, soc, self.params)
+            self.loop.last_unit_w = unit
+            self.stats.decisions += 1
+            return unit
+
+        return step
+
+
+class ManagedPolicy(Policy):
+    """The fast loop following a plan; the base of ``mpc`` and ``oracle``."""
+
+    name = "mpc"
+
+    def __init__(self, twin: Twin, events: list[DemandResponseEvent]) -> None:
+        super().__init__(twin, events)
+        self.loop = FastLoop(self.params, _settings(self.site, damping=True))
+        fleet = twin.fleet
+        self.lever = ComputeLever(fleet.min_cap_w, fleet.max_cap_w, list(self.site.energy.cap_classes))
+        self.plan: Plan | None = None
+        self.shed_w = 0.0
+        self.baseline_w: float | None = None
+        self._load_hist: list[tuple[float, float]] = []  # (t, load) once per block for the DR baseline
+        self.month_peak_w = 0.0
+        self.active_event: tuple[float, float, float] | None = None
+
+    def controller(self) -> object:
+        import time
+
+        def step(t: float, grid: float, bess: F64, soc: F64, freq: float, island: bool, hall: F64 | None) -> F64:
+            t0 = time.perf_counter()
+            if self.plan is not None:
+                k = int((t - self.plan.t_s[0]) // self.plan.dt_s)
+                self.loop.plan_grid_w = float(self.plan.grid_w[k]) if 0 <= k < self.plan.t_s.size else None
+            m = Measurements(t, grid, bess, soc, freq, island, hall)
+            d: Decision = self.loop.step(m, self.twin.dt_s)
+            self.shed_w = max(self.shed_w, d.shed_w)
+            self.stats.decisions += 1
+            self.stats.shed_steps += d.shed_w > 0
+            self.stats.safe_steps += d.mode == "safe"
+            if d.reasons and len(self.stats.audit) < 5000:
+                self.stats.audit.append(
+                    {"t_s": t, "mode": d.mode, "bess_w": d.bess_total_w, "why": "; ".join(d.reasons)}
+                )
+            self.stats.cycle_s.append(time.perf_counter() - t0)
+            if len(self.stats.cycle_s) > 200_000:
+                del self.stats.cycle_s[:100_000]
+            return d.bess_unit_w
+
+        return step
+
+    # ------------------------------------------------------------------------ demand response
+
+    def _update_events(self, t_s: float) -> None:
+        active = next(((s, e, r) for s, e, r in self.events if s <= t_s < e), None)
+        if active is not None and active != self.active_event:
+            recent = [load for (tt, load) in self._load_hist if t_s - 3600.0 <= tt < t_s]
+            self.baseline_w = float(np.mean(recent)) if recent else self._last_load_w()
+            self.stats.dr.append(
+                {"start_s": active[0], "end_s": active[1], "reduction": active[2], "baseline_w": self.baseline_w}
+            )
+        self.active_event = active
+        self.loop.dr_limit_w = None if active is None or self.baseline_w is None else self.baseline_w * (1 - active[2])
+
+    def _last_load_w(self) -> float:
+        return self._load_hist[-1][1] if self._load_hist else 0.0
+
+    # ------------------------------------------------------------------------ hooks
+
+    def before_block(self, t_s: float) -> None:
+        self._update_events(t_s)
+
+    def after_block(self, block: TwinBlock) -> None:
+        p = block.plant
+        load = p.grid_power_w + p.bess_power_w
+        self._load_hist.append((float(block.t_s[-1]), float(load.mean())))
+        self._load_hist = [(t, v) for t, v in self._load_hist if t > block.t_s[-1] - 7200.0]
+        _, win = tariff.window_average_w(block.t_s, p.grid_power_w, self.site.tariff.demand_window_min * 60.0)
+        self.month_peak_w = max(self.month_peak_w, float(win.max()) if win.size else 0.0)
+        self._apply_caps(block)
+
+    def _apply_caps(self, block: TwinBlock) -> None:
+        """Turn the batteries' shortfall into GPU caps, lowest class first (effective from the next block)."""
+        twin = self.twin
+        wl = twin.workload
+        n = wl.jobs.n
+        prio = wl.jobs.priority[:n]
+        gpu_class = np.where(wl.gpu_job >= 0, prio[np.maximum(wl.gpu_job, 0)], -1)
+        p = block.plant
+        it = float(p.it_power_w[-1])
+        gpu_w = float(block.fleet.gpu_power_w[-1].sum())
+        # Facility watts per GPU watt: node overhead on top, then cooling and losses.
+        amplification = (it / max(gpu_w, 1.0)) * float(p.facility_power_w[-1] / max(it, 1.0))
+        need_gpu_w = self.shed_w / max(amplification, 1.0)
+        before = self.lever.caps_w.copy()
+        plan = self.lever.update(
+            float(block.t_s[-1]),
+            float(block.t_s.size * twin.dt_s),
+            need_gpu_w,
+            twin.fleet.power_w.astype(np.float64),
+            gpu_class,
+        )
+        changed = ~((np.isnan(before) & np.isnan(self.lever.caps_w)) | (before == self.lever.caps_w))
+        if changed.any():
+            gpus = np.flatnonzero(changed)
+            res = twin.apply([GpuPowerCap(gpus, self.lever.caps_w[gpus])])
+            if len(self.stats.audit) < 5000:
+                self.stats.audit.append(
+                    {
+                        "t_s": float(block.t_s[-1]),
+                        "mode": "caps",
+                        "bess_w": 0.0,
+                        "why": f"{res[0].detail}; shortfall {self.shed_w / 1e6:.2f} MW; "
+                        f"by class { ({k: round(v) for k, v in plan.by_class_w.items()}) }",
+                    }
+                )
+        self.shed_w = 0.0
+
+
+class MpcPolicy(ManagedPolicy):
+    """Replans every ``replan_min`` over ``planner_horizon_h`` on a simple forecast (persistence of IT load,
+    cooling from the weather, renewables from the weather year): the job-aware forecaster replaces it later."""
+
+    name = "mpc"
+
+    def __init__(self, twin: Twin, events: list[DemandResponseEvent]) -> None:
+        super().__init__(twin, events)
+        self._next_plan_s = -np.inf
+        self._it_recent: list[float] = []
+        self._hall_recent: F64 | None = None
+
+    def after_block(self, block: TwinBlock) -> None:
+        self._it_recent.append(float(block.plant.it_power_w.mean()))
+        self._it_recent = self._it_recent[-15:]
+        self._hall_recent = block.fleet.hall_it_power_w.mean(axis=0)
+        super().after_block(block)
+
+    def before_block(self, t_s: float) -> None:
+        super().before_block(t_s)
+        if t_s >= self._next_plan_s:
+            self._next_plan_s = t_s + self.site.energy.replan_min * 60.0
+            self._replan(t_s)
+
+    def _replan(self, t_s: float) -> None:
+        e = self.site.energy
+        step = e.planner_step_min * 60.0
+        start = np.floor(t_s / step) * step
+        t = start + step * np.arange(round(e.planner_horizon_h * 3600.0 / step))
+        it = self._it_recent[-1] if self._it_recent else float(self.twin.plant.design_it_power_w() * 0.7)
+        halls = (
+            self._hall_recent
+            if self._hall_recent is not None
+            else np.full(self.twin.topo.n_halls, it / self.twin.topo.n_halls)
+        )
+        inputs = planner_inputs(
+            self.twin,
+            t,
+            np.full(t.size, it),
+            np.repeat(halls[None, :], t.size, axis=0),
+            self.month_peak_w,
+            self.events,
+            self.baseline_w,
+        )
+        try:
+            self.plan = solve_plan(inputs)
+            self.stats.plan_solves += 1
+            self.stats.plan_solve_s.append(self.plan.solve_s)
+            self.stats.plan_t_s.extend(t.tolist())
+            self.stats.plan_grid_w.extend(self.plan.grid_w.tolist())
+        except (PlanError, ValueError) as exc:
+            # Keep following the last valid plan; without one the fast loop runs on rules alone.
+            self.stats.plan_failures += 1
+            self.stats.audit.append({"t_s": t_s, "mode": "planner", "bess_w": 0.0, "why": f"solve failed: {exc}"})
+
+
+class OraclePolicy(ManagedPolicy):
+    """Perfect foresight: one plan over the whole run from the actual load of the same twin without batteries."""
+
+    name = "oracle"
+
+    def set_actual(self, t_s: F64, it_w: F64, hall_it_w: F64) -> None:
+        step = self.site.energy.planner_step_min * 60.0
+        bucket = np.floor((t_s - t_s[0]) / step).astype(np.int64)
+        n = int(bucket.max()) + 1
+        counts = np.bincount(bucket, minlength=n)
+        it = np.bincount(bucket, weights=it_w, minlength=n) / counts
+        halls = np.stack(
+            [np.bincount(bucket, weights=hall_it_w[:, h], minlength=n) / counts for h in range(hall_it_w.shape[1])],
+            axis=1,
+        )
+        t = t_s[0] + step * np.arange(n)
+        inputs = planner_inputs(self.twin, t, it, halls, 0.0, self.events, None, it_is_mean=True)
+        self.plan = solve_plan(inputs, time_limit_s=120.0)
+        self.stats.plan_solves += 1
+        self.stats.plan_solve_s.append(self.plan.solve_s)
+        self.stats.plan_t_s = t.tolist()
+        self.stats.plan_grid_w = self.plan.grid_w.tolist()
+
+
+def planner_inputs(
+    twin: Twin,
+    t: F64,
+    it_w: F64,
+    hall_it_w: F64,
+    peak_so_far_w: float,
+    events: list[tuple[float, float, float]],
+    baseline_w: float | None,
+    it_is_mean: bool = False,
+) -> PlanInputs:
+    """Planner inputs from an IT-load forecast: facility load via the cooling model and the weather, renewables
+    from the weather year, prices from the tariff, battery state from the plant."""
+    site = twin.site
+    plant = twin.plant
+    mid = t + 0.5 * (t[1] - t[0] if t.size > 1 else 900.0)
+    temp = plant.outdoor_temp_c(mid)
+    cop = cooling.cop(temp, plant.cop_curve)
+    aux = float(plant.bess.aux_power_w.sum())
+    load = it_w * (1.0 + plant.other_fraction) + it_w / np.maximum(cop, 0.5) + aux
+    hour = weather.hour_of_year(mid, site.timezone)
+    renew = weather.interpolate_hourly(plant.solar_hourly, hour) + weather.interpolate_hourly(plant.wind_hourly, hour)
+    price = tariff.price_per_kwh(mid, site.tariff, site.timezone)
+    b = plant.bess
+    reserve = np.array([u.backup_reserve for u in site.bess])
+    step = float(t[1] - t[0]) if t.size > 1 else site.energy.planner_step_min * 60.0
+    dr = np.full(t.size, np.inf)
+    for start, end, red in events:
+        inside = (mid >= start) & (mid < end)
+        if inside.any():
+            base = baseline_w if baseline_w is not None else float(np.mean(load[inside]))
+            dr[inside] = base * (1.0 - red)
+    tar = site.tariff
+    contract = site.electrical.contract_demand_kw * 1e3
+    over_rate = (
+        (tar.contract_billing.over_multiplier - 1.0) * tar.demand_charge_per_kw_month if tar.contract_billing else 0.0
+    )
+    temp_mean = float(np.clip(np.mean(temp), 15.0, 45.0))
+    return PlanInputs(
+        t_s=t,
+        dt_s=step,
+        load_w=load,
+        renewable_w=renew,
+        price_per_kwh=price,
+        hall_load_w=hall_it_w,
+        busbar_w=twin.topo.hall_busbar_limit_w,
+        unit_hall=plant.bess_unit_hall,
+        power_max_w=b.power_max_w,
+        energy_j=b.energy_j,
+        soc0=plant.bess_soc.copy(),
+        soc_min=np.maximum(b.soc_min, reserve),
+        soc_max=b.soc_max,
+        eta_charge=b.eta_charge,
+        eta_discharge=b.eta_discharge,
+        soc_final=None,
+        export_price_per_kwh=tar.export_price_per_kwh,
+        export_limit_w=plant.export_limit_w,
+        import_limit_w=(site.electrical.poi_limit_kw or np.inf) * 1e3,
+        demand_rate_per_kw=tar.demand_charge_per_kw_month,
+        demand_window_s=tar.demand_window_min * 60.0,
+        peak_so_far_w=peak_so_far_w,
+        contract_w=contract,
+        contract_threshold=(tar.contract_billing.threshold if tar.contract_billing else 1.05),
+        contract_over_rate_per_kw=over_rate,
+        degradation_cost_per_kwh=aging.throughput_cost_per_kwh(site.energy.battery_capex_per_kwh, temp_mean),
+        shed_max_w=None,
+        dr_limit_w=dr if np.isfinite(dr).any() else None,
+    )
+
+
+def _settings(site: SiteConfig, damping: bool) -> FastSettings:
+    e = site.energy
+    el = site.electrical
+    return FastSettings(
+        contract_w=el.contract_demand_kw * 1e3,
+        contract_margin=e.contract_margin,
+        demand_window_s=site.tariff.demand_window_min * 60.0,
+        poi_limit_w=(el.poi_limit_kw or np.inf) * 1e3,
+        ramp_limit_w_per_s=e.ramp_limit_mw_per_s * 1e6,
+        damping_tau_s=e.damping_time_constant_s,
+        damping=damping,
+        nominal_hz=float(site.grid.frequency_hz),
+        deadband_hz=e.frequency_deadband_hz,
+        droop=e.frequency_droop,
+        frequency_share=e.frequency_response_share,
+        backup_reserve=np.array([u.backup_reserve for u in site.bess]),
+        stale_after_s=e.stale_after_s,
+        safe_hold_s=e.safe_hold_s,
+    )
+
+
+def make_policy(name: str, twin: Twin, events: list[DemandResponseEvent]) -> Policy:
+    classes: dict[str, type[Policy]] = {
+        "none": NonePolicy,
+        "threshold": ThresholdPolicy,
+        "mpc": MpcPolicy,
+        "oracle": OraclePolicy,
+    }
+    if name not in classes:
+        raise ValueError(f"unknown policy {name!r}; valid: {', '.join(POLICIES)}")
+    return classes[name](twin, events)

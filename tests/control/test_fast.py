@@ -1,0 +1,135 @@
+import numpy as np
+import pytest
+
+from powerplane.config.schema import BessUnitConfig
+from powerplane.control.fast import FastLoop, FastSettings, Measurements, allocate
+from powerplane.control.levers import ComputeLever
+from powerplane.physics.battery import BessParams
+
+
+def _params(n: int = 2, **kw: float) -> BessParams:
+    cfg = dict(hall="h", power_kw=1000.0, energy_kwh=2000.0, soc_initial=0.5, soc_min=0.1, soc_max=0.95)
+    cfg.update(kw)
+    return BessParams.from_config([BessUnitConfig(name=f"b{i}", **cfg) for i in range(n)])  # type: ignore[arg-type]
+
+
+def _m(t: float, load: float, soc: float = 0.5, n: int = 2, **kw: object) -> Measurements:
+    return Measurements(t_s=t, grid_w=load, bess_w=np.zeros(n), soc=np.full(n, soc), frequency_hz=50.0, **kw)  # type: ignore[arg-type]
+
+
+def test_contract_cap_discharges_and_asks_for_compute_beyond_the_batteries() -> None:
+    loop = FastLoop(_params(), FastSettings(contract_w=10e6, contract_margin=1.0, damping=False))
+    d = loop.step(_m(0.0, 11e6), 1.0)
+    assert d.bess_total_w == pytest.approx(1e6) and d.shed_w == 0.0
+    loop = FastLoop(_params(), FastSettings(contract_w=10e6, contract_margin=1.0, damping=False))
+    d = loop.step(_m(0.0, 13e6), 1.0)
+    assert d.bess_total_w == pytest.approx(2e6) and d.shed_w == pytest.approx(1e6)
+    assert any("shed compute" in r for r in d.reasons)
+
+
+def test_fifteen_minute_average_is_kept() -> None:
+    s = FastSettings(contract_w=10e6, contract_margin=1.0, damping=False)
+    loop = FastLoop(_params(2, power_kw=5000, energy_kwh=50000), s)
+    # The first half of the window ran above contract without batteries: the rest must run below it.
+    loop._window_id, loop._window_energy_j = 0, 11e6 * 450.0
+    loop._last_t = 450.0
+    d = loop.step(_m(450.0, 10e6), 1.0)
+    assert d.bess_total_w > 0.9e6  # 10 MW load, room for only ~9 MW on average
+
+
+def test_damping_limits_the_grid_ramp_and_the_batteries_take_the_swing() -> None:
+    s = FastSettings(contract_w=1e9, damping=True, damping_tau_s=10.0, ramp_limit_w_per_s=0.5e6)
+    p = _params(2, power_kw=5000, energy_kwh=10000)
+    loop = FastLoop(p, s)
+    grid = []
+    bess = np.zeros(2)
+    for k in range(2000):
+        load = 10e6 + (6e6 if (k // 10) % 2 else 0.0)  # a 6 MW square wave with a 2 s period at 0.1 s steps
+        m = Measurements(k * 0.1, load - bess.sum(), bess, np.full(2, 0.5), 50.0)
+        d = loop.step(m, 0.1)
+        bess = d.bess_unit_w
+        grid.append(load - bess.sum())
+    g = np.array(grid)
+    assert np.abs(np.diff(g)).max() / 0.1 <= 0.5e6 * 1.001
+    tail = g[-200:]  # settled: the grid carries the 13 MW mean, the batteries the 6 MW swing at 0.5 Hz
+    assert tail.mean() == pytest.approx(13e6, rel=0.02)
+    assert tail.max() - tail.min() < 0.6e6
+
+
+def test_frequency_droop_with_deadband() -> None:
+    s = FastSettings(contract_w=1e9, damping=False, nominal_hz=50.0, deadband_hz=0.02, droop=0.05,
+                     frequency_share=0.5)
+    loop = FastLoop(_params(2), s)
+    m = _m(0.0, 5e6)
+    m.frequency_hz = 50.01
+    assert loop.step(m, 1.0).bess_total_w == pytest.approx(0.0, abs=1e-6)
+    m = _m(1.0, 5e6)
+    m.frequency_hz = 49.52  # 0.46 Hz beyond the 0.02 Hz deadband -> 0.46/(50*0.05) = 18.4 % of the response power
+    d = loop.step(m, 1.0)
+    assert d.bess_total_w == pytest.approx(0.184 * 0.5 * 2e6, rel=1e-6)
+
+
+def test_stale_readings_hold_then_go_idle() -> None:
+    s = FastSettings(contract_w=1e9, damping=False, stale_after_s=5.0, safe_hold_s=10.0)
+    loop = FastLoop(_params(2), s)
+    loop.last_unit_w = np.array([4e5, 4e5])
+    d = loop.step(_m(100.0, 5e6, reading_t_s=90.0), 1.0)
+    assert d.mode == "safe" and d.bess_total_w == pytest.approx(8e5)
+    d = loop.step(_m(111.0, 5e6, reading_t_s=90.0), 1.0)
+    assert d.mode == "safe" and d.bess_total_w == pytest.approx(0.0)
+    d = loop.step(_m(112.0, 5e6, valid=False), 1.0)
+    assert d.mode == "safe"
+
+
+def test_limits_guard_reserve_ramp_and_availability() -> None:
+    p = _params(2, ramp_kw_per_s=100.0)
+    s = FastSettings(contract_w=1e9, damping=False, backup_reserve=np.array([0.5, 0.5]))
+    loop = FastLoop(p, s)
+    lo, hi = loop.unit_bounds(_m(0.0, 0.0, soc=0.5), 1.0)
+    assert np.all(hi == 0.0)  # at the reserve: no discharge while the grid is up
+    assert np.all(lo == pytest.approx(-1e5))  # ramp: 100 kW/s from idle
+    m = _m(0.0, 0.0, soc=0.5, islanded=True)
+    lo, hi = loop.unit_bounds(m, 1.0)
+    assert np.all(hi == pytest.approx(1e5))  # in island the reserve is there to be used
+    loop.available[1] = False
+    lo, hi = loop.unit_bounds(m, 1.0)
+    assert hi[1] == 0.0 and lo[1] == 0.0
+
+
+@pytest.mark.parametrize("total", [-1.5e6, -0.3e6, 0.0, 0.7e6, 1.9e6, 5e6])
+def test_allocation_respects_unit_limits_and_sums(total: float) -> None:
+    p = _params(3)
+    soc = np.array([0.15, 0.5, 0.9])
+    lo, hi = -p.power_max_w, p.power_max_w
+    out = allocate(total, lo, hi, soc, p)
+    assert np.all(out >= lo - 1e-6) and np.all(out <= hi + 1e-6)
+    assert out.sum() == pytest.approx(np.clip(total, lo.sum(), hi.sum()))
+    if total > 0:
+        assert out[0] <= out[1] <= out[2] + 1e-6  # fuller units discharge more
+    if total < 0:
+        assert out[0] <= out[1] + 1e-6  # emptier units charge more
+
+
+def test_allocation_busbar_moves_load_to_other_halls() -> None:
+    p = _params(2)
+    out = allocate(0.0, -p.power_max_w, p.power_max_w, np.array([0.5, 0.5]), p,
+                   hall_it_w=np.array([5.3e6, 1e6]), busbar_w=np.array([5e6, 5e6]), unit_hall=np.array([0, 1]))
+    assert out[0] == pytest.approx(0.3e6)  # hall 0 over its busbar: its battery discharges
+    assert out.sum() == pytest.approx(0.0, abs=1.0)  # hall 1's battery charges to keep the site total
+
+
+def test_compute_lever_caps_low_class_first_and_releases_slowly() -> None:
+    n = 6
+    lever = ComputeLever(np.full(n, 200.0), np.full(n, 700.0), ["low", "normal"], hold_s=10.0, release_w_per_s=50.0)
+    power = np.full(n, 600.0)
+    cls = np.array([0, 0, 1, 1, 2, 2])  # core, core, normal, normal, low, low
+    plan = lever.update(0.0, 1.0, 500.0, power, cls)
+    assert plan.by_class_w == {"low": 500.0}
+    assert np.isnan(lever.caps_w[:4]).all() and lever.caps_w[4:] == pytest.approx([350.0, 350.0])
+    plan = lever.update(1.0, 1.0, 1200.0, power, cls)
+    assert plan.by_class_w["low"] == pytest.approx(800.0) and plan.by_class_w["normal"] == pytest.approx(400.0)
+    assert np.isnan(lever.caps_w[:2]).all()  # core is never capped unless configured
+    lever.update(5.0, 1.0, 0.0, power, cls)
+    assert lever.caps_w[4] == pytest.approx(200.0)  # held
+    lever.update(20.0, 1.0, 0.0, power, cls)
+    assert lever.caps_w[4] == pytest.approx(250.0)  # then released gradually

@@ -1,0 +1,73 @@
+"""The dispatch LP on tiny cases with answers worked out by hand."""
+
+import numpy as np
+import pytest
+
+from powerplane.control.planner import PlanError, PlanInputs, check_inputs, solve_plan
+
+
+def _inputs(**kw: object) -> PlanInputs:
+    t = 4
+    base = dict(
+        t_s=np.arange(t) * 3600.0,
+        dt_s=3600.0,
+        load_w=np.full(t, 1e6),
+        renewable_w=np.zeros(t),
+        price_per_kwh=np.array([0.1, 0.1, 0.5, 0.5]),
+        hall_load_w=np.full((t, 1), 1e6),
+        busbar_w=np.array([10e6]),
+        unit_hall=np.array([0]),
+        power_max_w=np.array([1e6]),
+        energy_j=np.array([1e6 * 3600.0]),  # 1 MWh
+        soc0=np.array([0.0]),
+        soc_min=np.array([0.0]),
+        soc_max=np.array([1.0]),
+        eta_charge=np.array([1.0]),
+        eta_discharge=np.array([1.0]),
+        soc_final=np.array([0.0]),
+        demand_window_s=3600.0,
+    )
+    base.update(kw)
+    return PlanInputs(**base)  # type: ignore[arg-type]
+
+
+def test_arbitrage_charges_cheap_and_discharges_dear() -> None:
+    plan = solve_plan(_inputs())
+    # 1 MWh bought at 0.1 and sold back into the load at 0.5: charge in a cheap hour, discharge in a dear one.
+    assert plan.bess_w[:2].sum() == pytest.approx(-1e6, abs=1)
+    assert plan.bess_w[2:].sum() == pytest.approx(1e6, abs=1)
+    # 3 MWh bought at 0.1 (2 h of load + 1 MWh stored), 1 MWh at 0.5 (2 h of load less the 1 MWh stored).
+    assert plan.objective == pytest.approx(3000 * 0.1 + 1000 * 0.5, rel=1e-6)
+
+
+def test_efficiency_and_wear_make_small_spreads_unprofitable() -> None:
+    flat = _inputs(price_per_kwh=np.array([0.1, 0.1, 0.11, 0.11]), degradation_cost_per_kwh=0.02)
+    plan = solve_plan(flat)
+    assert np.abs(plan.bess_w).max() < 1.0  # a 0.01 spread does not pay 2 x 0.02 of wear
+
+
+def test_demand_charge_shaves_the_peak() -> None:
+    load = np.array([1e6, 1e6, 3e6, 1e6])
+    plan = solve_plan(_inputs(load_w=load, price_per_kwh=np.full(4, 0.1), demand_rate_per_kw=10.0,
+                              soc0=np.array([1.0]), soc_final=np.array([0.0])))
+    assert plan.peak_w == pytest.approx(2e6, rel=1e-6)  # 1 MW from the battery in the peak hour
+    assert plan.bess_w[2, 0] == pytest.approx(1e6, rel=1e-6)
+
+
+def test_soc_window_busbar_and_dr_limits_hold() -> None:
+    p = _inputs(busbar_w=np.array([1.5e6]), dr_limit_w=np.array([np.inf, np.inf, 0.5e6, np.inf]),
+                soc0=np.array([0.5]), soc_final=np.array([0.5]), soc_min=np.array([0.2]), soc_max=np.array([0.9]))
+    plan = solve_plan(p)
+    assert plan.soc.min() >= 0.2 - 1e-9 and plan.soc.max() <= 0.9 + 1e-9
+    # Charging adds to the hall's 1 MW load: at most 0.5 MW within a 1.5 MW busbar.
+    assert plan.bess_w.min() >= -0.5e6 - 1
+    assert plan.grid_w[2] <= 0.5e6 + 1
+
+
+def test_bad_inputs_are_rejected_before_solving() -> None:
+    with pytest.raises(ValueError, match="load_w"):
+        check_inputs(_inputs(load_w=np.array([1.0, np.nan, 1.0, 1.0])))
+    with pytest.raises(ValueError, match="one entry per battery"):
+        check_inputs(_inputs(soc0=np.array([0.1, 0.2])))
+    with pytest.raises(PlanError):
+        solve_plan(_inputs(import_limit_w=0.5e6, renewable_w=np.zeros(4)))  # 1 MW load, 0.5 MW connection
