@@ -103,22 +103,24 @@ class FastLoop:
     # ------------------------------------------------------------------------------- 1. limits guard
 
     def unit_bounds(self, m: Measurements, dt_s: float) -> tuple[F64, F64]:
-        """Per-unit feasible power [lo, hi] this cycle (negative: charge)."""
-        p = self.params
-        e = p.energy_j
-        floor = p.soc_min.copy()
-        if not m.islanded and self.s.backup_reserve is not None:
-            floor = np.maximum(floor, self.s.backup_reserve)
+        """Per-unit feasible power [lo, hi] this cycle (negative: charge). Plain floats per unit: a site has a
+        handful of units and this runs every cycle."""
+        reserve = None if m.islanded or self.s.backup_reserve is None else self.s.backup_reserve.tolist()
+        soc = np.asarray(m.soc, dtype=np.float64).tolist()
+        last = self.last_unit_w.tolist()
+        avail = self.available.tolist()
         horizon = max(dt_s, 1.0)  # keep a second of energy margin at the window edges
-        hi = np.minimum(p.power_max_w, np.maximum(m.soc - floor, 0.0) * e * p.eta_discharge / horizon)
-        lo = -np.minimum(p.power_max_w, np.maximum(p.soc_max - m.soc, 0.0) * e / (p.eta_charge * horizon))
-        ramp = p.ramp_w_per_s * dt_s
-        hi = np.minimum(hi, self.last_unit_w + ramp)
-        lo = np.maximum(lo, self.last_unit_w - ramp)
-        lo = np.minimum(lo, hi)
-        hi = np.where(self.available, hi, 0.0)
-        lo = np.where(self.available, lo, 0.0)
-        return lo, hi
+        lo_out, hi_out = [], []
+        for u, (pmax, _tau, ramp, e, eta_c, eta_d, smin, smax) in enumerate(self.params.per_unit):
+            floor = max(smin, reserve[u]) if reserve is not None else smin
+            hi = min(pmax, max(soc[u] - floor, 0.0) * e * eta_d / horizon, last[u] + ramp * dt_s)
+            lo = max(-min(pmax, max(smax - soc[u], 0.0) * e / (eta_c * horizon)), last[u] - ramp * dt_s)
+            lo = min(lo, hi)
+            if not avail[u]:
+                lo = hi = 0.0
+            lo_out.append(lo)
+            hi_out.append(hi)
+        return np.array(lo_out), np.array(hi_out)
 
     # ------------------------------------------------------------------------------- the cycle
 
@@ -248,28 +250,36 @@ def allocate(
     if hall_it_w is not None and busbar_w is not None and unit_hall is not None and lo.size:
         headroom = busbar_w[unit_hall] - hall_it_w[unit_hall]
         lo = np.maximum(lo, np.minimum(-headroom, hi))  # charging within the busbar; discharge if overloaded
-    if lo.size == 0:
+    n = lo.size
+    if n == 0:
         return np.zeros(0)
-    total = float(np.clip(total_w, lo.sum(), hi.sum()))
-    base = np.clip(0.0, lo, hi)  # forced discharge (overloaded hall) or forced charge, else idle
-    rest = total - float(base.sum())
+    lo_l, hi_l = lo.tolist(), hi.tolist()
+    total = min(max(float(total_w), sum(lo_l)), sum(hi_l))
+    base = [min(max(0.0, a), b) for a, b in zip(lo_l, hi_l, strict=True)]  # forced discharge/charge, else idle
+    rest = total - sum(base)
     if abs(rest) < 1e-9:
-        return base
+        return np.array(base)
+    soc_l = np.asarray(soc, dtype=np.float64).tolist()
+    energy = params.energy_j.tolist()
     if rest > 0:  # more discharge: by available energy and power
-        room = hi - base
-        weight = room * (np.maximum(soc - params.soc_min, 0.0) * params.energy_j + 1.0)
+        room = [h - b for h, b in zip(hi_l, base, strict=True)]
+        fill = params.soc_min.tolist()
+        weight = [r * (max(s - f, 0.0) * e + 1.0) for r, s, f, e in zip(room, soc_l, fill, energy, strict=True)]
     else:  # more charge: by room below the ceiling
-        room = base - lo
-        weight = room * (np.maximum(params.soc_max - soc, 0.0) * params.energy_j + 1.0)
+        room = [b - lo_ for b, lo_ in zip(base, lo_l, strict=True)]
+        ceil = params.soc_max.tolist()
+        weight = [r * (max(c - s, 0.0) * e + 1.0) for r, s, c, e in zip(room, soc_l, ceil, energy, strict=True)]
     want = abs(rest)
-    give = np.zeros_like(room)
-    for _ in range(lo.size):  # water-filling: units that hit their limit pass the rest on
-        free = (room - give) > 1e-9
-        left = want - float(give.sum())
-        if left <= 1e-6 or not free.any():
+    give = [0.0] * n
+    for _ in range(n):  # water-filling: units that hit their limit pass the rest on
+        free = [room[u] - give[u] > 1e-9 for u in range(n)]
+        left = want - sum(give)
+        if left <= 1e-6 or not any(free):
             break
-        w = np.where(free, weight, 0.0)
-        if w.sum() <= 0:
-            w = free.astype(float)
-        give = np.minimum(give + w / w.sum() * left, room)
-    return np.asarray(base + np.sign(rest) * give)
+        w = [weight[u] if free[u] else 0.0 for u in range(n)]
+        if sum(w) <= 0:
+            w = [1.0 if f else 0.0 for f in free]
+        w_sum = sum(w)
+        give = [min(give[u] + w[u] / w_sum * left, room[u]) for u in range(n)]
+    sign = 1.0 if rest > 0 else -1.0
+    return np.array([base[u] + sign * give[u] for u in range(n)])

@@ -14,6 +14,7 @@ Per step t (length ``dt_h``) and battery unit u, in MW / MWh:
               O >= P - threshold * contract                                      contract overrun
               hall_load_th + sum_{u in h} (c_tu - d_tu) <= busbar_h              hall busbars
               g_t - z_t <= dr_limit_t                                            demand-response commitments
+              g_t - y_t <= grid_cap                                              contract, with headroom (soft)
               0 <= s_t <= shed_max_t                                             compute lever (GPU caps, deferral)
 
 Built from arrays in small ``_define_*`` steps (PyPSA/linopy style); no solver state is kept on the plan.
@@ -67,6 +68,8 @@ class PlanInputs:
     shed_cost_per_kwh: float = 1.0  # value of the throughput lost by capping/deferring
     dr_limit_w: F64 | None = None  # [T] grid import ceiling during demand-response events (inf elsewhere)
     dr_penalty_per_kwh: float = 10.0
+    grid_cap_w: float | None = None  # contracted demand the plan must not exceed (soft, at cap_penalty_per_kwh)
+    cap_penalty_per_kwh: float = 10.0
 
 
 @dataclass
@@ -259,6 +262,11 @@ def solve_plan(p: PlanInputs, time_limit_s: float = 10.0) -> Plan:
         lp.coef(row, peak, 1.0)
         lp.coef(row, over, -1.0)
     _define_busbars(lp, p, c, d, t_n)
+    if p.grid_cap_w is not None and np.isfinite(p.grid_cap_w):
+        over = lp.var(t_n, 0.0, INF, p.cap_penalty_per_kwh * kwh)
+        rows = lp.rows(t_n, -INF, p.grid_cap_w * mw)
+        lp.coef(rows, g, 1.0)
+        lp.coef(rows, over, -1.0)
     if p.dr_limit_w is not None:
         finite = np.flatnonzero(np.isfinite(p.dr_limit_w))
         if finite.size:

@@ -10,6 +10,8 @@ Efficiencies are one-way AC/DC: discharging ``P`` for ``dt`` removes ``P dt / et
 
 from __future__ import annotations
 
+import math
+from functools import cached_property
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,6 +57,17 @@ class BessParams:
     def n_units(self) -> int:
         return int(self.power_max_w.size)
 
+    @cached_property
+    def per_unit(self) -> list[tuple[float, float, float, float, float, float, float, float]]:
+        """(power max, response time, ramp, energy, eta charge, eta discharge, soc min, soc max) per unit."""
+        return list(
+            zip(
+                self.power_max_w.tolist(), self.response_time_s.tolist(), self.ramp_w_per_s.tolist(),
+                self.energy_j.tolist(), self.eta_charge.tolist(), self.eta_discharge.tolist(), self.soc_min.tolist(),
+                self.soc_max.tolist(), strict=True,
+            )
+        )
+
 
 def power_limits_w(soc: F64, params: BessParams, dt_s: float) -> tuple[F64, F64]:
     """Largest discharge and charge power [W] (both >= 0) this step allows, from nameplate and the SOC window."""
@@ -76,17 +89,26 @@ def step(setpoint_w: F64, power_w: F64, soc: F64, params: BessParams, dt_s: floa
     >>> float(pw[0]), round(float(soc[0]), 3)
     (40000.0, 0.1)
     """
-    target = np.clip(setpoint_w, -params.power_max_w, params.power_max_w)
-    with np.errstate(divide="ignore"):
-        alpha = np.where(params.response_time_s > 0, 1.0 - np.exp(-dt_s / params.response_time_s), 1.0)
-    new = power_w + alpha * (target - power_w)
-    max_delta = params.ramp_w_per_s * dt_s
-    new = np.clip(new, power_w - max_delta, power_w + max_delta)
-    max_dis, max_chg = power_limits_w(soc, params, dt_s)
-    new = np.clip(new, -max_chg, max_dis)
-    stored_change_j = np.where(new >= 0.0, -new * dt_s / params.eta_discharge, -new * dt_s * params.eta_charge)
-    soc_new = np.clip(soc + stored_change_j / params.energy_j, params.soc_min, params.soc_max)
-    return new, soc_new
+    # A site has a handful of units: plain floats per unit are ~10x faster than NumPy calls on 4-element arrays,
+    # and this runs every step of a closed-loop simulation.
+    sp = np.broadcast_to(np.asarray(setpoint_w, dtype=np.float64), params.power_max_w.shape).tolist()
+    pw = np.asarray(power_w, dtype=np.float64).tolist()
+    sc = np.asarray(soc, dtype=np.float64).tolist()
+    new_p = [0.0] * len(pw)
+    new_s = [0.0] * len(pw)
+    for u, (pmax, tau, ramp, e, eta_c, eta_d, lo, hi) in enumerate(params.per_unit):
+        target = min(max(sp[u], -pmax), pmax)
+        alpha = 1.0 - math.exp(-dt_s / tau) if tau > 0 else 1.0
+        p = pw[u] + alpha * (target - pw[u])
+        step_max = ramp * dt_s
+        p = min(max(p, pw[u] - step_max), pw[u] + step_max)
+        max_dis = min(pmax, max(sc[u] - lo, 0.0) * e * eta_d / dt_s)
+        max_chg = min(pmax, max(hi - sc[u], 0.0) * e / (eta_c * dt_s))
+        p = min(max(p, -max_chg), max_dis)
+        stored = -p * dt_s / eta_d if p >= 0.0 else -p * dt_s * eta_c
+        new_p[u] = p
+        new_s[u] = min(max(sc[u] + stored / e, lo), hi)
+    return np.array(new_p), np.array(new_s)
 
 
 def step_block(setpoint_w: F64, power_w: F64, soc: F64, params: BessParams, dt_s: float) -> tuple[F64, F64, F64]:

@@ -75,6 +75,9 @@ class Policy:
         self.params: BessParams = twin.plant.bess
         self.stats = PolicyStats()
         self.events = [(*event_window_s(e, self.site.timezone), e.reduction) for e in events]
+        # The bill of a run shorter than a month carries that share of the monthly demand charge; the planner
+        # prices a new peak the same way so that it optimises the bill it is judged on (1.0 for live operation).
+        self.demand_rate_scale = 1.0
 
     def controller(self) -> object | None:
         return None
@@ -276,6 +279,7 @@ class MpcPolicy(ManagedPolicy):
             self.month_peak_w,
             self.events,
             self.baseline_w,
+            self.demand_rate_scale,
         )
         try:
             self.plan = solve_plan(inputs)
@@ -305,7 +309,7 @@ class OraclePolicy(ManagedPolicy):
             axis=1,
         )
         t = t_s[0] + step * np.arange(n)
-        inputs = planner_inputs(self.twin, t, it, halls, 0.0, self.events, None, it_is_mean=True)
+        inputs = planner_inputs(self.twin, t, it, halls, 0.0, self.events, None, self.demand_rate_scale)
         self.plan = solve_plan(inputs, time_limit_s=120.0)
         self.stats.plan_solves += 1
         self.stats.plan_solve_s.append(self.plan.solve_s)
@@ -321,7 +325,7 @@ def planner_inputs(
     peak_so_far_w: float,
     events: list[tuple[float, float, float]],
     baseline_w: float | None,
-    it_is_mean: bool = False,
+    demand_rate_scale: float = 1.0,
 ) -> PlanInputs:
     """Planner inputs from an IT-load forecast: facility load via the cooling model and the weather, renewables
     from the weather year, prices from the tariff, battery state from the plant."""
@@ -370,14 +374,16 @@ def planner_inputs(
         export_price_per_kwh=tar.export_price_per_kwh,
         export_limit_w=plant.export_limit_w,
         import_limit_w=(site.electrical.poi_limit_kw or np.inf) * 1e3,
-        demand_rate_per_kw=tar.demand_charge_per_kw_month,
+        demand_rate_per_kw=tar.demand_charge_per_kw_month * demand_rate_scale,
         demand_window_s=tar.demand_window_min * 60.0,
         peak_so_far_w=peak_so_far_w,
         contract_w=contract,
         contract_threshold=(tar.contract_billing.threshold if tar.contract_billing else 1.05),
-        contract_over_rate_per_kw=over_rate,
+        contract_over_rate_per_kw=over_rate * demand_rate_scale,
         degradation_cost_per_kwh=aging.throughput_cost_per_kwh(site.energy.battery_capex_per_kwh, temp_mean),
         shed_max_w=None,
+        # Plan below the fast loop's contract limit, so that following the plan never forces compute shedding.
+        grid_cap_w=contract * (site.energy.contract_margin - 0.02),
         dr_limit_w=dr if np.isfinite(dr).any() else None,
     )
 

@@ -463,6 +463,7 @@ def simulate(opts: SimulateOptions, progress: Callable[[int, int], None] | None 
     with atomic_output_dir(opts.out, opts.force) as out:
         twin = Twin(site, site_file, seed=opts.seed, dt_s=opts.step_s)
         policy = make_policy(opts.policy, twin, events)
+        policy.demand_rate_scale = min(1.0, opts.hours / (30.4 * 24.0))  # the bill prorates the monthly charge
         per_block = block_steps(steps_per_interval)
         t0 = time.perf_counter()
         if isinstance(policy, OraclePolicy):  # perfect foresight: the same twin's load, without batteries
