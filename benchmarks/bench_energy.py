@@ -58,34 +58,46 @@ def policies(days: float) -> tuple[list[str], dict[str, Any]]:
     lines = [
         f"Policies, texas, {days:g} days at 1 s (bill in USD: energy + demand + battery wear):",
         "",
-        "| policy | energy | demand | wear | total | saved vs none | peak 15-min MW | GPU-h lost (normal/low) | wall s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| policy | energy | demand | wear | storage adj. | total | saved vs none | peak 15-min MW "
+        "| GPU-h lost (normal/low) | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p, r in res.items():
         b = r["bill"]
         lost = r["throughput_lost_gpu_hours"]
         lines.append(
-            f"| {p} | {b['energy']:,.0f} | {b['demand']:,.0f} | {b['degradation']:,.0f} | {b['total']:,.0f} | "
+            f"| {p} | {b['energy']:,.0f} | {b['demand']:,.0f} | {b['degradation']:,.0f} | "
+            f"{b['storage_adjustment']:,.0f} | {b['total']:,.0f} | "
             f"{saved[p]:,.0f} | {r['demand']['peak_15min_kw'] / 1e3:.2f} | {lost['normal']:.1f}/{lost['low']:.1f} | "
             f"{r['bench_wall_s']:.0f} |"
         )
-    lines += ["", f"mpc saves {share * 100:.1f} % of what oracle saves (target >= 90 %); "
-              f"mpc {'<' if total['mpc'] < total['threshold'] else '>='} threshold."]
+    lines += [
+        "",
+        f"mpc saves {share * 100:.1f} % of what oracle saves (target >= 90 %); "
+        f"mpc {'<' if total['mpc'] < total['threshold'] else '>='} threshold.",
+    ]
     return lines, {"share_of_oracle": share, "totals": total}
 
 
 def contract(days: float) -> tuple[list[str], dict[str, Any]]:
     out: dict[str, Any] = {}
-    lines = ["", "Contract (mpc; share of 15-min intervals at or under contract):", "",
-             "| contract MW | intervals | over | within | none: over |", "|---|---|---|---|---|"]
+    lines = [
+        "",
+        "Contract (mpc; share of 15-min intervals at or under contract):",
+        "",
+        "| contract MW | intervals | over | within | none: over |",
+        "|---|---|---|---|---|",
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         for kw in (16000.0, 13000.0):
             site = site_with_contract(kw, Path(tmp))
             r = run(site, days * 24, "mpc")
             n = run(site, days * 24, "none")
             d = r["demand"]
-            lines.append(f"| {kw / 1e3:g} | {d['intervals']} | {d['intervals_over_contract']} | "
-                         f"{d['share_within_contract'] * 100:.2f} % | {n['demand']['intervals_over_contract']} |")
+            lines.append(
+                f"| {kw / 1e3:g} | {d['intervals']} | {d['intervals_over_contract']} | "
+                f"{d['share_within_contract'] * 100:.2f} % | {n['demand']['intervals_over_contract']} |"
+            )
             out[str(kw)] = d["share_within_contract"]
     return lines, out
 
@@ -97,12 +109,18 @@ def friendliness(hours: float) -> tuple[list[str], dict[str, Any]]:
     e1 = mpc["grid_friendliness"]["band_energy_mw2"]
     drop = 1.0 - e1 / e0 if e0 > 0 else float("nan")
     ok = 1.0 - mpc["grid_friendliness"]["ramp_violation_share"]
-    lines = ["", f"Grid point at 100 ms, {hours:g} h with the 8,192-GPU job:", "",
-             "| policy | 0.1-3 Hz energy MW^2 | largest 1-s swing MW | seconds within ramp limit |", "|---|---|---|---|",
-             f"| none | {e0:.3f} | {none['largest_1s_swing_mw']['grid']:.2f} | "
-             f"{(1 - none['grid_friendliness']['ramp_violation_share']) * 100:.2f} % |",
-             f"| mpc | {e1:.4f} | {mpc['largest_1s_swing_mw']['grid']:.2f} | {ok * 100:.2f} % |",
-             "", f"Band energy drop {drop * 100:.1f} % (target >= 80 %); ramp held {ok * 100:.2f} % (target >= 99.9 %)."]
+    lines = [
+        "",
+        f"Grid point at 100 ms, {hours:g} h with the 8,192-GPU job:",
+        "",
+        "| policy | 0.1-3 Hz energy MW^2 | largest 1-s swing MW | seconds within ramp limit |",
+        "|---|---|---|---|",
+        f"| none | {e0:.3f} | {none['largest_1s_swing_mw']['grid']:.2f} | "
+        f"{(1 - none['grid_friendliness']['ramp_violation_share']) * 100:.2f} % |",
+        f"| mpc | {e1:.4f} | {mpc['largest_1s_swing_mw']['grid']:.2f} | {ok * 100:.2f} % |",
+        "",
+        f"Band energy drop {drop * 100:.1f} % (target >= 80 %); ramp held {ok * 100:.2f} % (target >= 99.9 %).",
+    ]
     return lines, {"drop": drop, "ramp_ok": ok}
 
 
@@ -113,13 +131,18 @@ def demand_response() -> tuple[list[str], dict[str, Any]]:
     r = run("texas", 24, "mpc", dr=(event,))
     ev = r["demand_response"][0] if r["demand_response"] else {}
     lost = r["throughput_lost_gpu_hours"]
-    lines = ["", f"Demand response {event} (mpc):", "",
-             "| baseline MW | limit MW | mean grid MW | delivered | time at or under limit | GPU-h lost core/normal/low |",
-             "|---|---|---|---|---|---|",
-             f"| {ev.get('baseline_w', 0) / 1e6:.2f} | {ev.get('limit_w', 0) / 1e6:.2f} | "
-             f"{ev.get('mean_grid_w', 0) / 1e6:.2f} | {ev.get('delivered_fraction', 0) * 100:.1f} % | "
-             f"{ev.get('share_of_time_at_or_below_limit', 0) * 100:.1f} % | "
-             f"{lost['core']:.2f}/{lost['normal']:.1f}/{lost['low']:.1f} |"]
+    lines = [
+        "",
+        f"Demand response {event} (mpc):",
+        "",
+        "| baseline MW | limit MW | mean grid MW | delivered | 15-min intervals at or under limit "
+        "| GPU-h lost core/normal/low |",
+        "|---|---|---|---|---|---|",
+        f"| {ev.get('baseline_w', 0) / 1e6:.2f} | {ev.get('limit_w', 0) / 1e6:.2f} | "
+        f"{ev.get('mean_grid_w', 0) / 1e6:.2f} | {ev.get('delivered_fraction', 0) * 100:.1f} % | "
+        f"{ev.get('share_of_intervals_at_or_below_limit', 0) * 100:.1f} % | "
+        f"{lost['core']:.2f}/{lost['normal']:.1f}/{lost['low']:.1f} |",
+    ]
     return lines, {"delivered": ev.get("delivered_fraction"), "core_lost": lost["core"]}
 
 
@@ -159,11 +182,15 @@ def solver_and_loop() -> tuple[list[str], dict[str, Any]]:
         bess = d.bess_unit_w
     p95 = float(np.percentile(solve, 95) * 1e3)
     p99 = float(np.percentile(cyc, 99) * 1e3)
-    lines = ["", "| measure | p50 ms | p95 ms | p99 ms | target |", "|---|---|---|---|---|",
-             f"| planner solve, 24 h x 5 min x 4 halls ({inputs.t_s.size} steps) | {np.percentile(solve, 50) * 1e3:.1f} | "
-             f"{p95:.1f} | {np.percentile(solve, 99) * 1e3:.1f} | p95 <= 200 |",
-             f"| fast loop + GPU cap lever, 10,240 GPUs | {np.percentile(cyc, 50) * 1e3:.3f} | "
-             f"{np.percentile(cyc, 95) * 1e3:.3f} | {p99:.3f} | p99 <= 1 |"]
+    lines = [
+        "",
+        "| measure | p50 ms | p95 ms | p99 ms | target |",
+        "|---|---|---|---|---|",
+        f"| planner solve, 24 h x 5 min x 4 halls ({inputs.t_s.size} steps) | {np.percentile(solve, 50) * 1e3:.1f} | "
+        f"{p95:.1f} | {np.percentile(solve, 99) * 1e3:.1f} | p95 <= 200 |",
+        f"| fast loop + GPU cap lever, 10,240 GPUs | {np.percentile(cyc, 50) * 1e3:.3f} | "
+        f"{np.percentile(cyc, 95) * 1e3:.3f} | {p99:.3f} | p99 <= 1 |",
+    ]
     return lines, {"solve_p95_ms": p95, "loop_p99_ms": p99}
 
 
@@ -177,8 +204,13 @@ def main() -> None:
     parts = {int(x) for x in args.only.split(",")}
     lines: list[str] = []
     results: dict[str, Any] = {}
-    steps = [(1, lambda: policies(args.days)), (2, lambda: contract(min(args.days, 2.0))),
-             (3, lambda: friendliness(args.hours_100ms)), (4, demand_response), (5, solver_and_loop)]
+    steps = [
+        (1, lambda: policies(args.days)),
+        (2, lambda: contract(min(args.days, 2.0))),
+        (3, lambda: friendliness(args.hours_100ms)),
+        (4, demand_response),
+        (5, solver_and_loop),
+    ]
     for k, fn in steps:
         if k in parts:
             t0 = time.perf_counter()

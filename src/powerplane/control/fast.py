@@ -51,6 +51,7 @@ class Measurements:
 class FastSettings:
     contract_w: float
     contract_margin: float = 0.98
+    contract_instant_factor: float = 1.1
     demand_window_s: float = 900.0
     poi_limit_w: float = np.inf
     ramp_limit_w_per_s: float = 1e6
@@ -152,7 +153,7 @@ class FastLoop:
             self._grid_out = None
             return self._finish(m, "backup", target, lo, hi, unit_lo, unit_hi, 0.0, shed, reasons)
         # 4. Contract cap: instantaneous and what the rest of the 15-minute window allows.
-        limit = min(s.contract_w * s.contract_margin, s.poi_limit_w)
+        limit = min(s.contract_w * s.contract_instant_factor, s.poi_limit_w)
         window = int(m.t_s // s.demand_window_s)
         if window != self._window_id:
             self._window_id, self._window_energy_j = window, 0.0

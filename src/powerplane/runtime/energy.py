@@ -142,6 +142,7 @@ class ManagedPolicy(Policy):
         self._load_hist: list[tuple[float, float]] = []  # (t, load) once per block for the DR baseline
         self.month_peak_w = 0.0
         self.active_event: tuple[float, float, float] | None = None
+        self._last_kinds: frozenset[str] = frozenset({"normal"})
 
     def controller(self) -> object:
         import time
@@ -157,10 +158,21 @@ class ManagedPolicy(Policy):
             self.stats.decisions += 1
             self.stats.shed_steps += d.shed_w > 0
             self.stats.safe_steps += d.mode == "safe"
-            if d.reasons and len(self.stats.audit) < 5000:
+            kinds = frozenset(r.split(":")[0].split(" ")[0] for r in d.reasons) | {d.mode}
+            if kinds != self._last_kinds and len(self.stats.audit) < 100_000:
+                # Audit what changed (entering or leaving a constraint, a mode, a response), not every cycle.
                 self.stats.audit.append(
-                    {"t_s": t, "mode": d.mode, "bess_w": d.bess_total_w, "why": "; ".join(d.reasons)}
+                    {
+                        "t_s": t,
+                        "actor": "fast-loop",
+                        "mode": d.mode,
+                        "bess_w": d.bess_total_w,
+                        "bounds_w": list(d.bounds_w),
+                        "shed_w": d.shed_w,
+                        "why": "; ".join(d.reasons) or "following the plan",
+                    }
                 )
+                self._last_kinds = kinds
             self.stats.cycle_s.append(time.perf_counter() - t0)
             if len(self.stats.cycle_s) > 200_000:
                 del self.stats.cycle_s[:100_000]
@@ -179,7 +191,10 @@ class ManagedPolicy(Policy):
                 {"start_s": active[0], "end_s": active[1], "reduction": active[2], "baseline_w": self.baseline_w}
             )
         self.active_event = active
-        self.loop.dr_limit_w = None if active is None or self.baseline_w is None else self.baseline_w * (1 - active[2])
+        # Aim 1 % below the committed level: the loop acts on last cycle's load, so single cycles overshoot.
+        self.loop.dr_limit_w = (
+            None if active is None or self.baseline_w is None else self.baseline_w * (1 - active[2]) * 0.99
+        )
 
     def _last_load_w(self) -> float:
         return self._load_hist[-1][1] if self._load_hist else 0.0
@@ -223,12 +238,15 @@ class ManagedPolicy(Policy):
         if changed.any():
             gpus = np.flatnonzero(changed)
             res = twin.apply([GpuPowerCap(gpus, self.lever.caps_w[gpus])])
-            if len(self.stats.audit) < 5000:
+            if len(self.stats.audit) < 100_000:
                 self.stats.audit.append(
                     {
                         "t_s": float(block.t_s[-1]),
+                        "actor": "compute-lever",
                         "mode": "caps",
-                        "bess_w": 0.0,
+                        "gpus": int(gpus.size),
+                        "cap_before_w": _finite_mean(before[gpus]),
+                        "cap_after_w": _finite_mean(self.lever.caps_w[gpus]),
                         "why": f"{res[0].detail}; shortfall {self.shed_w / 1e6:.2f} MW; "
                         f"by class { ({k: round(v) for k, v in plan.by_class_w.items()}) }",
                     }
@@ -290,7 +308,10 @@ class MpcPolicy(ManagedPolicy):
         except (PlanError, ValueError) as exc:
             # Keep following the last valid plan; without one the fast loop runs on rules alone.
             self.stats.plan_failures += 1
-            self.stats.audit.append({"t_s": t_s, "mode": "planner", "bess_w": 0.0, "why": f"solve failed: {exc}"})
+            keep = "keeping the last plan" if self.plan is not None else "rule-based control only"
+            self.stats.audit.append(
+                {"t_s": t_s, "actor": "planner", "mode": "plan", "why": f"solve failed: {exc}; {keep}"}
+            )
 
 
 class OraclePolicy(ManagedPolicy):
@@ -315,6 +336,11 @@ class OraclePolicy(ManagedPolicy):
         self.stats.plan_solve_s.append(self.plan.solve_s)
         self.stats.plan_t_s = t.tolist()
         self.stats.plan_grid_w = self.plan.grid_w.tolist()
+
+
+def _finite_mean(x: F64) -> float | None:
+    f = x[np.isfinite(x)]
+    return float(f.mean()) if f.size else None
 
 
 def planner_inputs(
@@ -394,6 +420,7 @@ def _settings(site: SiteConfig, damping: bool) -> FastSettings:
     return FastSettings(
         contract_w=el.contract_demand_kw * 1e3,
         contract_margin=e.contract_margin,
+        contract_instant_factor=e.contract_instant_factor,
         demand_window_s=site.tariff.demand_window_min * 60.0,
         poi_limit_w=(el.poi_limit_kw or np.inf) * 1e3,
         ramp_limit_w_per_s=e.ramp_limit_mw_per_s * 1e6,

@@ -1,0 +1,84 @@
+"""End-to-end energy management on the small site: policies, limits, demand response, report."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from powerplane.config import load_scenario
+from powerplane.runtime.energy import parse_dr
+from powerplane.runtime.simulate import SimulateOptions, simulate
+
+
+def test_parse_dr() -> None:
+    ev = parse_dr("2026-07-15T15:00/3h/-25%", "America/Chicago")
+    assert ev.start == "2026-07-15T15:00" and ev.duration_h == 3.0 and ev.reduction == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="demand-response"):
+        parse_dr("tomorrow afternoon", "UTC")
+
+
+@pytest.fixture(scope="module")
+def mpc_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:  # type: ignore[type-arg]
+    out = tmp_path_factory.mktemp("e") / "mpc"
+    site, _ = load_scenario("small")
+    start = site.start[:10]
+    s = simulate(SimulateOptions("small", 1.5, out=out, policy="mpc", dr=(f"{start}T00:45/0.5h/-25%",)))
+    return out, s
+
+
+def test_mpc_run_writes_bill_report_and_audit(mpc_run: tuple[Path, dict]) -> None:  # type: ignore[type-arg]
+    out, _ = mpc_run
+    assert {"report.html", "audit.jsonl", "summary.json", "bess.parquet"} <= {p.name for p in out.iterdir()}
+    saved = json.loads((out / "summary.json").read_text())
+    for key in ("bill", "demand", "grid_friendliness", "demand_response", "throughput_lost_gpu_hours", "controller"):
+        assert key in saved
+    assert saved["bill"]["total"] == pytest.approx(
+        saved["bill"]["energy"]
+        + saved["bill"]["demand"]
+        + saved["bill"]["degradation"]
+        + saved["bill"]["storage_adjustment"]
+    )
+    html = (out / "report.html").read_text()
+    for heading in ("Power stack", "SOC", "Prices", "Plan vs actual", "bill", "demand response"):
+        assert f"<h2>{heading}</h2>" in html, heading
+    assert saved["controller"]["plan_solves"] >= 6 and saved["controller"]["plan_failures"] == 0
+    assert saved["energy_balance_error"] < 1e-3
+
+
+def test_no_command_exceeds_the_battery_limits(mpc_run: tuple[Path, dict]) -> None:  # type: ignore[type-arg]
+    out, _ = mpc_run
+    site, _ = load_scenario("small")
+    unit = site.bess[0]
+    b = pq.read_table(out / "bess.parquet").to_pandas()
+    assert b.power_w.abs().max() <= unit.power_kw * 1e3 + 1e-6
+    assert b.soc.min() >= unit.soc_min - 1e-9 and b.soc.max() <= unit.soc_max + 1e-9
+    assert b.power_w.abs().max() > 0  # it did act
+
+
+def test_demand_response_delivered_without_touching_core_jobs(mpc_run: tuple[Path, dict]) -> None:  # type: ignore[type-arg]
+    _, s = mpc_run
+    (ev,) = s["demand_response"]
+    assert ev["delivered_fraction"] >= 0.97
+    assert ev["share_of_intervals_at_or_below_limit"] == 1.0
+    assert s["throughput_lost_gpu_hours"]["core"] == 0.0
+
+
+@pytest.mark.slow
+def test_policies_rank_as_they_should(tmp_path: Path) -> None:
+    totals = {}
+    for policy in ("none", "mpc", "oracle"):
+        s = simulate(SimulateOptions("small", 12, out=tmp_path / policy, policy=policy))
+        totals[policy] = s["bill"]["total"]
+        if policy != "none":
+            assert s["demand"]["share_within_contract"] == 1.0
+    assert totals["oracle"] <= totals["mpc"] + 1e-6 < totals["none"]
+    g = pq.read_table(tmp_path / "mpc" / "site.parquet").column("grid_power_w").to_numpy()
+    assert np.isfinite(g).all()
+
+
+def test_unknown_policy_fails_before_simulating(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown policy"):
+        simulate(SimulateOptions("small", 0.1, out=tmp_path / "x", policy="yolo"))
+    assert not (tmp_path / "x").exists()
