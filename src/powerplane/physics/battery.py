@@ -11,8 +11,8 @@ Efficiencies are one-way AC/DC: discharging ``P`` for ``dt`` removes ``P dt / et
 from __future__ import annotations
 
 import math
-from functools import cached_property
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from numpy.typing import NDArray
