@@ -25,7 +25,7 @@ from powerplane.config.schema import DemandResponseEvent, SiteConfig
 from powerplane.control.fast import Decision, FastLoop, FastSettings, Measurements, allocate
 from powerplane.control.levers import ComputeLever
 from powerplane.control.planner import Plan, PlanError, PlanInputs, solve_plan
-from powerplane.core.commands import GpuPowerCap
+from powerplane.core.commands import DeferJob, GpuPowerCap
 from powerplane.physics import aging, cooling, tariff, weather
 from powerplane.physics.battery import BessParams
 from powerplane.twin.twin import Twin, TwinBlock
@@ -203,6 +203,29 @@ class ManagedPolicy(Policy):
 
     def before_block(self, t_s: float) -> None:
         self._update_events(t_s)
+        if self.active_event is not None:
+            self._defer_queued(self.active_event[1])
+
+    def _defer_queued(self, until_s: float) -> None:
+        """During a demand-response event, deferrable jobs waiting in the queue start after it (reversible: the
+        hold lifts at the event's end; the delay is kept per job in ``deferred_s``)."""
+        wl = self.twin.workload
+        jobs = wl.jobs
+        held = [j for j in wl.queue if jobs.deferrable[j] and jobs.defer_until_s[j] < until_s]
+        if not held:
+            return
+        res = self.twin.apply([DeferJob(j, until_s) for j in held])
+        done = [j for j, r in zip(held, res, strict=True) if r.applied]
+        if done:
+            self.stats.audit.append(
+                {
+                    "t_s": self.twin.now_s,
+                    "actor": "compute-lever",
+                    "mode": "defer",
+                    "jobs": done,
+                    "why": f"demand response until {until_s:.0f}: deferrable jobs wait",
+                }
+            )
 
     def after_block(self, block: TwinBlock) -> None:
         p = block.plant
