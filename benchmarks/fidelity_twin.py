@@ -25,27 +25,12 @@ from powerplane.twin.twin import Twin
 HERE = Path(__file__).resolve().parent
 
 
-def _quiet(tw: Twin, j: int) -> None:
-    wl = tw.workload
-    wl.jobs.next_ckpt_s[j] = np.inf
-    wl.jobs.next_fail_s[j] = np.inf
-    wl.jobs.next_straggle_s[j] = np.inf
-    wl._refresh(j, tw.now_s)
-    wl._next_event_s = -np.inf
-
-
-def _trigger(tw: Twin, j: int, timer: str) -> None:
-    getattr(tw.workload.jobs, timer)[j] = tw.now_s
-    tw.workload._refresh(j, tw.now_s)
-    tw.workload._next_event_s = -np.inf
-
-
 def h100_gpus() -> list[tuple[str, str, str]]:
     site, path = load_scenario("qingyang")
     tw = Twin(site, path, seed=1, dt_s=0.1)
     wl = tw.workload
     j = int(np.flatnonzero(wl.jobs.view("kind") == 0)[0])
-    _quiet(tw, j)
+    tw.workload.quiet(j, tw.now_s)
     gpus = wl.jobs.gpus[j][:8]  # one node
     blocks = [tw.advance(60) for _ in range(50)]  # 5 minutes at 100 ms
     p = np.concatenate([b.fleet.gpu_power_w[:, gpus] for b in blocks])
@@ -67,18 +52,18 @@ def texas_100ms() -> list[tuple[str, str, str]]:
     tw = Twin(site, path, seed=2, dt_s=0.1)
     wl = tw.workload
     j = int(np.flatnonzero((wl.jobs.view("kind") == 0) & (wl.jobs.view("n_gpus") >= 8000))[0])
-    _quiet(tw, j)
+    tw.workload.quiet(j, tw.now_s)
     fac = np.concatenate([tw.advance(60).plant.facility_power_w for _ in range(50)])
     share, band = band_energy_share(fac, 0.1)
     spec = np.abs(np.fft.rfft(fac - fac.mean()))
     freqs = np.fft.rfftfreq(fac.size, 0.1)
     peak_hz = freqs[np.argmax(spec[1:]) + 1]
     it_before = np.concatenate([tw.advance(60).plant.it_power_w for _ in range(5)]).mean()
-    _trigger(tw, j, "next_ckpt_s")
+    tw.workload.trigger(j, "next_ckpt_s", tw.now_s)
     ckpt = tw.advance(100).plant.it_power_w[20:].mean()
     tw.advance(int(wl.jobs.ckpt_duration_s[j] / 0.1) + 50)
-    _quiet(tw, j)
-    _trigger(tw, j, "next_fail_s")
+    tw.workload.quiet(j, tw.now_s)
+    tw.workload.trigger(j, "next_fail_s", tw.now_s)
     fault = tw.advance(100).plant.it_power_w[20:].mean()
     return [
         (

@@ -20,18 +20,9 @@ def texas() -> tuple[Twin, int]:
     return tw, j
 
 
-def _quiet(tw: Twin, j: int) -> None:
-    wl = tw.workload
-    wl.jobs.next_ckpt_s[j] = np.inf
-    wl.jobs.next_fail_s[j] = np.inf
-    wl.jobs.next_straggle_s[j] = np.inf
-    wl._refresh(j, tw.now_s)
-    wl._next_event_s = -np.inf
-
-
 def test_training_job_swings_site_power_by_megawatts_at_its_iteration_frequency(texas: tuple[Twin, int]) -> None:
     tw, j = texas
-    _quiet(tw, j)
+    tw.workload.quiet(j, tw.now_s)
     fac = np.concatenate([tw.advance(60).plant.facility_power_w for _ in range(50)])  # 5 minutes at 100 ms
     assert largest_swing_w(fac, 0.1) > 4e6
     share, band = band_energy_share(fac, 0.1)
@@ -47,19 +38,15 @@ def test_training_job_swings_site_power_by_megawatts_at_its_iteration_frequency(
 def test_checkpoint_and_fault_drop_site_power_by_similar_steps(texas: tuple[Twin, int]) -> None:
     tw, j = texas
     wl = tw.workload
-    _quiet(tw, j)
+    tw.workload.quiet(j, tw.now_s)
     before = np.concatenate([tw.advance(60).plant.it_power_w for _ in range(5)]).mean()
-    wl.jobs.next_ckpt_s[j] = tw.now_s
-    wl._refresh(j, tw.now_s)
-    wl._next_event_s = -np.inf
+    wl.trigger(j, "next_ckpt_s", tw.now_s)
     during = tw.advance(60).plant.it_power_w
     assert wl.jobs.state[j] == State.CHECKPOINT
     ckpt_drop = before - during[10:].mean()
     tw.advance(int(wl.jobs.ckpt_duration_s[j] / 0.1) + 10)
-    _quiet(tw, j)
-    wl.jobs.next_fail_s[j] = tw.now_s
-    wl._refresh(j, tw.now_s)
-    wl._next_event_s = -np.inf
+    tw.workload.quiet(j, tw.now_s)
+    wl.trigger(j, "next_fail_s", tw.now_s)
     stalled = tw.advance(60).plant.it_power_w
     assert wl.jobs.state[j] == State.STALLED
     fault_drop = before - stalled[10:].mean()

@@ -42,9 +42,7 @@ def test_fault_restarts_from_last_checkpoint() -> None:
     wl = tw.workload
     j = int(np.flatnonzero(wl.jobs.view("kind") == 0)[0])  # the pre-training job
     tw.advance(10)
-    wl.jobs.next_fail_s[j] = tw.now_s + 5.0
-    wl._refresh(j, tw.now_s)
-    wl._next_event_s = -np.inf
+    wl.trigger(j, "next_fail_s", tw.now_s + 5.0)
     done_before = wl.jobs.work_done_s[j]
     ckpt = wl.jobs.last_ckpt_work_s[j]
     tw.advance(10)

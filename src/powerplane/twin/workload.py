@@ -350,6 +350,22 @@ class Workload:
         self._next_event_s = -np.inf
         return True
 
+    def quiet(self, j: int, t: float) -> None:
+        """Hold off job j's checkpoints, faults and stragglers (for experiments on steady iterations)."""
+        self.jobs.next_ckpt_s[j] = np.inf
+        self.jobs.next_fail_s[j] = np.inf
+        self.jobs.next_straggle_s[j] = np.inf
+        self._refresh(j, t)
+        self._next_event_s = -np.inf
+
+    def trigger(self, j: int, timer: str, t: float) -> None:
+        """Make one of job j's timers (``next_ckpt_s``, ``next_fail_s``, ``next_straggle_s``) fire at ``t``."""
+        if timer not in ("next_ckpt_s", "next_fail_s", "next_straggle_s"):
+            raise ValueError(f"unknown job timer {timer!r}")
+        getattr(self.jobs, timer)[j] = t
+        self._refresh(j, t)
+        self._next_event_s = -np.inf
+
     def _restart(self, j: int, t: float) -> None:
         jobs = self.jobs
         jobs.state[j] = State.STARTING
