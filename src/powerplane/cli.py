@@ -31,6 +31,14 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+def _register_subcommands() -> None:
+    from powerplane.control.scheduler.cli import app as schedule_app
+
+    app.add_typer(schedule_app, name="schedule", help="The GPU pool scheduler: replay real traces.")
+
+
+_register_subcommands()
 console = Console()
 err = Console(stderr=True)
 

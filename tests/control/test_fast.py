@@ -18,17 +18,21 @@ def _m(t: float, load: float, soc: float = 0.5, n: int = 2, **kw: object) -> Mea
 
 
 def test_contract_cap_discharges_and_asks_for_compute_beyond_the_batteries() -> None:
-    loop = FastLoop(_params(), FastSettings(contract_w=10e6, contract_margin=1.0, damping=False))
+    loop = FastLoop(
+        _params(), FastSettings(contract_w=10e6, contract_margin=1.0, contract_instant_factor=1.0, damping=False)
+    )
     d = loop.step(_m(0.0, 11e6), 1.0)
     assert d.bess_total_w == pytest.approx(1e6) and d.shed_w == 0.0
-    loop = FastLoop(_params(), FastSettings(contract_w=10e6, contract_margin=1.0, damping=False))
+    loop = FastLoop(
+        _params(), FastSettings(contract_w=10e6, contract_margin=1.0, contract_instant_factor=1.0, damping=False)
+    )
     d = loop.step(_m(0.0, 13e6), 1.0)
     assert d.bess_total_w == pytest.approx(2e6) and d.shed_w == pytest.approx(1e6)
     assert any("shed compute" in r for r in d.reasons)
 
 
 def test_fifteen_minute_average_is_kept() -> None:
-    s = FastSettings(contract_w=10e6, contract_margin=1.0, damping=False)
+    s = FastSettings(contract_w=10e6, contract_margin=1.0, contract_instant_factor=1.0, damping=False)
     loop = FastLoop(_params(2, power_kw=5000, energy_kwh=50000), s)
     # The first half of the window ran above contract without batteries: the rest must run below it.
     loop._window_id, loop._window_energy_j = 0, 11e6 * 450.0
@@ -57,8 +61,7 @@ def test_damping_limits_the_grid_ramp_and_the_batteries_take_the_swing() -> None
 
 
 def test_frequency_droop_with_deadband() -> None:
-    s = FastSettings(contract_w=1e9, damping=False, nominal_hz=50.0, deadband_hz=0.02, droop=0.05,
-                     frequency_share=0.5)
+    s = FastSettings(contract_w=1e9, damping=False, nominal_hz=50.0, deadband_hz=0.02, droop=0.05, frequency_share=0.5)
     loop = FastLoop(_params(2), s)
     m = _m(0.0, 5e6)
     m.frequency_hz = 50.01
@@ -112,8 +115,16 @@ def test_allocation_respects_unit_limits_and_sums(total: float) -> None:
 
 def test_allocation_busbar_moves_load_to_other_halls() -> None:
     p = _params(2)
-    out = allocate(0.0, -p.power_max_w, p.power_max_w, np.array([0.5, 0.5]), p,
-                   hall_it_w=np.array([5.3e6, 1e6]), busbar_w=np.array([5e6, 5e6]), unit_hall=np.array([0, 1]))
+    out = allocate(
+        0.0,
+        -p.power_max_w,
+        p.power_max_w,
+        np.array([0.5, 0.5]),
+        p,
+        hall_it_w=np.array([5.3e6, 1e6]),
+        busbar_w=np.array([5e6, 5e6]),
+        unit_hall=np.array([0, 1]),
+    )
     assert out[0] == pytest.approx(0.3e6)  # hall 0 over its busbar: its battery discharges
     assert out.sum() == pytest.approx(0.0, abs=1.0)  # hall 1's battery charges to keep the site total
 
