@@ -66,3 +66,39 @@ def test_same_seed_same_run_different_seed_different_run() -> None:
     pc = [c.advance(60).plant.facility_power_w for _ in range(5)]
     np.testing.assert_array_equal(np.concatenate(pa), np.concatenate(pb))
     assert not np.array_equal(np.concatenate(pa), np.concatenate(pc))
+
+
+def test_the_twin_places_jobs_through_the_pool_scheduler() -> None:
+    from powerplane.twin.jobs import JobSpec, Kind, Priority
+
+    tw = _twin()
+    wl = tw.workload
+    # Impossible requests are rejected at submit, with the reason.
+    j = wl._submit(
+        JobSpec(name="too-big", kind=Kind.BATCH, priority=Priority.LOW, n_gpus=10_000, work_s=60.0), tw.now_s
+    )
+    assert wl.jobs.state[j] == State.DONE and "GPU" in wl.rejected[j]
+    # A core job that does not fit preempts lower classes, which go back to the queue from their checkpoint.
+    low = [int(k) for k in wl.active if wl.jobs.priority[k] == Priority.LOW]
+    free = int(np.count_nonzero(wl.gpu_job < 0))
+    lost_before = wl.jobs.lost_work_s[: wl.jobs.n].sum()
+    big = wl._submit(
+        JobSpec(
+            name="urgent",
+            kind=Kind.FINETUNE,
+            priority=Priority.CORE,
+            n_gpus=free + 8,
+            work_s=3600.0,
+            checkpoint_interval_s=600.0,
+            checkpoint_duration_s=10.0,
+        ),
+        tw.now_s,
+    )
+    if low:
+        assert wl.jobs.state[big] in (State.STARTING, State.RUNNING)
+        assert wl.jobs.view("preemptions").sum() >= 1
+        preempted = np.flatnonzero(wl.jobs.view("preemptions") > 0)
+        assert all(wl.jobs.state[k] in (State.QUEUED, State.STARTING, State.RUNNING) for k in preempted)
+        assert wl.jobs.lost_work_s[: wl.jobs.n].sum() >= lost_before
+    held = np.concatenate([wl.jobs.gpus[k] for k in wl.active])
+    assert held.size == np.unique(held).size

@@ -116,7 +116,7 @@ _FIELDS_F = (
     "throughput_lost_gpu_s",
     "fail_rate_per_s",
 )
-_FIELDS_I = ("kind", "priority", "n_gpus", "state", "failures", "checkpoints", "deferrable")
+_FIELDS_I = ("kind", "priority", "n_gpus", "state", "failures", "checkpoints", "deferrable", "preemptions")
 
 
 class JobTable:
@@ -172,6 +172,7 @@ class JobTable:
     failures: I64
     checkpoints: I64
     deferrable: I64
+    preemptions: I64
 
     def _grow(self) -> None:
         self._cap *= 2

@@ -13,6 +13,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from powerplane.config.schema import SiteConfig, TrainingMix
+from powerplane.control.scheduler.config import SchedulerConfig
+from powerplane.control.scheduler.pool import GpuPool
+from powerplane.control.scheduler.request import JobRequest
+from powerplane.control.scheduler.scheduler import Scheduler
 from powerplane.topology import Topology
 from powerplane.twin import traces
 from powerplane.twin.jobs import (
@@ -20,6 +24,7 @@ from powerplane.twin.jobs import (
     ACT_COLLECTIVE,
     ACT_COMPUTE,
     ACT_STARTUP,
+    PRIORITY_NAMES,
     JobSpec,
     JobTable,
     Kind,
@@ -79,6 +84,13 @@ class Workload:
         self.gpu_cap_factor = np.ones(topo.n_gpus, dtype=np.float64)  # set by the twin from caps
         self.queue: list[int] = []
         self.active: list[int] = []  # jobs holding GPUs, in start order
+        self.sched = Scheduler(GpuPool.from_topology(topo), SchedulerConfig())
+        self.rejected: dict[int, str] = {}
+        self._sched_name: dict[int, str] = {}
+        self._sched_seq: dict[int, int] = {}
+        self._job_of: dict[str, int] = {}
+        self._sched_wakeup_s = np.inf
+        self._last_t = t0_s
         self.xid_events: list[XidEvent] = []
         self.gpu_last_xid = np.zeros(topo.n_gpus, dtype=np.int64)
         self._fail_rate_per_gpu_s = self.cfg.failure_rate_per_gpu_day / 86_400.0
@@ -217,56 +229,49 @@ class Workload:
         return int(np.count_nonzero(self.gpu_job >= 0))
 
     def _submit(self, spec: JobSpec, t: float, warm: bool = False) -> int:
-        jobs = self.jobs
-        j = jobs.add(spec, t, self._fail_rate_per_gpu_s)
-        if spec.n_gpus > self.topo.n_gpus:
-            jobs.state[j] = State.DONE  # can never fit; the scheduler issue rejects these at submit
-            jobs.end_s[j] = t
-            return j
-        if not self._start(j, t, warm):
+        """Add a job and hand it to the GPU pool scheduler; a request that can never fit is rejected with a reason."""
+        j = self.jobs.add(spec, t, self._fail_rate_per_gpu_s)
+        if self._hand_to_scheduler(j, t):
             self.queue.append(j)
+            self._try_queue(t, warm)
         return j
+
+    def _hand_to_scheduler(self, j: int, t: float) -> bool:
+        jobs = self.jobs
+        self._sched_seq[j] = self._sched_seq.get(j, 0) + 1
+        name = f"{jobs.names[j]}#{self._sched_seq[j]}"
+        request = JobRequest(
+            name=name,
+            gpus=int(jobs.n_gpus[j]),
+            priority=PRIORITY_NAMES[Priority(int(jobs.priority[j]))],
+            deferrable=bool(jobs.deferrable[j]),
+            est_duration_s=float(max(jobs.work_s[j] - jobs.work_done_s[j], 1.0))
+            if np.isfinite(jobs.work_s[j])
+            else 1e9,
+            checkpoint_interval_s=float(jobs.ckpt_interval_s[j]) if np.isfinite(jobs.ckpt_interval_s[j]) else 1e9,
+            work_done_s=float(jobs.work_done_s[j]),
+            preemptible=jobs.kind[j] != Kind.INFERENCE,
+        )
+        adm = self.sched.submit(request, t)
+        if not adm.accepted:
+            jobs.state[j] = State.DONE
+            jobs.end_s[j] = t
+            self.rejected[j] = adm.reason
+            return False
+        self._sched_name[j] = name
+        self._job_of[name] = j
+        return True
 
     # ----------------------------------------------------------------------------------- placement
 
-    def _allocate(self, n: int) -> I64 | None:
-        """Gang placement: whole free nodes, contiguous when possible (NVLink and rail locality); small jobs
-        best-fit into partly used nodes."""
-        free = self.gpu_job < 0
-        node_free = np.add.reduceat(free.astype(np.int64), self._node_first_gpu)
-        gpn = int(self._gpn.max())
-        if n >= gpn:
-            need = int(np.ceil(n / gpn))
-            whole = np.flatnonzero(node_free == self._gpn)
-            if whole.size < need:
-                return None
-            span = whole[need - 1 :] - whole[: whole.size - need + 1]
-            hits = np.flatnonzero(span == need - 1)
-            nodes = whole[hits[0] : hits[0] + need] if hits.size else whole[:need]
-            gpus = np.concatenate(
-                [np.arange(self._node_first_gpu[m], self._node_first_gpu[m] + self._gpn[m]) for m in nodes]
-            )
-            return gpus[:n]
-        cand = np.flatnonzero(node_free >= n)
-        if cand.size == 0:
-            return None
-        node = cand[np.argmin(node_free[cand])]
-        first = self._node_first_gpu[node]
-        local = np.flatnonzero(free[first : first + self._gpn[node]])[:n]
-        return np.asarray(first + local, dtype=np.int64)
-
-    def _start(self, j: int, t: float, warm: bool = False) -> bool:
+    def _start_on(self, j: int, gpus: I64, t: float, warm: bool = False) -> None:
         jobs = self.jobs
-        if jobs.defer_until_s[j] > t:
-            return False
-        gpus = self._allocate(int(jobs.n_gpus[j]))
-        if gpus is None:
-            return False
         self.gpu_job[gpus] = j
         jobs.gpus[j] = gpus
         self._mapping_dirty = True
         self.active.append(j)
-        jobs.start_s[j] = t
+        if np.isnan(jobs.start_s[j]):
+            jobs.start_s[j] = t
         rng = self.rng
         if warm:
             jobs.state[j] = State.RUNNING
@@ -282,7 +287,6 @@ class Workload:
         self._schedule_straggler(j, t)
         self._update_speed(np.array([j]))
         self._refresh(j, t)
-        return True
 
     def _release(self, j: int) -> None:
         gpus = self.jobs.gpus[j]
@@ -291,12 +295,32 @@ class Workload:
         self.active.remove(j)
         self.jobs.timer_s[j] = np.inf
 
-    def _try_queue(self, t: float) -> None:
+    def _preempt(self, j: int, t: float) -> None:
+        """The scheduler took job j's GPUs for a higher class: it goes back to the queue from its last checkpoint."""
+        jobs = self.jobs
+        jobs.lost_work_s[j] += jobs.work_done_s[j] - jobs.last_ckpt_work_s[j]
+        jobs.work_done_s[j] = jobs.last_ckpt_work_s[j]
+        jobs.preemptions[j] += 1
+        self._release(j)
+        for name in ("next_ckpt_s", "next_fail_s", "next_straggle_s", "straggle_end_s", "state_end_s"):
+            getattr(jobs, name)[j] = np.inf
+        jobs.straggle[j] = 0.0
+        jobs.state[j] = State.QUEUED
+        self.queue.append(j)
+
+    def _try_queue(self, t: float, warm: bool = False) -> None:
+        """One scheduling decision: start what fits (by class, fair share and topology), preempt where allowed."""
         if not self.queue:
             return
-        order = sorted(self.queue, key=lambda q: (self.jobs.priority[q], self.jobs.submit_s[q], q))
-        started = {j for j in order if self._start(j, t)}
-        self.queue = [j for j in self.queue if j not in started]
+        result = self.sched.schedule_step(t)
+        for name in result.preempted:
+            j = self._job_of[name]
+            if j in self.active:
+                self._preempt(j, t)
+        for name in result.started:
+            j = self._job_of[name]
+            self.queue.remove(j)
+            self._start_on(j, np.asarray(self.sched.allocation(name), dtype=np.int64), t, warm)
 
     def _schedule_straggler(self, j: int, t: float) -> None:
         rate = self.cfg.straggler_rate_per_job_hour / 3600.0
@@ -343,9 +367,12 @@ class Workload:
         return True
 
     def defer(self, j: int, until_s: float) -> bool:
-        """Hold a queued job back until ``until_s``."""
-        if self.jobs.state[j] != State.QUEUED:
+        """Hold a queued job back until ``until_s``: it leaves the scheduler's queue and returns at that time."""
+        if self.jobs.state[j] != State.QUEUED or j not in self.queue:
             return False
+        name = self._sched_name.pop(j, None)
+        if name is not None:
+            self.sched.cancel(name, self._last_t)
         self.jobs.defer_until_s[j] = until_s
         self._next_event_s = -np.inf
         return True
@@ -438,6 +465,7 @@ class Workload:
             jobs.state[j] = _DONE
             jobs.end_s[j] = t
             self._release(j)
+            self.sched.finish(self._sched_name[j], t)
             return True
         if st == _RUNNING and jobs.next_ckpt_s[j] <= due:
             # The checkpoint saves the work done so far.
@@ -446,6 +474,7 @@ class Workload:
             jobs.state_end_s[j] = t + jobs.ckpt_duration_s[j]
             jobs.last_ckpt_work_s[j] = jobs.work_done_s[j]
             jobs.next_ckpt_s[j] = np.inf
+            self.sched.record_checkpoint(self._sched_name[j], t)
         st = jobs.state[j]
         if st in (_STARTING, _RUNNING, _CHECKPOINT) and jobs.next_fail_s[j] <= due:
             # A fault stalls the whole job; it restarts from its last checkpoint after a delay.
@@ -470,6 +499,7 @@ class Workload:
         return False
 
     def _process_events(self, t: float) -> None:
+        self._last_t = t
         jobs = self.jobs
         released = False
         ids = self.active_ids()
@@ -485,16 +515,25 @@ class Workload:
                     spec = self._training_spec(self.cfg.finetune, Kind.FINETUNE, self._finetune_priority(), False)
                 else:
                     spec = self._training_spec(self.cfg.pretraining, Kind.PRETRAIN, Priority.CORE, False)
-                self.queue.append(self.jobs.add(spec, next_s, self._fail_rate_per_gpu_s))
+                j = self.jobs.add(spec, next_s, self._fail_rate_per_gpu_s)
+                if self._hand_to_scheduler(j, next_s):
+                    self.queue.append(j)
                 arrived = True
                 next_s += self.rng.exponential(1.0 / self._arrival_rates_per_s[kind])
             self._next_arrival_s[kind] = next_s
-        deferred_due = any(np.isfinite(jobs.defer_until_s[q]) and jobs.defer_until_s[q] <= t + 1e-9 for q in self.queue)
-        if released or arrived or deferred_due:
+        # Deferred jobs whose hold has ended go back to the scheduler.
+        due = [q for q in self.queue if q not in self._sched_name and jobs.defer_until_s[q] <= t + 1e-9]
+        for q in due:
+            if not self._hand_to_scheduler(q, t):
+                self.queue.remove(q)
+        if released or arrived or due or t + 1e-9 >= self._sched_wakeup_s:
             self._try_queue(t)
         ids = self.active_ids()
         candidates = [float(jobs.timer_s[ids].min()) if ids.size else np.inf, *self._next_arrival_s.values()]
-        candidates += [float(jobs.defer_until_s[q]) for q in self.queue if jobs.defer_until_s[q] > t]
+        candidates += [float(jobs.defer_until_s[q]) for q in self.queue if q not in self._sched_name]
+        self._sched_wakeup_s = self.sched.next_wakeup_s(t) if self.queue else np.inf
+        if self._sched_wakeup_s > t:
+            candidates.append(self._sched_wakeup_s)
         self._next_event_s = min(candidates)
 
     # ----------------------------------------------------------------------------------- activity
