@@ -143,6 +143,8 @@ class ManagedPolicy(Policy):
         self.month_peak_w = 0.0
         self.active_event: tuple[float, float, float] | None = None
         self._last_kinds: frozenset[str] = frozenset({"normal"})
+        self._pue = 1.3
+        self._it_per_gpu_w = 1.5  # IT watts per GPU watt (node overhead, network, storage), measured each block
 
     def controller(self) -> object:
         import time
@@ -205,6 +207,30 @@ class ManagedPolicy(Policy):
         self._update_events(t_s)
         if self.active_event is not None:
             self._defer_queued(self.active_event[1])
+        self._set_admission_budget()
+
+    def _set_admission_budget(self) -> None:
+        """Power-aware admission: the scheduler may start jobs only within the IT power the contract (or a
+        demand-response limit) plus the batteries' available discharge allows."""
+        from powerplane.control.scheduler.plan import it_power_budget_w
+
+        plant = self.twin.plant
+        site = self.site
+        pue = self._pue
+        reserve = np.array([u.backup_reserve for u in site.bess])
+        usable = plant.bess_soc > np.maximum(plant.bess.soc_min, reserve) + 0.02
+        battery_w = float(plant.bess.power_max_w[usable].sum())
+        contract = site.electrical.contract_demand_kw * 1e3 * site.energy.contract_margin
+        dr = self.loop.dr_limit_w if self.loop.dr_limit_w is not None else np.inf
+        budget = it_power_budget_w(contract, dr, battery_w, pue)
+        sched = self.twin.workload.sched
+        draw = sched.pool.draw_w
+        overhead = self._it_per_gpu_w
+
+        def estimate(request: object, gpus: NDArray[np.int64], milli: int) -> float:
+            return float(draw[gpus].sum()) * milli / 1000.0 * overhead
+
+        sched.set_power_budget(budget, estimate)
 
     def _defer_queued(self, until_s: float) -> None:
         """During a demand-response event, deferrable jobs waiting in the queue start after it (reversible: the
@@ -232,6 +258,9 @@ class ManagedPolicy(Policy):
         load = p.grid_power_w + p.bess_power_w
         self._load_hist.append((float(block.t_s[-1]), float(load.mean())))
         self._load_hist = [(t, v) for t, v in self._load_hist if t > block.t_s[-1] - 7200.0]
+        it = float(p.it_power_w.mean())
+        self._pue = float(p.facility_power_w.mean()) / max(it, 1.0)
+        self._it_per_gpu_w = it / max(float(block.fleet.gpu_power_w[-1].sum()), 1.0)
         _, win = tariff.window_average_w(block.t_s, p.grid_power_w, self.site.tariff.demand_window_min * 60.0)
         self.month_peak_w = max(self.month_peak_w, float(win.max()) if win.size else 0.0)
         self._apply_caps(block)
@@ -324,6 +353,10 @@ class MpcPolicy(ManagedPolicy):
         )
         try:
             self.plan = solve_plan(inputs)
+            # Deferrable jobs start in the plan's cheaper windows (cost: energy price of the slot).
+            self.twin.workload.sched.set_plan(
+                [(float(a), float(a + inputs.dt_s), float(c)) for a, c in zip(t, inputs.price_per_kwh, strict=True)]
+            )
             self.stats.plan_solves += 1
             self.stats.plan_solve_s.append(self.plan.solve_s)
             self.stats.plan_t_s.extend(t.tolist())
