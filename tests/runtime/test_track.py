@@ -132,3 +132,17 @@ def test_dcgm_endpoints_over_http_with_one_down(tmp_path: Path) -> None:
     assert doc["coverage"]["site"] == pytest.approx(3 * 8 / 256)
     assert doc["rejected"]["missing"] == 256 - 24
     assert doc["site"]["gpu_power_w_sum"] > 0
+
+
+def test_dcgm_pod_labels_attribute_power_to_jobs(tmp_path: Path) -> None:
+    from powerplane.config import load_scenario
+    from powerplane.sources.dcgm_synth import synth_scrape
+    from powerplane.topology import Topology
+
+    topo = Topology.from_site(load_scenario("small")[0])
+    scrape = tmp_path / "scrape.txt"
+    scrape.write_text(synth_scrape(topo, pods=True))
+    doc = _json("--source", "dcgm", "--targets", str(scrape), "--scenario", "small")
+    assert doc["jobs"], "pods become jobs"
+    assert set(doc["job_names"]) == {str(j["job"]) for j in doc["jobs"]}
+    assert sum(j["power_w"] for j in doc["jobs"]) <= doc["site"]["gpu_power_w_sum"] + 1e-6

@@ -153,13 +153,14 @@ def _dcgm_tracking(opts: TrackOptions, history_factory: Callable[[Any], Any] | N
             for t in last.targets
         ]
         return {
+            "job_names": {str(k): v for k, v in src.job_names.items()},
             "targets": targets,
             "failed_targets": [t["target"] for t in targets if t["status"] != "ok"],
             "samples": last.n_samples,
         }
 
     hist = history_factory(topo) if history_factory else None
-    return Tracking(src, site, lambda: None, extra=status, history=hist, ring_window_s=opts.ring_window_s,
+    return Tracking(src, site, src.gpu_job, extra=status, history=hist, ring_window_s=opts.ring_window_s,
                     interval_s=opts.interval_s)
 
 

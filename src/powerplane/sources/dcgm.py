@@ -245,6 +245,7 @@ class DcgmScrapeResult:
     n_samples: int = 0  # parsed
     n_mapped: int = 0  # mapped to a GPU
     wall_s: float = 0.0  # fetch + parse + map, for DcgmScraper.scrape
+    gpu_pod: NDArray[np.object_] | None = None  # "namespace/pod" using each GPU (pod labels), None where none
 
     def value(self, metric: str) -> NDArray[np.float64]:
         """The per-GPU array of ``metric`` (all NaN if nobody reported it)."""
@@ -344,6 +345,7 @@ class DcgmMapper:
         examples: list[DcgmRejection] = []
         n_samples = 0
         n_mapped = 0
+        gpu_pod = np.full(n, None, dtype=object)
         for target, res in parsed:
             for r in res.rejected:
                 rejected[r.reason] += 1
@@ -351,6 +353,11 @@ class DcgmMapper:
                     examples.append(DcgmRejection(target, r.line_no, r.reason, r.line))
             hint = (host_hints or {}).get(target)
             gpu_of, reasons = self.resolve(res, hint)
+            if "pod" in res.labels:  # Kubernetes attribution: the pod each GPU serves (dcgm-exporter pod labels)
+                pods = res.labels.column("pod")
+                spaces = res.labels.column("namespace")
+                for i in np.flatnonzero((gpu_of >= 0) & (pods != None) & (pods != "")).tolist():  # noqa: E711
+                    gpu_pod[gpu_of[i]] = f"{spaces[i] or ''}/{pods[i]}"
             bad_sets = np.flatnonzero(gpu_of < 0)
             per_set = np.zeros(len(gpu_of), dtype=np.int64)
             for name, m in res.metrics.items():
@@ -403,6 +410,7 @@ class DcgmMapper:
             rejected_examples=examples,
             n_samples=n_samples,
             n_mapped=n_mapped,
+            gpu_pod=gpu_pod,
         )
 
 
@@ -523,6 +531,7 @@ class DcgmSource:
             self.scraper = DcgmScraper(urls, timeout_s=timeout_s, max_concurrency=max_concurrency)
         self._clock: Clock = WallClock() if clock is None else clock
         self.last: DcgmScrapeResult | None = None
+        self.job_ids: dict[str, int] = {}  # "namespace/pod" -> job id, stable over the source's life
         self._closed = False
 
     @property
@@ -545,6 +554,21 @@ class DcgmSource:
         gpu["last_xid"] = np.zeros(n, np.int64) if xid is None else np.nan_to_num(xid, nan=0.0).astype(np.int64)
         gpu["_reported"] = res.reported.copy()  # GPUs no target reported are missing, not invalid
         return Frame(t_s=self._clock.now_s(), source=self.name, levels={"gpu": gpu})
+
+    def gpu_job(self) -> NDArray[np.int64] | None:
+        """Job (pod) of each GPU in the last scrape, as stable integer ids (-1: no pod); names in ``job_names``."""
+        last = self.last
+        if last is None or last.gpu_pod is None:
+            return None
+        out = np.full(last.n_gpus, -1, dtype=np.int64)
+        for g in np.flatnonzero(last.gpu_pod != None).tolist():  # noqa: E711
+            name = str(last.gpu_pod[g])
+            out[g] = self.job_ids.setdefault(name, len(self.job_ids))
+        return out
+
+    @property
+    def job_names(self) -> dict[int, str]:
+        return {v: k for k, v in self.job_ids.items()}
 
     def close(self) -> None:
         """Nothing to release (connections are not kept between reads); later reads raise."""
