@@ -12,17 +12,16 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from powerplane.config.schema import SiteConfig, TrainingMix
+from powerplane.config.schema import SiteConfig
 from powerplane.control.scheduler.config import SchedulerConfig
 from powerplane.control.scheduler.pool import GpuPool
 from powerplane.control.scheduler.request import JobRequest
 from powerplane.control.scheduler.scheduler import Scheduler
 from powerplane.topology import Topology
 from powerplane.twin import traces
+from powerplane.twin.arrivals import JobFactory
 from powerplane.twin.jobs import (
     ACT_CHECKPOINT,
-    ACT_COLLECTIVE,
-    ACT_COMPUTE,
     ACT_STARTUP,
     PRIORITY_NAMES,
     JobSpec,
@@ -97,131 +96,38 @@ class Workload:
         self._inference_profile = traces.azure_token_rate_profile(self.cfg.inference.trace)
         self._gpn = np.bincount(topo.gpu_node, minlength=topo.n_nodes)
         self._node_first_gpu = np.concatenate([[0], np.cumsum(self._gpn)[:-1]])
-        self._pods = traces.alibaba_gpu_pods()
-        self._pod_num_gpu = self._pods["num_gpu"].to_numpy()
-        self._pod_duration_s = self._pods["duration_s"].to_numpy()
-        self._pod_best_effort = (self._pods["qos"] == "BE").to_numpy()
-        self._pod_gpu_fraction = self._pods["gpu_fraction"].to_numpy()
+        self.factory = JobFactory(self.cfg, topo.n_gpus, int(self._gpn.max()), rng)
         self._mapping_dirty = False
         self._next_event_s = -np.inf
-        self._arrival_rates_per_s = self._arrival_rates()
+        self._arrival_rates_per_s = self.factory.arrival_rates()
         self._next_arrival_s = {
             k: (t0_s + rng.exponential(1.0 / r) if r > 0 else np.inf) for k, r in self._arrival_rates_per_s.items()
         }
-        self._counter = 0
         self._populate(t0_s)
-
-    # ----------------------------------------------------------------------------------- job creation
-
-    def _name(self, prefix: str) -> str:
-        self._counter += 1
-        return f"{prefix}-{self._counter:05d}"
-
-    def _training_spec(self, mix: TrainingMix, kind: Kind, priority: Priority, warm: bool) -> JobSpec:
-        rng = self.rng
-        lo, hi = mix.gpus
-        if kind == Kind.PRETRAIN:
-            n = int(round(rng.uniform(lo, hi) / 8.0) * 8) if hi > lo else lo
-        else:  # powers of two between the bounds, log-uniform
-            exps = np.arange(int(np.ceil(np.log2(lo))), int(np.floor(np.log2(hi))) + 1)
-            n = int(2 ** rng.choice(exps)) if exps.size else lo
-        n = max(1, min(n, self.topo.n_gpus))
-        if kind == Kind.PRETRAIN:
-            work = rng.uniform(*mix.duration_h) * 3600.0
-        else:
-            work = float(traces.sample_durations_mapped(rng, 1, mix.duration_h[0] * 3600, mix.duration_h[1] * 3600)[0])
-        return JobSpec(
-            name=self._name("pt" if kind == Kind.PRETRAIN else "ft"),
-            kind=kind,
-            priority=priority,
-            n_gpus=n,
-            work_s=work,
-            work_done_s=rng.uniform(0.1, 0.8) * work if warm else 0.0,
-            iteration_s=float(np.exp(rng.uniform(np.log(mix.iteration_s[0]), np.log(mix.iteration_s[1])))),
-            compute_fraction=rng.uniform(*mix.compute_fraction),
-            act_compute=rng.uniform(*ACT_COMPUTE),
-            act_collective=rng.uniform(*ACT_COLLECTIVE),
-            checkpoint_interval_s=rng.uniform(*mix.checkpoint_interval_min) * 60.0,
-            checkpoint_duration_s=rng.uniform(*mix.checkpoint_duration_s),
-            startup_s=rng.uniform(*mix.startup_s),
-            deferrable=priority == Priority.LOW,
-        )
-
-    def _finetune_priority(self) -> Priority:
-        shares = self.cfg.priority_shares
-        normal, low = shares.get("normal", 0.5), shares.get("low", 0.5)
-        return Priority.NORMAL if self.rng.uniform() < normal / max(normal + low, 1e-9) else Priority.LOW
-
-    def _batch_spec(self, warm: bool) -> JobSpec:
-        i = int(self.rng.integers(self._pod_num_gpu.size))
-        duration = float(np.clip(self._pod_duration_s[i], 60.0, 86_400.0))
-        priority = Priority.LOW if self._pod_best_effort[i] else Priority.NORMAL
-        n = int(min(self._pod_num_gpu[i], self._gpn.max()))
-        return JobSpec(
-            name=self._name("bt"),
-            kind=Kind.BATCH,
-            priority=priority,
-            n_gpus=n,
-            work_s=duration,
-            work_done_s=self.rng.uniform(0.0, 0.8) * duration if warm else 0.0,
-            level=float(self._pod_gpu_fraction[i]) * self.rng.uniform(0.6, 0.95),
-            startup_s=self.rng.uniform(5.0, 30.0),
-            deferrable=priority == Priority.LOW,
-        )
-
-    def _arrival_rates(self) -> dict[Kind, float]:
-        cfg = self.cfg
-        rates: dict[Kind, float] = {}
-        ft = cfg.finetune
-        if ft.arrivals_per_day is not None:
-            rates[Kind.FINETUNE] = ft.arrivals_per_day / 86_400.0
-        else:  # Little's law: keep `count` jobs running on average
-            mean_work = float(
-                traces.sample_durations_mapped(
-                    np.random.default_rng(0), 4000, ft.duration_h[0] * 3600, ft.duration_h[1] * 3600
-                ).mean()
-            )
-            rates[Kind.FINETUNE] = ft.count / mean_work
-        b = cfg.batch
-        if b.arrivals_per_hour is not None:
-            rates[Kind.BATCH] = b.arrivals_per_hour / 3600.0
-        else:
-            pods = self._pods
-            mean_gpu_s = float((np.clip(pods["duration_s"], 60, 86_400) * np.minimum(pods["num_gpu"], 8)).mean())
-            rates[Kind.BATCH] = b.share_of_gpus * self.topo.n_gpus / mean_gpu_s
-        p = cfg.pretraining
-        rates[Kind.PRETRAIN] = (p.arrivals_per_day or 0.0) / 86_400.0
-        return rates
 
     def _populate(self, t0: float) -> None:
         """Warm start: the site is already busy when the run begins."""
         cfg = self.cfg
         target = cfg.target_utilization * self.topo.n_gpus
         for _ in range(cfg.pretraining.count):
-            self._submit(self._training_spec(cfg.pretraining, Kind.PRETRAIN, Priority.CORE, warm=True), t0, warm=True)
+            self._submit(self.factory.training(cfg.pretraining, Kind.PRETRAIN, Priority.CORE, warm=True), t0, warm=True)
         inf = cfg.inference
         inf_gpus = int(inf.share_of_gpus * self.topo.n_gpus)
         while inf_gpus >= inf.replica_gpus:
             replicas = min(int(self.rng.integers(4, 17)), inf_gpus // inf.replica_gpus)
-            spec = JobSpec(
-                name=self._name("inf"),
-                kind=Kind.INFERENCE,
-                priority=Priority.CORE,
-                n_gpus=replicas * inf.replica_gpus,
-                work_s=np.inf,
-                level=self.rng.uniform(0.85, 1.0),
-                startup_s=60.0,
-            )
+            spec = self.factory.inference(replicas * inf.replica_gpus)
             self._submit(spec, t0, warm=True)
             inf_gpus -= spec.n_gpus
         for _ in range(cfg.finetune.count):
             if self._busy_gpus() >= target:
                 break
-            self._submit(self._training_spec(cfg.finetune, Kind.FINETUNE, self._finetune_priority(), True), t0, True)
+            self._submit(
+                self.factory.training(cfg.finetune, Kind.FINETUNE, self.factory.finetune_priority(), True), t0, True
+            )
         batch_goal = self._busy_gpus() + cfg.batch.share_of_gpus * self.topo.n_gpus
         while self._busy_gpus() < min(batch_goal, target):
             before = self._busy_gpus()
-            self._submit(self._batch_spec(warm=True), t0, warm=True)
+            self._submit(self.factory.batch(warm=True), t0, warm=True)
             if self._busy_gpus() == before:
                 break
 
@@ -510,11 +416,13 @@ class Workload:
         for kind, next_s in list(self._next_arrival_s.items()):
             while next_s <= t + 1e-9:
                 if kind == _BATCH:
-                    spec = self._batch_spec(warm=False)
+                    spec = self.factory.batch(warm=False)
                 elif kind == _FINETUNE:
-                    spec = self._training_spec(self.cfg.finetune, Kind.FINETUNE, self._finetune_priority(), False)
+                    spec = self.factory.training(
+                        self.cfg.finetune, Kind.FINETUNE, self.factory.finetune_priority(), False
+                    )
                 else:
-                    spec = self._training_spec(self.cfg.pretraining, Kind.PRETRAIN, Priority.CORE, False)
+                    spec = self.factory.training(self.cfg.pretraining, Kind.PRETRAIN, Priority.CORE, False)
                 j = self.jobs.add(spec, next_s, self._fail_rate_per_gpu_s)
                 if self._hand_to_scheduler(j, next_s):
                     self.queue.append(j)
