@@ -32,6 +32,8 @@ from powerplane.twin.twin import Twin, TwinBlock
 
 F64 = NDArray[np.float64]
 POLICIES = ("none", "threshold", "mpc", "oracle")
+IT_HISTORY_BLOCKS = 60  # blocks of IT load kept for the simple forecast (an hour at 1 s steps)
+IT_FORECAST_QUANTILE = 0.9
 
 
 def parse_dr(text: str, timezone: str) -> DemandResponseEvent:
@@ -320,7 +322,7 @@ class MpcPolicy(ManagedPolicy):
 
     def after_block(self, block: TwinBlock) -> None:
         self._it_recent.append(float(block.plant.it_power_w.mean()))
-        self._it_recent = self._it_recent[-15:]
+        self._it_recent = self._it_recent[-IT_HISTORY_BLOCKS:]
         self._hall_recent = block.fleet.hall_it_power_w.mean(axis=0)
         super().after_block(block)
 
@@ -335,7 +337,13 @@ class MpcPolicy(ManagedPolicy):
         step = e.planner_step_min * 60.0
         start = np.floor(t_s / step) * step
         t = start + step * np.arange(round(e.planner_horizon_h * 3600.0 / step))
-        it = self._it_recent[-1] if self._it_recent else float(self.twin.plant.design_it_power_w() * 0.7)
+        # IT load: a high quantile of the last hour, so checkpoint dips and faults do not make the plan count on
+        # less load than the site will draw (an underestimate spends the batteries early and lets peaks through).
+        it = (
+            float(np.quantile(self._it_recent, IT_FORECAST_QUANTILE))
+            if self._it_recent
+            else float(self.twin.plant.design_it_power_w() * 0.7)
+        )
         halls = (
             self._hall_recent
             if self._hall_recent is not None
