@@ -146,3 +146,17 @@ def test_dcgm_pod_labels_attribute_power_to_jobs(tmp_path: Path) -> None:
     assert doc["jobs"], "pods become jobs"
     assert set(doc["job_names"]) == {str(j["job"]) for j in doc["jobs"]}
     assert sum(j["power_w"] for j in doc["jobs"]) <= doc["site"]["gpu_power_w_sum"] + 1e-6
+
+
+def test_history_is_kept_in_duckdb(tmp_path: Path) -> None:
+    from powerplane.config import load_scenario
+    from powerplane.store.history import HistoryStore
+    from powerplane.topology import Topology
+
+    db = tmp_path / "history.duckdb"
+    for _ in range(3):
+        doc = _json("--source", "twin", "--scenario", "small", "--history", str(db))
+    topo = Topology.from_site(load_scenario("small")[0])
+    with HistoryStore(db, topo) as h:
+        df = h.series("site", "gpu_power_w", 0.0, 4e9, 1.0)
+    assert len(df) >= 1 and df["value"].iloc[-1] == pytest.approx(doc["site"]["gpu_power_w_sum"], rel=1e-3)
