@@ -35,7 +35,10 @@ app = typer.Typer(
 def _register_subcommands() -> None:
     from powerplane.control.scheduler.cli import app as schedule_app
 
+    from powerplane.ops.cli import app as logs_app
+
     app.add_typer(schedule_app, name="schedule", help="The GPU pool scheduler: replay real traces.")
+    app.add_typer(logs_app, name="logs", help="Kernel and system logs: Xid faults, template mining, search.")
 
 
 _register_subcommands()

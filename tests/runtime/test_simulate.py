@@ -144,7 +144,7 @@ def test_interrupted_run_leaves_nothing(tmp_path: Path) -> None:
 
 
 def test_help_for_every_command() -> None:
-    for cmd in ([], ["simulate"], ["scenarios"], ["version"]):
+    for cmd in ([], ["simulate"], ["scenarios"], ["version"], ["track"], ["schedule"], ["logs"]):
         code, text = _run(*cmd, "--help")
         assert code == 0 and "Usage" in text
     code, text = _run("scenarios")
