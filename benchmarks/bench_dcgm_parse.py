@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from machine_info import machine
 
 HERE = Path(__file__).resolve().parent
 HEADING = "## Telemetry: dcgm-exporter scrape parse"
@@ -85,16 +85,6 @@ def run(repeats: int, baseline: bool) -> dict[str, float]:
     return out
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
 
 
 def record(r: dict[str, float]) -> Path:

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from machine_info import machine
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -47,16 +48,6 @@ SHAPES: list[tuple[dict[str, Any], float]] = [
 CLASSES = ["core", "normal", "low"]
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
 
 
 def decisions(n_decisions: int, n_queued: int = 5000, seed: int = 0) -> dict[str, float]:

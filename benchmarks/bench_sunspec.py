@@ -13,14 +13,13 @@ Usage: python benchmarks/bench_sunspec.py [--n 500] [--record]
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
+from machine_info import machine
 from powerplane.actuators.sunspec import SunSpecBattery, SunSpecBatteryServer, SunSpecBessActuator
 from powerplane.config.schema import BessUnitConfig
 from powerplane.core.clock import perf_counter_s
@@ -64,16 +63,6 @@ def run(n: int) -> dict[str, list[float]]:
     return {"setpoint": setpoint, "state": state, "apply": apply}
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
 
 
 def record(r: dict[str, list[float]], n: int) -> Path:
