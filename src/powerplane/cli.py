@@ -34,7 +34,6 @@ app = typer.Typer(
 
 def _register_subcommands() -> None:
     from powerplane.control.scheduler.cli import app as schedule_app
-
     from powerplane.ops.cli import app as logs_app
 
     app.add_typer(schedule_app, name="schedule", help="The GPU pool scheduler: replay real traces.")
