@@ -23,8 +23,8 @@ from powerplane.physics import battery, cooling, grid, solar, thermal, weather, 
 from powerplane.topology import Topology
 
 F64 = NDArray[np.float64]
-# controller(t_s, grid_w, bess_w[U], soc[U], frequency_hz, islanded, hall_it_w[H] | None) -> setpoint_w[U],
-# all readings from the previous step.
+# controller(t_s, grid_w, bess_w[U], soc[U], frequency_hz, islanded, hall_it_w[H] | None) -> setpoint_w[U]:
+# readings as the step begins (grid with the batteries still at their last power).
 StepController = Callable[[float, float, F64, F64, float, bool, F64 | None], F64]
 
 SUPPLY_TEMP_RANGE_C = (16.0, 32.0)
@@ -124,10 +124,6 @@ class Plant:
         self.ups_capacity_j = self.ups_energy_j
         self.ups_power_max_w = design_it_w
         self.outage_start_s = np.nan
-        self._last_grid_w = 0.0
-        self._last_frequency_hz = self.nominal_hz
-        self._last_islanded = False
-        self._last_hall_it_w: F64 | None = None
         # Rack inlet temperatures and cooling failures.
         self.inlet_c = np.full(topo.n_racks, self.supply_temp_c + 1.0)
         self.inlet_tau_s = site.cooling.inlet_time_constant_s
@@ -209,8 +205,8 @@ class Plant:
         self, t_s: F64, it_power_w: F64, controller: StepController | None = None, hall_it_w: F64 | None = None
     ) -> PlantBlock:
         """Advance the facility over a block. With a ``controller`` the batteries are commanded step by step from
-        the previous step's readings (grid, battery power, SOC, frequency, island, hall IT power), as a real
-        controller one cycle behind its meters would; without one they hold their setpoints."""
+        the readings as each step begins (grid with the batteries at their last power, battery power, SOC,
+        frequency, island, hall IT power), as a fast PCS-level loop would; without one they hold their setpoints."""
         n = t_s.size
         temp = self.outdoor_temp_c(t_s)
         cop = cooling.cop(temp, self.cop_curve) * (
@@ -262,9 +258,6 @@ class Plant:
         used = renewable - curtailed
         if not islanded.any():
             self.outage_start_s = np.nan
-        self._last_grid_w = float(grid_w[-1])
-        self._last_frequency_hz = float(frequency[-1])
-        self._last_islanded = bool(islanded[-1])
         return PlantBlock(
             outdoor_temp_c=temp,
             it_power_w=it_power_w,
@@ -334,26 +327,22 @@ class Plant:
                 self.ups_energy_j -= ups_p * self.dt_s
                 ups[k] = ups_p
                 unserved[k] = max(need - ups_p, 0.0)
-                grid_now = 0.0
             else:
                 self.outage_start_s = np.nan
                 if controller is not None:
-                    hall = None if hall_it_w is None else (hall_it_w[k - 1] if k else self._last_hall_it_w)
+                    # The meter is read as the step begins: the grid as it stands with the batteries still at their
+                    # last power (a PCS-speed loop, milliseconds, against steps of 100 ms to 1 s).
+                    hall = None if hall_it_w is None else hall_it_w[k]
+                    grid_now_before = float(facility[k] - renewable[k] - self.bess_power_w.sum())
                     self.bess_setpoint_w = np.asarray(
-                        controller(float(t_s[k]), self._last_grid_w, self.bess_power_w, self.bess_soc,
-                                   self._last_frequency_hz, self._last_islanded, hall),
+                        controller(float(t_s[k]), grid_now_before, self.bess_power_w, self.bess_soc,
+                                   float(frequency[k]), bool(islanded[k]), hall),
                         dtype=np.float64,
                     )
                 p, s = battery.step(self.bess_setpoint_w, self.bess_power_w, self.bess_soc, self.bess, self.dt_s)
                 # UPS strings recharge slowly from the grid (10 % of rating); counted in other losses.
                 self.ups_energy_j = min(self.ups_capacity_j, self.ups_energy_j + 0.1 * self.ups_power_max_w * self.dt_s)
-                grid_now = float(facility[k] - renewable[k] - p.sum())
             self.bess_power_w, self.bess_soc = p, s
             unit_p[k] = p
             socs[k] = s
-            self._last_grid_w = grid_now
-            self._last_frequency_hz = float(frequency[k])
-            self._last_islanded = bool(islanded[k])
-        if hall_it_w is not None:
-            self._last_hall_it_w = hall_it_w[-1]
         return unit_p, socs, ups, gen, unserved
