@@ -209,7 +209,11 @@ class ManagedPolicy(Policy):
         self._update_events(t_s)
         if self.active_event is not None:
             self._defer_queued(self.active_event[1])
-        self._set_admission_budget()
+            self._set_admission_budget()
+        else:
+            # Outside demand-response events admission is not held back by power: holding jobs would change the
+            # workload, and its cost (delayed work) is not in the bill the policies are compared on.
+            self.twin.workload.sched.set_power_budget(float("inf"))
 
     def _set_admission_budget(self) -> None:
         """Power-aware admission: the scheduler may start jobs only within the IT power the contract (or a
