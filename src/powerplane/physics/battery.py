@@ -62,9 +62,15 @@ class BessParams:
         """(power max, response time, ramp, energy, eta charge, eta discharge, soc min, soc max) per unit."""
         return list(
             zip(
-                self.power_max_w.tolist(), self.response_time_s.tolist(), self.ramp_w_per_s.tolist(),
-                self.energy_j.tolist(), self.eta_charge.tolist(), self.eta_discharge.tolist(), self.soc_min.tolist(),
-                self.soc_max.tolist(), strict=True,
+                self.power_max_w.tolist(),
+                self.response_time_s.tolist(),
+                self.ramp_w_per_s.tolist(),
+                self.energy_j.tolist(),
+                self.eta_charge.tolist(),
+                self.eta_discharge.tolist(),
+                self.soc_min.tolist(),
+                self.soc_max.tolist(),
+                strict=True,
             )
         )
 
@@ -109,16 +115,3 @@ def step(setpoint_w: F64, power_w: F64, soc: F64, params: BessParams, dt_s: floa
         new_p[u] = p
         new_s[u] = min(max(sc[u] + stored / e, lo), hi)
     return np.array(new_p), np.array(new_s)
-
-
-def step_block(setpoint_w: F64, power_w: F64, soc: F64, params: BessParams, dt_s: float) -> tuple[F64, F64, F64]:
-    """Advance ``T`` steps with a setpoint block [T, U]. Returns (power block [T, U], last power, last SOC).
-
-    The loop is over time only (SOC is sequential); each step is vectorized over units.
-    """
-    n = setpoint_w.shape[0]
-    out = np.empty((n, params.n_units), dtype=np.float64)
-    for k in range(n):
-        power_w, soc = step(setpoint_w[k], power_w, soc, params, dt_s)
-        out[k] = power_w
-    return out, power_w, soc

@@ -160,10 +160,14 @@ def node_power_w(gpu_power_sum_w: ArrayLike, node_base_w: ArrayLike, node_gpu_sh
     return np.asarray(np.asarray(node_base_w) + g * (1.0 + np.asarray(node_gpu_share)))
 
 
-def sm_clock_mhz(activity: ArrayLike, power_w: ArrayLike, cap_w: ArrayLike, base_mhz: float, max_mhz: float) -> NDArray:
+def sm_clock_mhz(
+    activity: ArrayLike, power_w: ArrayLike, cap_w: ArrayLike, base_mhz: ArrayLike, max_mhz: ArrayLike
+) -> NDArray:
     """SM clock [MHz]: boost when busy and below the cap, pulled towards base clock as power presses the cap."""
     a = np.clip(np.asarray(activity, dtype=np.float64), 0.0, 1.0)
     pressure = np.clip(np.asarray(power_w) / np.maximum(np.asarray(cap_w), 1.0), 0.0, 1.0)
-    idle_clock = 0.35 * base_mhz
-    busy_clock = max_mhz - (max_mhz - base_mhz) * np.clip((pressure - 0.9) / 0.1, 0.0, 1.0)
+    base = np.asarray(base_mhz, dtype=np.float64)
+    top = np.asarray(max_mhz, dtype=np.float64)
+    idle_clock = 0.35 * base
+    busy_clock = top - (top - base) * np.clip((pressure - 0.9) / 0.1, 0.0, 1.0)
     return np.asarray(idle_clock + a * (busy_clock - idle_clock))

@@ -346,7 +346,7 @@ class MpcPolicy(ManagedPolicy):
         it = (
             float(np.quantile(self._it_recent, IT_FORECAST_QUANTILE))
             if self._it_recent
-            else float(self.twin.plant.design_it_power_w() * 0.7)
+            else self.twin.fleet.design_it_power_w * 0.7
         )
         halls = (
             self._hall_recent

@@ -52,6 +52,8 @@ class Fleet:
         self.min_cap_w = per_gpu("min_cap_w")
         self.max_cap_w = per_gpu("max_cap_w")
         self.slowdown_temp_c = per_gpu("slowdown_temp_c")
+        self.base_sm_clock_mhz = per_gpu("base_sm_clock_mhz")
+        self.max_sm_clock_mhz = per_gpu("max_sm_clock_mhz")
         variation = 1.0 + POWER_VARIATION * rng.standard_normal(topo.n_gpus)
         self.span_w = ((self.peak_w - self.idle_w) * variation).astype(np.float32)
         self.cap_w = self.max_cap_w.astype(np.float32)  # default: the board limit
@@ -74,13 +76,11 @@ class Fleet:
         self._noise_rng = rng
         self._gpu_rack = topo.parent_index("gpu", "rack")
         self._hall_nodes = np.bincount(topo.parent_index("node", "hall"), minlength=topo.n_halls).astype(np.float64)
-        self.rack_peak_w = topo.rollup_sum(
-            (self.node_base_w + (1.0 + self.node_share) * topo.rollup_sum(self.peak_w, "gpu", "node")).astype(
-                np.float64
-            ),
-            "node",
-            "rack",
-        )
+        node_peak_w = gpu_power.node_power_w(
+            topo.rollup_sum(self.peak_w, "gpu", "node"), self.node_base_w.astype(np.float64), self.node_share
+        ).astype(np.float64)
+        self.rack_peak_w = topo.rollup_sum(node_peak_w, "node", "rack")
+        self.design_it_power_w = float(node_peak_w.sum())  # every GPU at its sustained peak (sizes the UPS)
 
     # ------------------------------------------------------------------------------- caps
 

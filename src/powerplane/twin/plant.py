@@ -64,6 +64,7 @@ class Plant:
         rng: np.random.Generator,
         dt_s: float,
         t0_s: float,
+        design_it_w: float,
     ) -> None:
         self.site = site
         self.topo = topo
@@ -119,7 +120,6 @@ class Plant:
         self.export_limit_w = el.export_limit_kw * 1e3
         self.generator_w = el.generator.power_kw * 1e3
         self.generator_delay_s = el.generator.start_delay_s
-        design_it_w = float(self.design_it_power_w())
         self.ups_energy_j = design_it_w * el.ups.autonomy_min * 60.0
         self.ups_capacity_j = self.ups_energy_j
         self.ups_power_max_w = design_it_w
@@ -137,18 +137,6 @@ class Plant:
             )
             for f in site.cooling.failures
         ]
-
-    def design_it_power_w(self) -> float:
-        """IT power at full load from the topology's GPU profiles (sizing the UPS)."""
-        from powerplane.physics import gpu_power
-
-        profiles = [gpu_power.profile(m) for m in self.topo.gpu_models]
-        gpu_peak = np.array([p.peak_w for p in profiles])[self.topo.gpu_model_idx]
-        node_sum = self.topo.rollup_sum(gpu_peak, "gpu", "node")
-        node_model = self.topo.gpu_model_idx[np.searchsorted(self.topo.gpu_node, np.arange(self.topo.n_nodes))]
-        base = np.array([p.node_base_w for p in profiles])[node_model]
-        share = np.array([p.node_gpu_share for p in profiles])[node_model]
-        return float(np.sum(base + node_sum * (1.0 + share)))
 
     # --------------------------------------------------------------------------------- levers
 
@@ -335,8 +323,15 @@ class Plant:
                     hall = None if hall_it_w is None else hall_it_w[k]
                     grid_now_before = float(facility[k] - renewable[k] - self.bess_power_w.sum())
                     self.bess_setpoint_w = np.asarray(
-                        controller(float(t_s[k]), grid_now_before, self.bess_power_w, self.bess_soc,
-                                   float(frequency[k]), bool(islanded[k]), hall),
+                        controller(
+                            float(t_s[k]),
+                            grid_now_before,
+                            self.bess_power_w,
+                            self.bess_soc,
+                            float(frequency[k]),
+                            bool(islanded[k]),
+                            hall,
+                        ),
                         dtype=np.float64,
                     )
                 p, s = battery.step(self.bess_setpoint_w, self.bess_power_w, self.bess_soc, self.bess, self.dt_s)

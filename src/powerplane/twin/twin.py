@@ -81,7 +81,9 @@ class Twin:
         offset = dt.datetime.fromtimestamp(t0, ZoneInfo(site.timezone)).utcoffset() or dt.timedelta(0)
         self.workload = Workload(site, self.topo, np.random.default_rng(wl_seq), t0, offset.total_seconds())
         self.fleet = Fleet(site, self.topo, np.random.default_rng(fleet_seq), self.dt_s)
-        self.plant = Plant(site, site_file, self.topo, np.random.default_rng(plant_seq), self.dt_s, t0)
+        self.plant = Plant(
+            site, site_file, self.topo, np.random.default_rng(plant_seq), self.dt_s, t0, self.fleet.design_it_power_w
+        )
         self._last: TwinBlock | None = None
         self.last_block_jobs = np.zeros(0, dtype=np.int64)
         self._rack_power_w = np.zeros(self.topo.n_racks)
@@ -130,13 +132,8 @@ class Twin:
             | np.where(temp >= f.slowdown_temp_c, THROTTLE_HW_SLOWDOWN, 0)
             | np.where(temp >= f.slowdown_temp_c - 5.0, THROTTLE_SW_THERMAL, 0)
         ).astype(np.int64)
-        profiles = [gpu_power.profile(m) for m in topo.gpu_models]
-        base_mhz = np.array([p.base_sm_clock_mhz for p in profiles])[topo.gpu_model_idx]
-        max_mhz = np.array([p.max_sm_clock_mhz for p in profiles])[topo.gpu_model_idx]
         act = f.activity.astype(np.float64)
-        clock = 0.35 * base_mhz + act * (
-            max_mhz - (max_mhz - base_mhz) * np.clip((power / f.cap_w - 0.9) / 0.1, 0, 1) - 0.35 * base_mhz
-        )
+        clock = gpu_power.sm_clock_mhz(act, power, f.cap_w, f.base_sm_clock_mhz, f.max_sm_clock_mhz)
         node_power = b.fleet.node_power_w[-1].astype(np.float64)
         volts = 415.0 + 2.0 * np.sin(self.clock.now_s() / 600.0)
         p = b.plant
