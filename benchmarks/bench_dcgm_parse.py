@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-from machine_info import machine
+from machine_info import add_table_row, machine, median_s
 
 HERE = Path(__file__).resolve().parent
 HEADING = "## Telemetry: dcgm-exporter scrape parse"
@@ -31,15 +29,6 @@ TABLE_HEADER = [
     "| ours (str) s | ours + map s | per host (1,280 texts) s |",
     "|---|---|---|---|---|---|---|---|---|---|---|",
 ]
-
-
-def _p50(fn: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def run(repeats: int, baseline: bool) -> dict[str, float]:
@@ -62,10 +51,10 @@ def run(repeats: int, baseline: bool) -> dict[str, float]:
     checksum = sum(float(m.values.sum()) for m in res.metrics.values())
     out: dict[str, float] = {"samples": n, "mb": len(data) / 1e6, "labels": len(res.labels)}
 
-    out["ours_s"] = _p50(lambda: parse(data), repeats)
-    out["ours_str_s"] = _p50(lambda: parse(text), repeats)
-    out["ours_map_s"] = _p50(lambda: mapper.map([("site", parse(data))]), repeats)
-    out["per_host_s"] = _p50(lambda: [parse(h) for h in hosts], max(1, repeats // 2))
+    out["ours_s"] = median_s(lambda: parse(data), repeats)
+    out["ours_str_s"] = median_s(lambda: parse(text), repeats)
+    out["ours_map_s"] = median_s(lambda: mapper.map([("site", parse(data))]), repeats)
+    out["per_host_s"] = median_s(lambda: [parse(h) for h in hosts], max(1, repeats // 2))
     mapped = mapper.map([("site", res)])
     assert mapped.n_mapped == n and mapped.reported.all()
 
@@ -85,8 +74,6 @@ def run(repeats: int, baseline: bool) -> dict[str, float]:
     return out
 
 
-
-
 def record(r: dict[str, float]) -> Path:
     """Add a dated row under HEADING in BENCHMARKS.md (creating the section or file if needed)."""
     path = HERE / "BENCHMARKS.md"
@@ -99,29 +86,13 @@ def record(r: dict[str, float]) -> Path:
         f"{ours:.3f} | {r['samples'] / ours / 1e6:.2f} M | {speed} | {r['ours_str_s']:.3f} | "
         f"{r['ours_map_s']:.3f} | {r['per_host_s']:.3f} |"
     )
-    lines = path.read_text().splitlines() if path.exists() else ["# Benchmarks"]
-    if HEADING not in lines:
-        note = (
-            "Full-site dcgm-exporter scrape (`texas`, 10,240 GPUs x 20 metrics) parsed by "
-            "`powerplane.sources.prom_text.parse` and by prometheus_client's `text_string_to_metric_families` "
-            "in the same run; `python benchmarks/bench_dcgm_parse.py --record`. Seconds are medians of repeats "
-            "(prometheus_client: one run)."
-        )
-        lines += ["", HEADING, "", note, "", *TABLE_HEADER, row]
-    else:
-        i = lines.index(HEADING) + 1
-        while i < len(lines) and not lines[i].startswith("|"):
-            if lines[i].startswith("#"):
-                break
-            i += 1
-        if i >= len(lines) or not lines[i].startswith("|"):
-            lines[i:i] = [*TABLE_HEADER, row]
-        else:
-            while i < len(lines) and lines[i].startswith("|"):
-                i += 1
-            lines.insert(i, row)
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    note = (
+        "Full-site dcgm-exporter scrape (`texas`, 10,240 GPUs x 20 metrics) parsed by "
+        "`powerplane.sources.prom_text.parse` and by prometheus_client's `text_string_to_metric_families` "
+        "in the same run; `python benchmarks/bench_dcgm_parse.py --record`. Seconds are medians of repeats "
+        "(prometheus_client: one run)."
+    )
+    return add_table_row(path, HEADING, note, TABLE_HEADER, row)
 
 
 def main() -> None:

@@ -18,12 +18,13 @@ import argparse
 import os
 import platform
 import random
-import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from machine_info import median_s
 
 HERE = Path(__file__).resolve().parent
 HEADING = "## Operations: log ingest"
@@ -185,15 +186,6 @@ def synthetic_lines(n: int, hosts: list[str], seed: int = 0) -> list[str]:
     return out
 
 
-def _p50(fn: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def run(n: int, repeats: int) -> dict[str, float]:
     import numpy as np
     from drain3 import TemplateMiner
@@ -234,9 +226,9 @@ def run(n: int, repeats: int) -> dict[str, float]:
                 store.add(m.process_lines(lines[i : i + batch]))
             r["stored"] = store.count()
 
-    r["raw_s"] = _p50(raw, repeats)
-    r["ours_s"] = _p50(ours, repeats)
-    r["store_s"] = _p50(ours_store, repeats)
+    r["raw_s"] = median_s(raw, repeats)
+    r["ours_s"] = median_s(ours, repeats)
+    r["store_s"] = median_s(ours_store, repeats)
     return r
 
 

@@ -48,8 +48,6 @@ SHAPES: list[tuple[dict[str, Any], float]] = [
 CLASSES = ["core", "normal", "low"]
 
 
-
-
 def decisions(n_decisions: int, n_queued: int = 5000, seed: int = 0) -> dict[str, float]:
     from powerplane.config import load_scenario
     from powerplane.control.scheduler import GpuPool, JobRequest, Scheduler

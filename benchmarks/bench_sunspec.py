@@ -19,7 +19,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
-from machine_info import machine
+from machine_info import add_table_row, machine
 from powerplane.actuators.sunspec import SunSpecBattery, SunSpecBatteryServer, SunSpecBessActuator
 from powerplane.config.schema import BessUnitConfig
 from powerplane.core.clock import perf_counter_s
@@ -63,8 +63,6 @@ def run(n: int) -> dict[str, list[float]]:
     return {"setpoint": setpoint, "state": state, "apply": apply}
 
 
-
-
 def record(r: dict[str, list[float]], n: int) -> Path:
     """Append a dated row under HEADING in BENCHMARKS.md (the section is created at the end if missing)."""
     path = HERE / "BENCHMARKS.md"
@@ -74,26 +72,12 @@ def record(r: dict[str, list[float]], n: int) -> Path:
         f"{max(s):.2f} | {statistics.median(st):.2f} | {_pct(st, 99):.2f} | {statistics.median(ap):.2f} | "
         f"{_pct(ap, 99):.2f} |"
     )
-    lines = path.read_text().splitlines() if path.exists() else ["# Benchmarks"]
-    if HEADING not in lines:
-        note = (
-            "Setpoint write (704 WSetEna/WSetMod/WSet, one request) + read-back of model 704, on loopback against "
-            "`SunSpecBatteryServer` (pymodbus) with the pysunspec2 client; target <= 50 ms. "
-            "`python benchmarks/bench_sunspec.py --record`. The machine's cores are shared with other work."
-        )
-        lines += ["", HEADING, "", note, "", *TABLE_HEADER, row]
-    else:
-        i = lines.index(HEADING) + 1
-        while i < len(lines) and not lines[i].startswith(("|", "#")):
-            i += 1
-        if i >= len(lines) or not lines[i].startswith("|"):
-            lines[i:i] = [*TABLE_HEADER, row]
-        else:
-            while i < len(lines) and lines[i].startswith("|"):
-                i += 1
-            lines.insert(i, row)
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    note = (
+        "Setpoint write (704 WSetEna/WSetMod/WSet, one request) + read-back of model 704, on loopback against "
+        "`SunSpecBatteryServer` (pymodbus) with the pysunspec2 client; target <= 50 ms. "
+        "`python benchmarks/bench_sunspec.py --record`. The machine's cores are shared with other work."
+    )
+    return add_table_row(path, HEADING, note, TABLE_HEADER, row)
 
 
 def main() -> None:
