@@ -35,13 +35,16 @@ def band_energy_mw2(power_w: F64, dt_s: float, band_hz: tuple[float, float] = (0
     return float(np.trapezoid(psd[inside], f[inside])) if inside.sum() > 1 else 0.0
 
 
-def energy_summary(twin: Twin, s: dict[str, F64], policy: Policy, name: str, out: Path) -> dict[str, Any]:
+def energy_summary(
+    twin: Twin, s: dict[str, F64], policy: Policy, name: str, out: Path, bill: tariff.Bill
+) -> dict[str, Any]:
+    """The energy-management part of summary.json; ``bill`` is the run's tariff bill (computed once, by the
+    summary of the twin run)."""
     site = twin.site
     dt = twin.dt_s
     t, grid = s["t_s"], s["grid_power_w"]
     tar = site.tariff
     contract_w = site.electrical.contract_demand_kw * 1e3
-    bill = tariff.bill(t, grid, dt, tar, site.timezone, site.electrical.contract_demand_kw)
     # Battery wear: BLAST-Lite (or its shipped calibration) on each unit's SOC series.
     soc = s["bess_soc"] if s["bess_soc"].ndim == 2 else np.zeros((t.size, 0))
     temp = 25.0

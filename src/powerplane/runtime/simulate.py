@@ -494,7 +494,8 @@ def simulate(opts: SimulateOptions, progress: Callable[[int, int], None] | None 
         series = rec.close()
         _write_jobs(twin, out, rec.job_cost)
         summary = summarize(twin, series, wall, opts)
-        summary.update(energy_summary(twin, series, policy, opts.policy, out))
+        bill = tariff.Bill(**summary["cost"])  # type: ignore[arg-type]
+        summary.update(energy_summary(twin, series, policy, opts.policy, out, bill))
         (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
         plot_site(
             series,

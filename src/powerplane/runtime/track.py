@@ -148,8 +148,13 @@ def _dcgm_tracking(opts: TrackOptions, history_factory: Callable[[Any], Any] | N
         if last is None:
             return {}
         targets = [
-            {"target": t.target, "status": t.status, "latency_s": round(t.latency_s, 4), "samples": t.n_samples,
-             **({"error": t.error} if t.error else {})}
+            {
+                "target": t.target,
+                "status": t.status,
+                "latency_s": round(t.latency_s, 4),
+                "samples": t.n_samples,
+                **({"error": t.error} if t.error else {}),
+            }
             for t in last.targets
         ]
         return {
@@ -160,8 +165,9 @@ def _dcgm_tracking(opts: TrackOptions, history_factory: Callable[[Any], Any] | N
         }
 
     hist = history_factory(topo) if history_factory else None
-    return Tracking(src, site, src.gpu_job, extra=status, history=hist, ring_window_s=opts.ring_window_s,
-                    interval_s=opts.interval_s)
+    return Tracking(
+        src, site, src.gpu_job, extra=status, history=hist, ring_window_s=opts.ring_window_s, interval_s=opts.interval_s
+    )
 
 
 def build_tracking(opts: TrackOptions) -> Tracking:

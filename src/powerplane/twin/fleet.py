@@ -63,8 +63,8 @@ class Fleet:
         gpn = np.bincount(topo.gpu_node, minlength=topo.n_nodes)
         self._uniform_gpn = int(gpn[0]) if np.all(gpn == gpn[0]) else 0
         cooling = site.cooling
-        self.resistance = cooling.thermal_resistance_c_per_w * (1.0 + 0.08 * rng.standard_normal(topo.n_gpus))
-        self.resistance = np.clip(self.resistance, 0.5 * cooling.thermal_resistance_c_per_w, None)
+        self.resistance_c_per_w = cooling.thermal_resistance_c_per_w * (1.0 + 0.08 * rng.standard_normal(topo.n_gpus))
+        self.resistance_c_per_w = np.clip(self.resistance_c_per_w, 0.5 * cooling.thermal_resistance_c_per_w, None)
         self.gpu_tau_s = cooling.gpu_time_constant_s
         self.energy_j = np.zeros(topo.n_gpus, dtype=np.float64)
         self.last_gpu_energy_j = np.zeros(topo.n_gpus, dtype=np.float64)
@@ -150,8 +150,8 @@ class Fleet:
         inlet_gpu = inlet_c[self._gpu_rack]
         weighted_p = w @ p
         if not self._thermal_started:  # start from the steady state of the first step, not from cold
-            self.temp_c = inlet_gpu + self.resistance * p[0]
+            self.temp_c = inlet_gpu + self.resistance_c_per_w * p[0]
             self._thermal_started = True
-        self.temp_c = a**n_steps * self.temp_c + (1.0 - a**n_steps) * inlet_gpu + self.resistance * weighted_p
+        self.temp_c = a**n_steps * self.temp_c + (1.0 - a**n_steps) * inlet_gpu + self.resistance_c_per_w * weighted_p
         self.power_w = p[-1].copy()
         return FleetBlock(p, node.astype(np.float32), rack.astype(np.float32), hall, job_energy)
