@@ -29,12 +29,10 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import re
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
@@ -47,48 +45,30 @@ import pyarrow as pa
 from numpy.typing import NDArray
 
 from powerplane.core.clock import perf_counter_s
+from powerplane.store.history_query import HistoryQueries
+from powerplane.store.history_schema import (
+    DAY_S,
+    GPU_COLUMNS,
+    GPU_METRICS,
+    KEY_COLUMN,
+    LEVEL_TABLES,
+    NOT_IDENT,
+    ROLLUP_FIELDS,
+    SECOND_TABLES,
+    TABLES,
+    Acc,
+    last_by,
+    mean_by,
+    ok_mask,
+    rollup_columns,
+    sql_type,
+    to_arrow,
+)
 from powerplane.telemetry.snapshot import Quality, Snapshot
-from powerplane.topology.tree import LEVELS, Level, Topology
+from powerplane.topology.tree import LEVELS, Topology
 
 log = logging.getLogger(__name__)
 
-DAY_S = 86_400.0
-LEVEL_TABLES: dict[Level, str] = {"node": "node_1s", "rack": "rack_1s", "row": "row_1s", "hall": "hall_1s"}
-SECOND_TABLES = (*LEVEL_TABLES.values(), "site_1s", "job_1s")
-TABLES = (*SECOND_TABLES, "gpu_1m")
-KEY_COLUMN = {**dict.fromkeys(LEVEL_TABLES.values(), "entity"), "gpu_1m": "gpu", "job_1s": "job"}
-
-# column, rollup metric, rollup field, statistic over the second's samples
-ROLLUP_COLUMNS: tuple[tuple[str, str, str, str], ...] = (
-    ("gpu_power_w", "gpu.power_w", "sum", "mean"),
-    ("gpu_power_peak_w", "gpu.power_w", "sum", "max"),
-    ("gpu_power_max_w", "gpu.power_w", "max", "max"),
-    ("gpu_temp_max_c", "gpu.temp_c", "max", "max"),
-    ("gpu_util_mean_pct", "gpu.util_pct", "mean", "mean"),
-    ("coverage", "gpu.power_w", "coverage", "mean"),
-    ("node_power_w", "node.power_w", "sum", "mean"),  # at node level: the node's own reading
-    ("rack_power_w", "rack.power_w", "sum", "mean"),  # at rack level: the rack's own reading
-)
-_ROLLUP_FIELDS = {m: sorted({c[2] for c in ROLLUP_COLUMNS if c[1] == m}) for m in {c[1] for c in ROLLUP_COLUMNS}}
-
-
-def _rollup_columns(level: str) -> tuple[tuple[str, str, str, str], ...]:
-    """The rollup columns of ``level``'s table: those of metrics of lower levels, or of the level itself."""
-    return tuple(c for c in ROLLUP_COLUMNS if LEVELS.index(c[1].split(".")[0]) <= LEVELS.index(level))
-
-
-# column, GPU metric, statistic over the minute's samples
-GPU_COLUMNS: tuple[tuple[str, str, str], ...] = (
-    ("power_w_mean", "power_w", "mean"),
-    ("power_w_max", "power_w", "max"),
-    ("temp_c_mean", "temp_c", "mean"),
-    ("temp_c_max", "temp_c", "max"),
-    ("util_pct_mean", "util_pct", "mean"),
-)
-_GPU_METRICS = sorted({c[1] for c in GPU_COLUMNS})
-_DOUBLE = re.compile(r"(_kwh|_wh|_j|_mj|cost)(_last)?$")  # cumulative counters keep float64
-_NOT_IDENT = re.compile(r"[^a-z0-9_]+")
-ENTITY_FORMS = '"site", "hall:<name>", "row:<name>", "rack:<name>", "node:<hostname>", "gpu:<uuid|index>", "job:<id>"'
 
 
 @dataclass(frozen=True)
@@ -129,60 +109,6 @@ class SnapshotShapeError(ValueError):
     """A snapshot whose arrays do not match the store's topology."""
 
 
-class _Acc:
-    """Sum, count and max of one array over the samples of a bucket, skipping samples that are not OK."""
-
-    __slots__ = ("max", "n", "sum")
-
-    def __init__(self, size: int) -> None:
-        self.sum = np.zeros(size)
-        self.n = np.zeros(size, dtype=np.int32)
-        self.max = np.full(size, np.nan)
-
-    def add(self, v: NDArray[np.float64], ok: NDArray[np.bool_]) -> None:
-        np.add(self.sum, v, out=self.sum, where=ok)
-        self.n += ok
-        np.fmax(self.max, v, out=self.max, where=ok)
-
-    def stat(self, how: str) -> NDArray[np.float64]:
-        if how == "max":
-            return self.max
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(self.n > 0, self.sum / np.maximum(self.n, 1), np.nan)
-
-
-def _ok(v: NDArray[np.float64], q: NDArray[np.uint8] | None) -> NDArray[np.bool_]:
-    ok = np.isfinite(v)
-    if q is not None:
-        ok &= q == _OK
-    return ok
-
-
-def _sql_type(column: str) -> str:
-    return "DOUBLE" if _DOUBLE.search(column) else "FLOAT"
-
-
-def _arrow(values: NDArray[np.float64], column: str) -> pa.Array:
-    """NaN becomes NULL; FLOAT columns travel as float32."""
-    v = np.asarray(values, dtype=np.float64 if _sql_type(column) == "DOUBLE" else np.float32)
-    return pa.array(v, mask=np.isnan(v))
-
-
-def _mean_by(inv: NDArray[np.intp], v: NDArray[np.float64], n: int) -> NDArray[np.float64]:
-    ok = np.isfinite(v)
-    s = np.bincount(inv[ok], weights=v[ok], minlength=n)
-    c = np.bincount(inv[ok], minlength=n)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(c > 0, s / np.maximum(c, 1), np.nan)
-
-
-def _last_by(inv: NDArray[np.intp], v: NDArray[np.float64], n: int) -> NDArray[np.float64]:
-    out = np.full(n, np.nan)
-    ok = np.flatnonzero(np.isfinite(v))
-    out[inv[ok]] = v[ok]  # fancy assignment keeps the last of repeated indices
-    return out
-
-
 class _Request:
     """Work for the writer thread, run after everything queued before it."""
 
@@ -197,7 +123,7 @@ _STOP = object()
 _OK = int(Quality.OK)
 
 
-class HistoryStore:
+class HistoryStore(HistoryQueries):
     """Snapshot history in the DuckDB file at ``path``: created if missing, reopened with its history if not.
 
     ``submit`` never blocks; ``flush`` waits until everything submitted is written, the open second and minute
@@ -252,9 +178,9 @@ class HistoryStore:
         # Open buckets and pending rows, owned by the writer thread.
         self._sec: int | None = None
         self._min: int | None = None
-        self._sec_acc: dict[tuple[str, str], _Acc] = {}
+        self._sec_acc: dict[tuple[str, str], Acc] = {}
         self._sec_jobs: list[tuple[NDArray[Any], ...]] = []
-        self._min_acc: dict[str, _Acc] = {}
+        self._min_acc: dict[str, Acc] = {}
         self._min_energy = np.full(self._sizes["gpu"], np.nan)
         self._min_samples = 0
         self._partial: dict[str, float] = {}  # buckets in the file written by a flush, to replace when rewritten
@@ -272,7 +198,7 @@ class HistoryStore:
         con = self._con
         for lvl, table in (*LEVEL_TABLES.items(), ("site", "site_1s")):
             key = "" if lvl == "site" else "entity INTEGER NOT NULL, "
-            value = ", ".join(f"{c} {_sql_type(c)}" for c, *_ in _rollup_columns(lvl))
+            value = ", ".join(f"{c} {sql_type(c)}" for c, *_ in rollup_columns(lvl))
             con.execute(f"CREATE TABLE IF NOT EXISTS {table} (t_s DOUBLE NOT NULL, {key}{value})")
         gpu = ", ".join(f"{c} FLOAT" for c, *_ in GPU_COLUMNS)
         con.execute(
@@ -312,14 +238,6 @@ class HistoryStore:
                     f"{self.path}: this history was written for another topology ({len(names)} {lvl} entities "
                     f"stored, {self._sizes[lvl]} in the topology given); open it with the topology it was written for"
                 )
-
-    @staticmethod
-    def _describe(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
-        rows = con.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position",
-            [table],
-        ).fetchall()
-        return [r[0] for r in rows]
 
     # ------------------------------------------------------------------ the cycle's side
 
@@ -464,7 +382,7 @@ class HistoryStore:
                         expect(a.shape, n, lambda: f"levels[{lvl!r}].{kind}[{m!r}]")  # noqa: B023
         for lvl, rollups in snap.rollups.items():
             if (n := self._sizes.get(lvl)) is not None:
-                for m in _ROLLUP_FIELDS:
+                for m in ROLLUP_FIELDS:
                     if (r := rollups.get(m)) is not None:
                         for f in ("sum", "mean", "max", "coverage"):
                             expect(getattr(r, f).shape, n, lambda: f"rollups[{lvl!r}][{m!r}].{f}")  # noqa: B023
@@ -486,32 +404,32 @@ class HistoryStore:
         for lvl in (*LEVEL_TABLES, "site"):
             n = self._sizes[lvl]
             rollups = snap.rollups.get(lvl, {})
-            for metric, fields in _ROLLUP_FIELDS.items():
+            for metric, fields in ROLLUP_FIELDS.items():
                 if (rollup := rollups.get(metric)) is not None:  # only these: a rollup may be built on access
                     for fld in fields:
                         v = getattr(rollup, fld)
                         self._acc(self._sec_acc, (lvl, f"{metric}.{fld}"), n).add(v, np.isfinite(v))
             data = snap.levels.get(lvl)
             for metric, v in data.values.items() if data is not None else ():
-                self._acc(self._sec_acc, (lvl, metric), n).add(v, _ok(v, data.quality.get(metric)))  # type: ignore[union-attr]
+                self._acc(self._sec_acc, (lvl, metric), n).add(v, ok_mask(v, data.quality.get(metric)))  # type: ignore[union-attr]
         if nj := snap.job_ids.size:
             cols = (snap.job_power_w, snap.job_coverage, snap.job_energy_kwh, snap.job_cost)
             self._sec_jobs.append((snap.job_ids, *(c if c.size else np.full(nj, np.nan) for c in cols)))
         gpu = snap.levels.get("gpu")
-        for metric in _GPU_METRICS if gpu is not None else ():
+        for metric in GPU_METRICS if gpu is not None else ():
             v = gpu.values.get(metric)  # type: ignore[union-attr]
             if v is not None:
-                self._acc(self._min_acc, metric, v.size).add(v, _ok(v, gpu.quality.get(metric)))  # type: ignore[union-attr]
+                self._acc(self._min_acc, metric, v.size).add(v, ok_mask(v, gpu.quality.get(metric)))  # type: ignore[union-attr]
         if snap.gpu_energy_kwh.size:
             np.copyto(self._min_energy, snap.gpu_energy_kwh, where=np.isfinite(snap.gpu_energy_kwh))
         self._min_samples += 1
         self._pending_snaps += 1
 
     @staticmethod
-    def _acc(store: dict[Any, _Acc], key: Any, size: int) -> _Acc:
+    def _acc(store: dict[Any, Acc], key: Any, size: int) -> Acc:
         acc = store.get(key)
         if acc is None:
-            acc = store[key] = _Acc(size)
+            acc = store[key] = Acc(size)
         return acc
 
     def _close_buckets(self, provisional: bool, next_sec: int | None = None) -> None:
@@ -536,13 +454,13 @@ class HistoryStore:
     def _level_columns(self, lvl: str) -> dict[str, NDArray[np.float64]]:
         cols: dict[str, NDArray[np.float64]] = {}
         own_power = f"{lvl}_power_w"
-        for col, metric, fld, how in _rollup_columns(lvl):
+        for col, metric, fld, how in rollup_columns(lvl):
             key = (lvl, "power_w") if col == own_power else (lvl, f"{metric}.{fld}")
             if (acc := self._sec_acc.get(key)) is not None:
                 cols[col] = acc.stat(how)
         for (level, metric), acc in self._sec_acc.items():
             if level == lvl and "." not in metric and metric != "power_w":
-                name = _NOT_IDENT.sub("_", metric.lower())
+                name = NOT_IDENT.sub("_", metric.lower())
                 cols[f"{lvl}_{name}" if name in cols or name in KEY_COLUMN.values() else name] = acc.stat("mean")
         if own_power not in cols and (acc := self._sec_acc.get((lvl, "power_w"))) is not None:
             cols[own_power] = acc.stat("mean")  # a hall's or the site's own power_w
@@ -554,7 +472,7 @@ class HistoryStore:
             cols: dict[str, pa.Array] = {"t_s": pa.array(np.full(n, t_s))}
             if lvl != "site":
                 cols["entity"] = pa.array(np.arange(n, dtype=np.int32))
-            cols.update((name, _arrow(v, name)) for name, v in self._level_columns(lvl).items())
+            cols.update((name, to_arrow(v, name)) for name, v in self._level_columns(lvl).items())
             self._pending[table].append(pa.table(cols))
         if self._sec_jobs:
             ids, power, cover, energy, cost = (np.concatenate(c) for c in zip(*self._sec_jobs, strict=True))
@@ -563,10 +481,10 @@ class HistoryStore:
             job = {
                 "t_s": pa.array(np.full(n, t_s)),
                 "job": pa.array(jobs.astype(np.int64)),
-                "power_w": _arrow(_mean_by(inv, power, n), "power_w"),
-                "coverage": _arrow(_mean_by(inv, cover, n), "coverage"),
-                "energy_kwh": _arrow(_last_by(inv, energy, n), "energy_kwh"),
-                "cost": _arrow(_last_by(inv, cost, n), "cost"),
+                "power_w": to_arrow(mean_by(inv, power, n), "power_w"),
+                "coverage": to_arrow(mean_by(inv, cover, n), "coverage"),
+                "energy_kwh": to_arrow(last_by(inv, energy, n), "energy_kwh"),
+                "cost": to_arrow(last_by(inv, cost, n), "cost"),
             }
             self._pending["job_1s"].append(pa.table(job))
 
@@ -575,10 +493,10 @@ class HistoryStore:
         cols: dict[str, pa.Array] = {"t_s": pa.array(np.full(n, t_s)), "gpu": pa.array(np.arange(n, dtype=np.int32))}
         for col, metric, how in GPU_COLUMNS:
             if (acc := self._min_acc.get(metric)) is not None:
-                cols[col] = _arrow(acc.stat(how), col)
-        cols["energy_kwh_last"] = _arrow(self._min_energy, "energy_kwh_last")
+                cols[col] = to_arrow(acc.stat(how), col)
+        cols["energy_kwh_last"] = to_arrow(self._min_energy, "energy_kwh_last")
         if (power := self._min_acc.get("power_w")) is not None and self._min_samples:
-            cols["coverage"] = _arrow(power.n / self._min_samples, "coverage")
+            cols["coverage"] = to_arrow(power.n / self._min_samples, "coverage")
         self._pending["gpu_1m"].append(pa.table(cols))
 
     def _write(self) -> None:
@@ -604,7 +522,7 @@ class HistoryStore:
                 batch = pa.concat_tables(parts, promote_options="default")
                 for name in batch.column_names:
                     if name not in self._columns[table]:
-                        con.execute(f'ALTER TABLE {table} ADD COLUMN "{name}" {_sql_type(name)}')
+                        con.execute(f'ALTER TABLE {table} ADD COLUMN "{name}" {sql_type(name)}')
                         self._columns[table].append(name)
                 names = ", ".join(f'"{c}"' for c in batch.column_names)
                 con.register("_history_batch", batch)
@@ -639,95 +557,3 @@ class HistoryStore:
             deleted[table] = int(self._wcon.execute(f"DELETE FROM {table} WHERE t_s < ?", [cutoff]).fetchall()[0][0])
             self._stats.rows_deleted[table] += deleted[table]
         return deleted
-
-    # ------------------------------------------------------------------ reading
-
-    @contextmanager
-    def _reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A connection of its own for one read, so that reads and the writer never wait on each other."""
-        cur = self._con.cursor()
-        try:
-            yield cur
-        finally:
-            cur.close()
-
-    def _index(self, level: Level, name: str) -> int:
-        if level not in self._name_index:
-            self._name_index[level] = {n: i for i, n in enumerate(self.topology.names(level))}
-        index = self._name_index[level]
-        if name in index:
-            return index[name]
-        if level == "gpu" and name.isdigit() and int(name) < self._sizes["gpu"]:
-            return int(name)
-        names = list(index)
-        shown = ", ".join(names[:6]) + (f", ... ({len(names)} in all)" if len(names) > 6 else "")
-        raise ValueError(f"unknown {level} {name!r}; valid: {shown}")
-
-    def _resolve(self, entity: str) -> tuple[str, int | None]:
-        """The table and key of an entity address such as ``rack:hall-1/r00/k01``."""
-        kind, _, name = entity.partition(":")
-        if entity == "site":
-            return "site_1s", None
-        if kind in LEVEL_TABLES and name:
-            return LEVEL_TABLES[kind], self._index(kind, name)
-        if kind == "gpu" and name:
-            return "gpu_1m", self._index("gpu", name)
-        if kind == "job" and name.lstrip("-").isdigit():
-            return "job_1s", int(name)
-        raise ValueError(f"unknown entity {entity!r}; valid forms: {ENTITY_FORMS}")
-
-    def series(self, entity: str, metric: str, start_s: float, end_s: float, step_s: float) -> pd.DataFrame:
-        """``metric`` of ``entity`` over ``[start_s, end_s)``: one row per ``step_s`` bucket that holds data.
-
-        Buckets start at multiples of ``step_s``. Readings are averaged; ``*max*``/``*peak*`` columns take the
-        maximum and cumulative counters (energy, cost) the last value. Columns: ``t_s`` (bucket start), ``value``.
-        """
-        if not (step_s > 0 and end_s > start_s):
-            raise ValueError(f"need step_s > 0 and end_s > start_s; got step_s={step_s}, [{start_s}, {end_s})")
-        table, key = self._resolve(entity)
-        with self._reader() as con:
-            valid = [c for c in self._describe(con, table) if c != "t_s" and c != KEY_COLUMN.get(table)]
-            if metric not in valid:
-                raise ValueError(f"unknown metric {metric!r} for {entity!r} (table {table}); valid: {', '.join(valid)}")
-            col = f'"{metric}"'
-            if "max" in metric or "peak" in metric:
-                agg = f"max({col})"
-            elif "energy" in metric or "cost" in metric:
-                agg = f"arg_max({col}, t_s)"
-            else:
-                agg = f"avg({col})"
-            where = "" if key is None else f"{KEY_COLUMN[table]} = $key AND "
-            args: dict[str, Any] = {"step": float(step_s), "start": float(start_s), "end": float(end_s)}
-            if key is not None:
-                args["key"] = key
-            sql = (
-                f"SELECT floor(t_s / $step) * $step AS t_s, CAST({agg} AS DOUBLE) AS value FROM {table} "
-                f"WHERE {where}t_s >= $start AND t_s < $end GROUP BY 1 ORDER BY 1"
-            )
-            return con.execute(sql, args).df()
-
-    def export_parquet(
-        self, table: str, out: str | Path, start_s: float | None = None, end_s: float | None = None
-    ) -> int:
-        """Write the rows of ``table`` in ``[start_s, end_s)`` to the Parquet file ``out``; returns the row count.
-
-        The file appears only once complete (written beside ``out``, then renamed).
-        """
-        if table not in (*TABLES, "entities"):
-            raise ValueError(f"unknown table {table!r}; valid: {', '.join((*TABLES, 'entities'))}")
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
-        bounds = [f"t_s >= {float(start_s)!r}"] if start_s is not None else []
-        bounds += [f"t_s < {float(end_s)!r}"] if end_s is not None else []
-        where = f" WHERE {' AND '.join(bounds)}" if bounds else ""
-        order = "level, entity" if table == "entities" else ", ".join(filter(None, ("t_s", KEY_COLUMN.get(table))))
-        target = str(tmp).replace("'", "''")
-        try:
-            with self._reader() as con:
-                query = f"SELECT * FROM {table}{where} ORDER BY {order}"
-                rows = con.execute(f"COPY ({query}) TO '{target}' (FORMAT parquet, COMPRESSION zstd)").fetchall()
-            os.replace(tmp, out)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return int(rows[0][0])
