@@ -1,0 +1,1 @@
+"""Load forecasting: job-aware forecaster, baselines, rolling-origin backtests, model registry, live forecaster."""

@@ -1,0 +1,266 @@
+"""What the forecaster knows about every job, learned online from per-minute job power (only the past).
+
+:class:`JobState` is fed one minute at a time (job ids and their mean power that minute) and keeps, per job: when
+it was first and last seen, its running level (an EWMA over minutes that are not checkpoint dips), its
+checkpoint dips (start of the last one, period between dip starts, typical length and depth), and per
+(kind, GPU-count bucket) a learned *profile* (W per GPU) for jobs too young to have a level of their own. Arrays
+are indexed by job id and grow as ids appear; every update is vectorized over the jobs of the minute.
+
+:meth:`JobState.project` turns that into each active job's expected power at future minutes: its level, a dip
+where a checkpoint is due, zero after its expected end. Jobs without a profile of their own use the profile of
+their class, then the fleet-wide mean (a *fallback*, reported so intervals can be widened), never zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+F64 = NDArray[np.float64]
+I64 = NDArray[np.int64]
+B = NDArray[np.bool_]
+
+LEVEL_ALPHA = 0.3  # EWMA weight of a new non-dip minute in a job's level
+DIP_RATIO = 0.85  # a minute below this share of the level is a dip (checkpoint or stall)
+MAX_CKPT_MINUTES = 3  # longer dips are stalls (faults), not checkpoints
+MIN_LEVEL_MINUTES = 3  # minutes before a job's own level is trusted
+N_GPU_BUCKETS = 6  # 1, 2-3, 4-7, 8-31, 32-255, 256+
+
+
+def gpu_bucket(n_gpus: I64) -> I64:
+    """Bucket of a GPU count (0: 1 GPU ... 5: 256 or more).
+
+    >>> gpu_bucket(np.array([1, 2, 4, 8, 32, 256, 4096])).tolist()
+    [0, 1, 2, 3, 4, 5, 5]
+    """
+    edges = np.array([2, 4, 8, 32, 256])
+    return np.searchsorted(edges, np.asarray(n_gpus), side="right").astype(np.int64)
+
+
+@dataclass
+class Projection:
+    """Expected job power at the requested future minutes, summed over active jobs, and its parts [W]."""
+
+    now_w: float  # sum of the active jobs' power this minute
+    end_w: F64  # per horizon: minus the power of jobs expected to have ended
+    end_gpus: F64  # per horizon: GPUs freed by those ends
+    ckpt_w: F64  # per horizon: change from checkpoint dips (due ones down, current ones back up)
+    ramp_w: F64  # per horizon: young jobs moving from their current power to their profile
+    fallback_w: float  # power of active jobs forecast from a class or fleet profile instead of their own
+
+
+class JobState:
+    """Per-job levels, checkpoint rhythm and class profiles, learned from the minutes seen so far."""
+
+    def __init__(self, n_kinds: int = 4) -> None:
+        self.n_kinds = n_kinds
+        self._cap = 0
+        self.first_min = np.zeros(0, np.int64)
+        self.last_min = np.zeros(0, np.int64)
+        self.n_obs = np.zeros(0, np.int64)
+        self.level_w = np.zeros(0)
+        self.last_w = np.zeros(0)
+        self.dip_start = np.zeros(0, np.int64)  # minute the current or last dip began (-1: none yet)
+        self.anchor = np.zeros(0, np.int64)  # minute the checkpoint rhythm counts from (-1: none)
+        self.anchor_is_ckpt = np.zeros(0, bool)
+        self.dip_min_w = np.zeros(0)  # lowest power of the current dip
+        self.floor_last = np.zeros(0, np.int64)  # last minute of the current dip spent near its lowest power
+        self.in_dip = np.zeros(0, bool)
+        self.n_dips = np.zeros(0, np.int64)
+        self.period_min = np.zeros(0)  # EWMA of the minutes between dip starts (0: unknown)
+        self.dip_len_min = np.zeros(0)
+        self.dip_depth = np.zeros(0)  # dip power / level
+        self.kind = np.zeros(0, np.int64)  # -1 unknown
+        self.n_gpus = np.zeros(0, np.int64)
+        self.end_min = np.zeros(0)  # expected end minute (inf unknown)
+        # class profiles: EWMA of W per GPU by (kind + 1 for unknown, bucket)
+        self.profile_w_per_gpu = np.full((n_kinds + 1, N_GPU_BUCKETS), np.nan)
+        self.fleet_w_per_gpu = np.nan
+        self.stall_len_min = 12.0  # learned: minutes a stall (fault, restart, ramp) keeps a job below its level
+        self.ramp_len_min = 5.0  # learned: minutes of the restart ramp at the end of a stall
+        self.minute = -1
+
+    def _ensure(self, max_id: int) -> None:
+        if max_id < self._cap:
+            return
+        cap = max(2 * self._cap, max_id + 1, 64)
+        for name, fill in (
+            ("first_min", -1),
+            ("last_min", -10**9),
+            ("n_obs", 0),
+            ("level_w", 0.0),
+            ("last_w", 0.0),
+            ("dip_start", -1),
+            ("anchor", -1),
+            ("anchor_is_ckpt", False),
+            ("dip_min_w", 0.0),
+            ("floor_last", -1),
+            ("in_dip", False),
+            ("n_dips", 0),
+            ("period_min", 0.0),
+            ("dip_len_min", 1.0),
+            ("dip_depth", 0.25),
+            ("kind", -1),
+            ("n_gpus", 0),
+            ("end_min", np.inf),
+        ):
+            old = getattr(self, name)
+            new = np.full(cap, fill, dtype=old.dtype)
+            new[: old.size] = old
+            setattr(self, name, new)
+        self._cap = cap
+
+    def describe(self, ids: I64, kind: I64, n_gpus: I64, end_min: F64 | None = None) -> None:
+        """Static facts the queue knows about jobs: kind (index, -1 unknown), GPUs, expected end minute."""
+        ids = np.asarray(ids, np.int64)
+        if ids.size == 0:
+            return
+        self._ensure(int(ids.max()))
+        self.kind[ids] = kind
+        self.n_gpus[ids] = n_gpus
+        if end_min is not None:
+            self.end_min[ids] = end_min
+
+    def observe(self, minute: int, ids: I64, power_w: F64) -> None:
+        """One minute of per-job mean power. Non-finite or negative values are dropped (the job keeps its state)."""
+        ids = np.asarray(ids, np.int64)
+        p = np.asarray(power_w, np.float64)
+        good = np.isfinite(p) & (p >= 0) & (ids >= 0)
+        ids, p = ids[good], p[good]
+        self.minute = minute
+        if ids.size == 0:
+            return
+        self._ensure(int(ids.max()))
+        new = self.first_min[ids] < 0
+        self.first_min[ids[new]] = minute
+        self.level_w[ids[new]] = p[new]
+        seasoned = self.n_obs[ids] >= MIN_LEVEL_MINUTES
+        lvl = self.level_w[ids]
+        dip = seasoned & (p < DIP_RATIO * lvl)
+        starting = dip & ~self.in_dip[ids]
+        self.dip_start[ids[starting]] = minute
+        self.dip_min_w[ids[starting]] = p[starting]
+        jd = ids[dip]
+        self.dip_min_w[jd] = np.minimum(self.dip_min_w[jd], p[dip])
+        at_floor = dip & (p <= 1.1 * self.dip_min_w[ids])
+        self.floor_last[ids[at_floor]] = minute
+        depth = np.where(lvl > 0, p / np.maximum(lvl, 1e-9), 0.0)
+        # a dip run that ends: short ones are checkpoints (their starts give the rhythm), long ones stalls
+        ending = ~dip & self.in_dip[ids]
+        je = ids[ending]
+        run_len = minute - self.dip_start[je]
+        short = run_len <= MAX_CKPT_MINUTES
+        jc = je[short]
+        gap = self.dip_start[jc] - self.anchor[jc]
+        prev_ok = (self.anchor[jc] >= 0) & self.anchor_is_ckpt[jc]
+        old_p = self.period_min[jc]
+        plausible = prev_ok & ((old_p <= 0) | ((gap > 0.5 * old_p) & (gap < 1.5 * old_p)))
+        self.period_min[jc] = np.where(plausible, np.where(old_p > 0, 0.7 * old_p + 0.3 * gap, gap), old_p)
+        self.n_dips[jc] += 1
+        self.dip_len_min[jc] = 0.8 * self.dip_len_min[jc] + 0.2 * run_len[short]
+        self.anchor[jc] = self.dip_start[jc]
+        self.anchor_is_ckpt[jc] = True
+        js = je[~short]
+        if js.size:
+            self.stall_len_min = 0.8 * self.stall_len_min + 0.2 * float(np.mean(run_len[~short]))
+            ramp = minute - 1 - self.floor_last[js]
+            self.ramp_len_min = 0.8 * self.ramp_len_min + 0.2 * float(np.mean(np.clip(ramp, 1, None)))
+        self.anchor[js] = minute - 1  # a stalled job restarts, its checkpoint timer with it
+        self.anchor_is_ckpt[js] = False
+        shallow = dip & (minute - self.dip_start[ids] < MAX_CKPT_MINUTES)
+        js2 = ids[shallow]
+        self.dip_depth[js2] = 0.8 * self.dip_depth[js2] + 0.2 * depth[shallow]
+        self.in_dip[ids] = dip
+        upd = ~dip
+        ju = ids[upd]
+        self.level_w[ju] = np.where(
+            self.n_obs[ju] == 0, p[upd], (1 - LEVEL_ALPHA) * self.level_w[ju] + LEVEL_ALPHA * p[upd]
+        )
+        self.last_w[ids] = p
+        self.last_min[ids] = minute
+        self.n_obs[ids] += 1
+        # class profiles from seasoned jobs with a known GPU count
+        ok = seasoned & ~dip & (self.n_gpus[ids] > 0)
+        if np.any(ok):
+            jo = ids[ok]
+            per_gpu = self.level_w[jo] / self.n_gpus[jo]
+            k = self.kind[jo] + 1
+            b = gpu_bucket(self.n_gpus[jo])
+            flat = k * N_GPU_BUCKETS + b
+            cells = np.bincount(flat, minlength=(self.n_kinds + 1) * N_GPU_BUCKETS)
+            sums = np.bincount(flat, weights=per_gpu, minlength=cells.size)
+            prof = self.profile_w_per_gpu.reshape(-1)
+            have = cells > 0
+            mean = sums[have] / cells[have]
+            prof[have] = np.where(np.isnan(prof[have]), mean, 0.9 * prof[have] + 0.1 * mean)
+            fleet = float(per_gpu.mean())
+            self.fleet_w_per_gpu = fleet if np.isnan(self.fleet_w_per_gpu) else 0.95 * self.fleet_w_per_gpu + 0.05 * fleet
+
+    def active(self, minute: int | None = None) -> I64:
+        """Jobs seen in the given minute (default: the latest observed)."""
+        m = self.minute if minute is None else minute
+        return np.flatnonzero(self.last_min[: self._cap] == m).astype(np.int64)
+
+    def profile_w(self, ids: I64) -> tuple[F64, B]:
+        """Class profile power of jobs [W] and whether it came from the fleet-wide fallback."""
+        k = self.kind[ids] + 1
+        b = gpu_bucket(np.maximum(self.n_gpus[ids], 1))
+        per_gpu = self.profile_w_per_gpu[k, b]
+        fb = np.isnan(per_gpu)
+        fleet = self.fleet_w_per_gpu if np.isfinite(self.fleet_w_per_gpu) else 0.0
+        per_gpu = np.where(fb, fleet, per_gpu)
+        return per_gpu * np.maximum(self.n_gpus[ids], 1), fb
+
+    def project(self, horizons_min: I64, minute: int | None = None) -> Projection:
+        """Expected change of the active jobs' power at ``minute + h`` for each horizon (see the module docstring)."""
+        m = self.minute if minute is None else minute
+        h = np.asarray(horizons_min, np.int64)
+        ids = self.active(m)
+        nh = h.size
+        if ids.size == 0:
+            z = np.zeros(nh)
+            return Projection(0.0, z, z.copy(), z.copy(), z.copy(), 0.0)
+        now = self.last_w[ids]
+        young = self.n_obs[ids] < MIN_LEVEL_MINUTES
+        prof, fb = self.profile_w(ids)
+        has_prof = np.isfinite(self.profile_w_per_gpu[self.kind[ids] + 1, gpu_bucket(np.maximum(self.n_gpus[ids], 1))])
+        # young jobs head for their class profile; the others stay at their level
+        level = np.where(young & (self.n_gpus[ids] > 0) & (prof > 0), prof, self.level_w[ids])
+        fallback_w = float(now[young & ~has_prof].sum())
+        t = m + h[None, :]  # [1, H]
+        ended = t >= self.end_min[ids][:, None]  # [J, H]
+        end_w = -(now[:, None] * ended).sum(axis=0)
+        end_gpus = (self.n_gpus[ids][:, None] * ended).sum(axis=0).astype(np.float64)
+        period = self.period_min[ids]
+        known = (period > 0) & (self.anchor[ids] >= 0)
+        since = t - self.anchor[ids][:, None]
+        safe_p = np.where(known, period, 1.0)[:, None]
+        phase = np.mod(since, safe_p)
+        dlen = np.clip(np.round(self.dip_len_min[ids]), 1.0, MAX_CKPT_MINUTES)[:, None]
+        due = known[:, None] & (phase < dlen) & (since > 0.5 * safe_p)
+        depth = np.clip(self.dip_depth[ids], 0.0, 1.0)
+        # a short current dip recovers to the level; a long one is a stall: flat, then a restart ramp
+        stalled = self.in_dip[ids] & (m - self.dip_start[ids] >= MAX_CKPT_MINUTES)
+        base = np.where(self.in_dip[ids], self.level_w[ids], level)
+        future = np.where(due & ~stalled[:, None], (depth * base)[:, None], base[:, None])
+        if np.any(stalled):
+            js = np.flatnonzero(stalled)
+            lv, fl = self.level_w[ids[js]], self.dip_min_w[ids[js]]
+            span = np.maximum(lv - fl, 1.0)
+            frac = np.clip((now[js] - fl) / span, 0.0, 1.0)
+            ramp_n = max(self.ramp_len_min, 1.0)
+            flat_n = max(self.stall_len_min - ramp_n, 0.0)
+            elapsed = m - self.dip_start[ids[js]]
+            ramping = self.floor_last[ids[js]] < m
+            # position along the ramp in minutes (negative while still flat)
+            pos = np.where(ramping, frac * ramp_n, np.minimum(elapsed - flat_n, 0.0))
+            ahead = pos[:, None] + h[None, :]
+            future[js] = fl[:, None] + span[:, None] * np.clip(ahead / ramp_n, 0.0, 1.0)
+        alive = ~ended
+        ckpt_w = ((future - base[:, None]) * alive).sum(axis=0) + ((base - now)[:, None] * alive * ~young[:, None]).sum(
+            axis=0
+        )
+        ramp_w = ((level - now)[:, None] * alive * young[:, None]).sum(axis=0)
+        return Projection(float(now.sum()), end_w, end_gpus, ckpt_w, ramp_w, fallback_w)
