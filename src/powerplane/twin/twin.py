@@ -31,6 +31,7 @@ from powerplane.core.frames import Frame
 from powerplane.physics import gpu_power
 from powerplane.topology import Topology
 from powerplane.twin.fleet import Fleet, FleetBlock
+from powerplane.twin.gpu_health import GpuHealth
 from powerplane.twin.plant import Plant, PlantBlock, StepController
 from powerplane.twin.workload import Workload
 
@@ -77,13 +78,14 @@ class Twin:
         self.t0_s = t0
         self.clock = SimClock(t0)
         self.topo = Topology.from_site(site)
-        wl_seq, fleet_seq, plant_seq = np.random.SeedSequence(seed).spawn(3)
+        wl_seq, fleet_seq, plant_seq, health_seq = np.random.SeedSequence(seed).spawn(4)
         offset = dt.datetime.fromtimestamp(t0, ZoneInfo(site.timezone)).utcoffset() or dt.timedelta(0)
         self.workload = Workload(site, self.topo, np.random.default_rng(wl_seq), t0, offset.total_seconds())
         self.fleet = Fleet(site, self.topo, np.random.default_rng(fleet_seq), self.dt_s)
         self.plant = Plant(
             site, site_file, self.topo, np.random.default_rng(plant_seq), self.dt_s, t0, self.fleet.design_it_power_w
         )
+        self.health = GpuHealth(self.topo.n_gpus, np.random.default_rng(health_seq))  # DCGM-style counters
         self._last: TwinBlock | None = None
         self.last_block_jobs = np.zeros(0, dtype=np.int64)
         self._rack_power_w = np.zeros(self.topo.n_racks)
@@ -149,6 +151,8 @@ class Twin:
             "throttle_reasons": throttle,
             "last_xid": self.workload.gpu_last_xid.copy(),
         }
+        self.health.advance(float(b.t_s[-1] + self.dt_s), self.workload.xid_events)
+        self.health.apply(gpu)
         node = {
             "power_w": node_power,
             "pdu_voltage_v": np.full(topo.n_nodes, volts),

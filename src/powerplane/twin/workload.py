@@ -92,6 +92,7 @@ class Workload:
         self._last_t = t0_s
         self.xid_events: list[XidEvent] = []
         self.gpu_last_xid = np.zeros(topo.n_gpus, dtype=np.int64)
+        self._forced_fault: dict[int, tuple[int | None, int | None]] = {}  # job -> (gpu, xid) of an injected fault
         self._fail_rate_per_gpu_s = self.cfg.failure_rate_per_gpu_day / 86_400.0
         self._inference_profile = traces.azure_token_rate_profile(self.cfg.inference.trace)
         self._gpn = np.bincount(topo.gpu_node, minlength=topo.n_nodes)
@@ -299,6 +300,38 @@ class Workload:
         self._refresh(j, t)
         self._next_event_s = -np.inf
 
+    def inject_fault(self, j: int, t: float, xid: int | None = None, gpu: int | None = None) -> None:
+        """Make job j fault at ``t`` with the given Xid on the given GPU (drawn as usual where not given)."""
+        if gpu is not None and gpu not in self.jobs.gpus[j]:
+            raise ValueError(f"GPU {gpu} is not one of job {j}'s")
+        self._forced_fault[j] = (gpu, xid)
+        self.trigger(j, "next_fail_s", t)
+
+    def restart_now(self, j: int, t: float) -> bool:
+        """Self-healing: a stalled job restarts from its checkpoint now instead of after its restart delay."""
+        if self.jobs.state[j] != State.STALLED:
+            return False
+        self.jobs.state_end_s[j] = t
+        self._refresh(j, t)
+        self._next_event_s = -np.inf
+        return True
+
+    def drain_node(self, node: int, t: float) -> list[int]:
+        """Cordon a node in the scheduler: its jobs go back to the queue from their last checkpoint and are
+        placed elsewhere; nothing new lands there until :meth:`undrain_node`. Returns the jobs moved."""
+        moved = [self._job_of[name] for name in self.sched.node_down(node, t)]
+        for j in moved:
+            if j in self.active:
+                self._preempt(j, t)
+        self._try_queue(t)
+        self._next_event_s = -np.inf
+        return moved
+
+    def undrain_node(self, node: int, t: float) -> None:
+        self.sched.node_up(node, t)
+        self._try_queue(t)
+        self._next_event_s = -np.inf
+
     def _restart(self, j: int, t: float) -> None:
         jobs = self.jobs
         jobs.state[j] = State.STARTING
@@ -395,6 +428,8 @@ class Workload:
             jobs.straggle_end_s[j] = np.inf
             gpu = int(self.rng.choice(jobs.gpus[j]))
             xid = int(self.rng.choice(XID_CODES, p=XID_WEIGHTS / XID_WEIGHTS.sum()))
+            forced_gpu, forced_xid = self._forced_fault.pop(j, (None, None))
+            gpu, xid = gpu if forced_gpu is None else forced_gpu, xid if forced_xid is None else forced_xid
             self.gpu_last_xid[gpu] = xid
             self.xid_events.append(XidEvent(t, int(j), gpu, xid))
         if jobs.state[j] == _RUNNING and jobs.next_straggle_s[j] <= due:
