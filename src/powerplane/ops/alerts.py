@@ -153,7 +153,7 @@ class _RuleState:
     n: int
     since_s: F64 = field(init=False)  # when the expression became true (NaN: not pending/firing)
     firing: B = field(init=False)
-    last_bad_s: F64 = field(init=False)  # last time a firing entity was not yet clear
+    clear_since_s: F64 = field(init=False)  # first cycle a firing entity was clear (NaN: not clear)
     n_active: int = 0
     unknown_cycles: int = 0
     unknown_ref: str = ""
@@ -161,7 +161,7 @@ class _RuleState:
     def __post_init__(self) -> None:
         self.since_s = np.full(self.n, np.nan)
         self.firing = np.zeros(self.n, dtype=bool)
-        self.last_bad_s = np.full(self.n, -np.inf)
+        self.clear_since_s = np.full(self.n, np.nan)
 
 
 class _Fmt(dict[str, Any]):
@@ -266,13 +266,15 @@ class AlertEngine:
         resolve = np.zeros(rs.n, dtype=bool)
         if rs.firing.any():
             clear = self._bool(rs, rs.clear, env) if rs.clear is not None else ~cond
-            bad = rs.firing & ~clear
-            rs.last_bad_s[bad] = t
-            resolve = rs.firing & clear & (t - rs.last_bad_s >= spec.keep_firing_for_s)
+            # keep_firing_for counts from the first cycle the alert was clear (as Prometheus does).
+            rs.clear_since_s[rs.firing & ~clear] = np.nan
+            start = rs.firing & clear & np.isnan(rs.clear_since_s)
+            rs.clear_since_s[start] = t
+            resolve = rs.firing & clear & (t - rs.clear_since_s >= spec.keep_firing_for_s)
+            rs.clear_since_s[resolve] = np.nan
             rs.firing[resolve] = False
             rs.since_s[resolve] = np.nan
         rs.firing[to_fire] = True
-        rs.last_bad_s[to_fire] = t
         # A new entity that fires at once (for: 0) is reported once, as firing.
         idx_new = np.flatnonzero(new_true & ~to_fire)
         idx_fire = np.flatnonzero(to_fire)
