@@ -38,6 +38,18 @@ def _register_subcommands() -> None:
 
     app.add_typer(schedule_app, name="schedule", help="The GPU pool scheduler: replay real traces.")
     app.add_typer(logs_app, name="logs", help="Kernel and system logs: Xid faults, template mining, search.")
+    from powerplane.api.cli import run as run_command
+    from powerplane.api.cli import tokens_app
+
+    app.command(name="run")(run_command)
+    app.add_typer(tokens_app, name="tokens", help="API tokens of the cockpit: create, list, revoke.")
+    from powerplane.bus.cli import agent as agent_command
+    from powerplane.bus.cli import bus_app
+    from powerplane.bus.cli import tracker as tracker_command
+
+    app.command(name="agent")(agent_command)
+    app.command(name="tracker")(tracker_command)
+    app.add_typer(bus_app, name="bus", help="The NATS JetStream bus: a local server, rollup audits.")
 
 
 _register_subcommands()
