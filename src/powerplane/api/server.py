@@ -1,0 +1,62 @@
+"""`powerplane run`: the live runtime in its own thread and the cockpit's web server in the foreground."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from powerplane.api.auth import TokenStore
+from powerplane.api.cli import tokens_path
+from powerplane.runtime.live import LiveOptions, LiveRuntime
+
+
+@dataclass
+class ServeOptions:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    cert: Path | None = None
+    key: Path | None = None
+    log_level: str = "warning"
+
+
+def serve(live: LiveOptions, opts: ServeOptions, announce: Callable[[str], None]) -> None:
+    """Start the runtime and serve until Ctrl-C (or SIGTERM); both are stopped cleanly on the way out."""
+    import uvicorn
+
+    from powerplane.api.app import create_app
+
+    if (opts.cert is None) != (opts.key is None):
+        raise ValueError("TLS needs both --cert and --key")
+    for p in (opts.cert, opts.key):
+        if p is not None and not p.is_file():
+            raise ValueError(f"{p}: no such file")
+    tokens = TokenStore(tokens_path(live.state_dir))
+    runtime = LiveRuntime(live)
+    admin = tokens.create("admin", "admin")
+    runtime.record_admin("powerplane-run", "admin token created at start")
+    app = create_app(runtime, tokens)
+    config = uvicorn.Config(
+        app,
+        host=opts.host,
+        port=opts.port,
+        log_level=opts.log_level,
+        ssl_certfile=str(opts.cert) if opts.cert else None,
+        ssl_keyfile=str(opts.key) if opts.key else None,
+        ws_ping_interval=20.0,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    runtime.start()
+    scheme = "https" if opts.cert else "http"
+    announce(f"cockpit: {scheme}://{opts.host}:{opts.port}/")
+    announce(f"admin token (shown once; stored hashed in {tokens_path(live.state_dir)}): {admin}")
+    announce(
+        f"scenario {live.scenario}, speed {live.speed:g}x, policy {live.policy}; "
+        f"state in {live.state_dir}; Ctrl-C stops"
+    )
+    try:
+        server.run()
+    finally:
+        runtime.stop()
+        announce("stopped")

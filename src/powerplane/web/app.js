@@ -1,0 +1,187 @@
+// PowerPlane cockpit: the shell (token, API calls, the update stream, routing, formatting). Pages register
+// themselves in PP.pages (pages.js, floor.js). No framework, no CDN: plotly is served by the app itself.
+"use strict";
+const PP = (window.PP = {
+  token: sessionStorage.getItem("pp_token") || "",
+  me: null, topo: null, ov: null, page: null, pages: {}, ws: null, floorMetric: null,
+  charts: false, painted: {}, timers: [],
+});
+
+// ---------------------------------------------------------------------------------- formatting
+PP.fmt = {
+  mw: (w, d = 2) => (w == null ? "–" : (w / 1e6).toFixed(d)),
+  kw: (w, d = 1) => (w == null ? "–" : (w / 1e3).toFixed(d)),
+  num: (x, d = 1) => (x == null || !isFinite(x) ? "–" : Number(x).toFixed(d)),
+  int: (x) => (x == null ? "–" : Math.round(x).toLocaleString("en-US")),
+  pct: (x, d = 1) => (x == null ? "–" : (x * 100).toFixed(d)),
+  money: (x, cur) => (x == null ? "–" : `${cur === "USD" ? "$" : ""}${Number(x).toLocaleString("en-US", { maximumFractionDigits: 0 })}${cur === "USD" ? "" : " " + cur}`),
+  time: (t, withDate) => {
+    if (t == null) return "–";
+    const o = { timeZone: PP.topo ? PP.topo.timezone : "UTC", hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false };
+    if (withDate) Object.assign(o, { month: "short", day: "2-digit" });
+    return new Intl.DateTimeFormat("en-GB", o).format(new Date(t * 1000));
+  },
+  esc: (s) => String(s == null ? "" : s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c])),
+};
+PP.$ = (id) => document.getElementById(id);
+
+PP.tile = (k, v, unit, sub, cls) =>
+  `<div class="tile ${cls || ""}"><div class="k">${k}</div><div class="v">${v}<small>${unit || ""}</small></div><div class="s">${sub || ""}</div></div>`;
+
+PP.toast = (msg, bad) => {
+  const t = PP.$("toast");
+  t.textContent = msg;
+  t.className = bad ? "bad" : "";
+  t.style.display = "block";
+  clearTimeout(PP._toastT);
+  PP._toastT = setTimeout(() => (t.style.display = "none"), 6000);
+};
+
+// ---------------------------------------------------------------------------------- API
+PP.api = async (path, opts = {}) => {
+  const headers = Object.assign({ Authorization: "Bearer " + PP.token }, opts.body ? { "Content-Type": "application/json" } : {});
+  const r = await fetch(path, Object.assign({}, opts, { headers }));
+  if (r.status === 401) { PP.logout("token rejected: " + ((await r.json()).detail || r.status)); throw new Error("401"); }
+  const body = await r.json().catch(() => ({}));
+  if (!r.ok) {
+    const d = body.detail;
+    const msg = typeof d === "string" ? d : Array.isArray(d) ? d.map((e) => `${(e.loc || []).slice(-1)[0]}: ${e.msg}`).join("; ") : r.statusText;
+    const err = new Error(msg); err.status = r.status; throw err;
+  }
+  return body;
+};
+
+PP.command = async (command) => {
+  try {
+    const r = await PP.api("/api/commands?wait_s=5", { method: "POST", body: JSON.stringify({ command }) });
+    PP.toast(`${r.kind}: ${r.status}${r.detail ? " - " + r.detail : ""}`, r.status !== "applied" && r.status !== "queued");
+    return r;
+  } catch (e) {
+    PP.toast(`${command.kind} not sent: ${e.message}`, true);
+    return null;
+  }
+};
+PP.canOperate = () => PP.me && (PP.me.role === "operator" || PP.me.role === "admin");
+
+// ---------------------------------------------------------------------------------- charts
+PP.plotLayout = (extra) => Object.assign({
+  paper_bgcolor: "#11161d", plot_bgcolor: "#11161d", font: { color: "#c9d2dc", size: 11 },
+  margin: { l: 48, r: 12, t: 8, b: 30 }, showlegend: true, legend: { orientation: "h", y: 1.12, font: { size: 10 } },
+  xaxis: { gridcolor: "#1f2732", type: "date" }, yaxis: { gridcolor: "#1f2732", zerolinecolor: "#2a3442" },
+}, extra || {});
+PP.plot = (id, traces, layout) => {
+  if (!window.Plotly) return false;
+  Plotly.react(PP.$(id), traces, PP.plotLayout(layout), { displayModeBar: false, responsive: true });
+  return true;
+};
+// Plotly date axes read ISO strings; show the site's local time by shifting epoch seconds by the zone offset.
+PP.siteDate = (t) => {
+  if (PP._tzOff == null) {
+    const tz = PP.topo ? PP.topo.timezone : "UTC";
+    const d = new Date(t * 1000);
+    const local = new Date(d.toLocaleString("en-US", { timeZone: tz }));
+    const utc = new Date(d.toLocaleString("en-US", { timeZone: "UTC" }));
+    PP._tzOff = (local - utc) / 1000;
+  }
+  return new Date((t + PP._tzOff) * 1000).toISOString().slice(0, 19);
+};
+window.ppChartsReady = () => { PP.charts = true; if (PP.page && PP.pages[PP.page].charts) PP.pages[PP.page].charts(); };
+
+// Marks "this page shows live data" once per page (the benchmark and the browser tests read it).
+PP.markPainted = (page) => {
+  if (PP.painted[page]) return;
+  PP.painted[page] = performance.now();
+  performance.mark("pp-painted-" + page);
+  document.body.dataset["painted" + page[0].toUpperCase() + page.slice(1)] = "1";
+};
+
+// ---------------------------------------------------------------------------------- stream
+PP.connect = () => {
+  if (PP.ws) PP.ws.close();
+  const proto = location.protocol === "https:" ? "wss:" : "ws:";
+  const ws = new WebSocket(`${proto}//${location.host}/api/stream?token=${encodeURIComponent(PP.token)}`);
+  PP.ws = ws;
+  ws.onopen = () => ws.send(JSON.stringify({ floor: PP.floorMetric }));
+  ws.onmessage = (ev) => {
+    const msg = JSON.parse(ev.data);
+    if (msg.type !== "update") return;
+    PP.ov = msg.overview;
+    PP.lastMsgBytes = ev.data.length;
+    PP.header();
+    for (const name in PP.pages) if (PP.pages[name].onUpdate) PP.pages[name].onUpdate(msg, name === PP.page);
+  };
+  ws.onclose = (ev) => {
+    if (PP.ws !== ws) return;
+    if (ev.code === 4401) { PP.logout("the stream refused the token"); return; }
+    setTimeout(() => PP.token && PP.connect(), 1500);
+  };
+};
+PP.subscribeFloor = (metric) => {
+  PP.floorMetric = metric;
+  if (PP.ws && PP.ws.readyState === 1) PP.ws.send(JSON.stringify({ floor: metric }));
+};
+
+PP.header = () => {
+  const o = PP.ov;
+  if (!o) return;
+  PP.$("hdr-site").innerHTML = `<b>${PP.fmt.esc(o.scenario)}</b> · ${PP.topo ? PP.fmt.int(PP.topo.counts.gpu) : "–"} GPUs · policy <b>${PP.fmt.esc(o.policy)}</b>`;
+  PP.$("hdr-time").innerHTML = `site time <b>${PP.fmt.time(o.t_s, true)}</b>`;
+  const c = o.cycle;
+  PP.$("hdr-cycle").innerHTML = `cycle <b>${PP.fmt.num(c.cycle_ms, 1)} ms</b> · lag ${PP.fmt.num(c.lag_s, 2)} s · ${c.speed}x${c.errors ? ` · <span style="color:var(--crit)">${c.errors} errors</span>` : ""}`;
+  const firing = Object.values(o.alerts.firing || {}).reduce((a, b) => a + b, 0);
+  const b = PP.$("alert-badge");
+  b.textContent = firing;
+  b.className = firing ? "badge" : "badge none";
+};
+
+// ---------------------------------------------------------------------------------- routing and login
+PP.show = (page) => {
+  if (!PP.pages[page]) page = "overview";
+  for (const t of PP.timers) clearInterval(t);
+  PP.timers = [];
+  if (PP.page && PP.pages[PP.page].leave) PP.pages[PP.page].leave();
+  PP.page = page;
+  document.querySelectorAll(".page").forEach((s) => s.classList.toggle("active", s.id === "page-" + page));
+  document.querySelectorAll("nav a").forEach((a) => a.classList.toggle("active", a.dataset.page === page));
+  PP.pages[page].enter();
+};
+PP.every = (ms, fn) => { PP.timers.push(setInterval(fn, ms)); };
+
+PP.logout = (why) => {
+  sessionStorage.removeItem("pp_token");
+  PP.token = "";
+  if (PP.ws) { const w = PP.ws; PP.ws = null; w.close(); }
+  PP.$("login").style.display = "flex";
+  PP.$("login-err").textContent = why || "";
+};
+
+PP.start = async () => {
+  try {
+    PP.me = await PP.api("/api/whoami");
+  } catch (e) {
+    if (e.message !== "401") PP.logout("cannot reach the API: " + e.message);
+    return;
+  }
+  sessionStorage.setItem("pp_token", PP.token);
+  PP.$("login").style.display = "none";
+  PP.$("hdr-user").innerHTML = `<b>${PP.fmt.esc(PP.me.name)}</b> (${PP.me.role})`;
+  document.querySelectorAll(".op").forEach((el) => {
+    el.disabled = !PP.canOperate();
+    if (!PP.canOperate()) el.title = "needs an operator or admin token";
+  });
+  if (!PP.topo) PP.topo = await PP.api("/api/topology");
+  PP.connect();
+  PP.show((location.hash || "#overview").slice(1));
+};
+
+window.addEventListener("hashchange", () => PP.token && PP.show(location.hash.slice(1)));
+document.addEventListener("DOMContentLoaded", () => {
+  PP.$("login-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    PP.token = PP.$("login-token").value.trim();
+    PP.$("login-err").textContent = "";
+    PP.start();
+  });
+  PP.$("logout").addEventListener("click", () => PP.logout("signed out"));
+  if (PP.token) PP.start(); else PP.logout("");
+});

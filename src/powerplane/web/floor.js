@@ -1,0 +1,163 @@
+// The floor: every GPU of every hall, row, rack and node as one heatmap cell, drawn in one ImageData pass on a
+// canvas; values arrive as one byte per GPU (base64) with every stream update. Click a cell to drill down.
+"use strict";
+(() => {
+  const F = PP.fmt, $ = PP.$;
+  const GAP_RACK = 3, GAP_ROW = 4, GAP_HALL = 18, LABEL_H = 16, MAX_W = 1180;
+
+  // Inferno-like palette: dark (low) to bright yellow (high); index 255 = no valid reading (grey).
+  const STOPS = [[0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212, 72, 66], [245, 125, 21], [250, 193, 39], [252, 255, 164]];
+  const PALETTE = new Uint32Array(256);
+  for (let i = 0; i < 255; i++) {
+    const x = (i / 254) * (STOPS.length - 1), k = Math.min(Math.floor(x), STOPS.length - 2), f = x - k;
+    const c = STOPS[k].map((a, j) => Math.round(a + (STOPS[k + 1][j] - a) * f));
+    PALETTE[i] = (255 << 24) | (c[2] << 16) | (c[1] << 8) | c[0]; // little-endian RGBA
+  }
+  PALETTE[255] = (255 << 24) | (90 << 16) | (80 << 8) | 75;
+
+  const fl = {
+    layout: null, values: null, doc: null, sel: null, drillT: 0,
+    build() {
+      const t = PP.topo, nG = t.gpu_node.length;
+      const nodeGpus = new Int32Array(t.nodes.length), gpuLocal = new Int32Array(nG);
+      for (let g = 0; g < nG; g++) gpuLocal[g] = nodeGpus[t.gpu_node[g]]++;
+      const rackNodes = new Int32Array(t.racks.length), nodeLocal = new Int32Array(t.nodes.length);
+      for (let n = 0; n < t.nodes.length; n++) nodeLocal[n] = rackNodes[t.node_rack[n]]++;
+      const maxG = Math.max(...nodeGpus), maxN = Math.max(...rackNodes);
+      const rowRacks = {}, hallRows = {};
+      t.rack_row.forEach((r, k) => (rowRacks[r] = rowRacks[r] || []).push(k));
+      t.row_hall.forEach((h, r) => (hallRows[h] = hallRows[h] || []).push(r));
+      const racksPerRow = Math.max(...Object.values(rowRacks).map((a) => a.length));
+      const halls = t.halls.length;
+      // Largest cell size such that the halls fit side by side in MAX_W (wrapping to more lines if even 3 px is too wide).
+      let c = 14;
+      const hallW = (cc) => racksPerRow * (maxG * cc + GAP_RACK);
+      while (c > 3 && halls * (hallW(c) + GAP_HALL) > MAX_W) c--;
+      const perLine = Math.max(1, Math.floor(MAX_W / (hallW(c) + GAP_HALL)));
+      const maxRows = Math.max(...Object.values(hallRows).map((a) => a.length));
+      const hallH = LABEL_H + maxRows * (maxN * c + GAP_ROW);
+      const W = Math.min(halls, perLine) * (hallW(c) + GAP_HALL);
+      const H = Math.ceil(halls / perLine) * (hallH + GAP_HALL);
+      const rackXY = new Int32Array(t.racks.length * 2), labels = [];
+      for (let h = 0; h < halls; h++) {
+        const hx = (h % perLine) * (hallW(c) + GAP_HALL), hy = Math.floor(h / perLine) * (hallH + GAP_HALL);
+        labels.push([t.halls[h], hx, hy + 11]);
+        (hallRows[h] || []).forEach((r, ri) => {
+          (rowRacks[r] || []).forEach((k, ki) => {
+            rackXY[2 * k] = hx + ki * (maxG * c + GAP_RACK);
+            rackXY[2 * k + 1] = hy + LABEL_H + ri * (maxN * c + GAP_ROW);
+          });
+        });
+      }
+      const off = new Int32Array(nG), pick = new Int32Array(W * H).fill(-1);
+      const inner = c >= 5 ? c - 1 : c; // a 1 px seam between cells when they are big enough
+      for (let g = 0; g < nG; g++) {
+        const n = t.gpu_node[g], k = t.node_rack[n];
+        const x = rackXY[2 * k] + gpuLocal[g] * c, y = rackXY[2 * k + 1] + nodeLocal[n] * c;
+        off[g] = y * W + x;
+        for (let dy = 0; dy < c; dy++) pick.fill(g, (y + dy) * W + x, (y + dy) * W + x + c);
+      }
+      this.layout = { W, H, c, inner, off, pick, labels, nG };
+      for (const id of ["floor-labels", "floor-cells"]) { const cv = $(id); cv.width = W; cv.height = H; }
+      $("floorwrap").style.height = H + "px";
+      $("floorwrap").style.width = W + "px";
+      const lc = $("floor-labels").getContext("2d");
+      lc.fillStyle = "#c9d2dc"; lc.font = "11px sans-serif";
+      for (const [name, x, y] of labels) lc.fillText(`${name}`, x, y);
+      this.ctx = $("floor-cells").getContext("2d");
+      this.img = this.ctx.createImageData(W, H);
+      this.buf = new Uint32Array(this.img.data.buffer);
+      const lg = $("legend").getContext("2d"), li = lg.createImageData(180, 10), lb = new Uint32Array(li.data.buffer);
+      for (let x = 0; x < 180; x++) for (let y = 0; y < 10; y++) lb[y * 180 + x] = PALETTE[Math.round((x / 179) * 254)];
+      lg.putImageData(li, 0, 0);
+    },
+    // One update: decode the bytes and paint every GPU cell; returns the scripting time [ms].
+    draw(doc) {
+      const t0 = performance.now();
+      const L = this.layout, bin = atob(doc.b64), n = bin.length, q = this.values && this.values.length === n ? this.values : new Uint8Array(n);
+      for (let i = 0; i < n; i++) q[i] = bin.charCodeAt(i);
+      this.values = q;
+      const buf = this.buf, W = L.W, c = L.inner, off = L.off;
+      for (let g = 0; g < n; g++) {
+        const color = PALETTE[q[g]], o = off[g];
+        for (let dy = 0; dy < c; dy++) { const r = o + dy * W; for (let dx = 0; dx < c; dx++) buf[r + dx] = color; }
+      }
+      this.ctx.putImageData(this.img, 0, 0);
+      const ms = performance.now() - t0;
+      (window.ppFloorMs = window.ppFloorMs || []).push(ms);
+      this.doc = doc;
+      $("legend-lo").textContent = `${doc.lo} ${doc.unit}`;
+      $("legend-hi").textContent = `${Math.round(doc.hi)} ${doc.unit}`;
+      $("floor-info").textContent = `${F.int(n)} GPU cells · ${F.time(doc.t_s)} · draw ${ms.toFixed(1)} ms`;
+      $("floor-cells").dataset.cells = String(n);
+      $("hot").innerHTML = doc.hot.map((h) => `<tr class="linkish" data-gpu="${h.gpu}"><td>${h.gpu}</td><td>${F.esc(h.node)}</td><td class="num">${F.num(h.value, 1)} ${doc.unit}</td></tr>`).join("");
+      PP.markPainted("floor");
+      return ms;
+    },
+    value(g) {
+      const d = this.doc, q = this.values[g];
+      return q === 255 ? "no valid reading" : `${((q / 254) * (d.hi - d.lo) + d.lo).toFixed(0)} ${d.unit}`;
+    },
+    async enter() {
+      if (!this.layout) this.build();
+      const metric = $("floor-metric").value;
+      PP.subscribeFloor(metric);
+      this.draw(await PP.api(`/api/floor?metric=${metric}`));
+      if (this.sel != null) PP.every(3000, () => this.drill(this.sel));
+    },
+    leave() { PP.subscribeFloor(null); },
+    onUpdate(msg, visible) {
+      if (visible && msg.floor && this.layout) this.draw(msg.floor);
+    },
+    async drill(g) {
+      this.sel = g;
+      const d = await PP.api(`/api/entity/gpu/${g}`);
+      $("drill-empty").style.display = "none";
+      $("drill-body").style.display = "block";
+      const p = d.path;
+      $("drill-crumbs").innerHTML = `${F.esc(p.hall)} &gt; ${F.esc(p.row)} &gt; <b>rack ${F.esc(p.rack)}</b> &gt; <b>node ${F.esc(p.node)}</b> &gt; <b>GPU ${g}</b> <span class="muted">(${F.esc(d.gpu.uuid)}, ${F.esc(d.gpu.model)})</span>`;
+      $("drill-rack-name").textContent = `${p.rack}: ${F.kw(d.rack.power_w)} kW, inlet ${F.num(d.rack.inlet_temp_c, 1)} °C`;
+      $("drill-nodes").innerHTML = d.nodes.map((n) => `<tr class="linkish ${n.index === d.indices.node ? "sel" : ""}" data-node="${n.index}"><td>${F.esc(n.name)}</td><td class="num">${F.num(n.power_w, 0)}</td>
+        <td class="num">${F.num(n.gpu_power_w_sum, 0)}</td><td class="num">${F.num(n.gpu_temp_c_max, 1)}</td><td class="num">${F.num(n.gpu_util_pct_mean, 0)}</td></tr>`).join("");
+      $("drill-node-name").textContent = `${p.node}: ${F.kw(d.node.power_w, 2)} kW`;
+      $("drill-gpus").innerHTML = d.gpus.map((x) => `<tr class="linkish ${x.gpu === g ? "sel" : ""}" data-gpu="${x.gpu}"><td>${x.gpu}</td><td>${F.esc(x.model)}</td><td class="num">${F.num(x.power_w, 0)}</td>
+        <td class="num">${F.num(x.power_cap_w, 0)}</td><td class="num">${F.num(x.temp_c, 1)}</td><td class="num">${F.num(x.util_pct, 0)}</td><td>${x.job == null ? "idle" : x.job}</td></tr>`).join("");
+      $("drill-gpu-name").textContent = `${g}`;
+      const s = d.series, x = s.t_s.map(PP.siteDate);
+      PP.plot("drill-chart", [
+        { x, y: s.power_w, name: "power W", line: { color: "#ff8a5b", width: 1.3 } },
+        { x, y: s.temp_c, name: "temperature °C", yaxis: "y2", line: { color: "#38d9c9", width: 1.2 } },
+        { x, y: s.util_pct, name: "utilization %", yaxis: "y2", line: { color: "#a78bfa", width: 1, dash: "dot" } },
+      ], { yaxis: { title: { text: "W" }, gridcolor: "#1f2732", rangemode: "tozero" }, yaxis2: { title: { text: "°C, %" }, overlaying: "y", side: "right", rangemode: "tozero", showgrid: false } });
+      $("drill").dataset.gpu = String(g);
+    },
+    async drillNode(n) {
+      const d = await PP.api(`/api/entity/node/${n}`);
+      if (d.gpus && d.gpus.length) this.drill(d.gpus[0].gpu);
+    },
+  };
+
+  document.addEventListener("DOMContentLoaded", () => {
+    $("floor-metric").addEventListener("change", () => fl.enter());
+    const cells = $("floor-cells"), tip = $("tooltip");
+    const at = (ev) => {
+      const L = fl.layout, r = cells.getBoundingClientRect();
+      const x = Math.floor(ev.clientX - r.left), y = Math.floor(ev.clientY - r.top);
+      return x >= 0 && y >= 0 && x < L.W && y < L.H ? L.pick[y * L.W + x] : -1;
+    };
+    cells.addEventListener("mousemove", (ev) => {
+      const g = fl.layout ? at(ev) : -1;
+      if (g < 0 || !fl.values) { tip.style.display = "none"; return; }
+      const t = PP.topo, n = t.gpu_node[g];
+      tip.innerHTML = `GPU ${g} · ${F.esc(t.nodes[n])}<br>${F.esc(t.racks[t.node_rack[n]])} · ${fl.value(g)}`;
+      tip.style.left = ev.clientX + 14 + "px"; tip.style.top = ev.clientY + 10 + "px"; tip.style.display = "block";
+    });
+    cells.addEventListener("mouseleave", () => (tip.style.display = "none"));
+    cells.addEventListener("click", (ev) => { const g = at(ev); if (g >= 0) fl.drill(g); });
+    $("hot").addEventListener("click", (ev) => { const tr = ev.target.closest("tr"); if (tr) fl.drill(Number(tr.dataset.gpu)); });
+    $("drill-gpus").addEventListener("click", (ev) => { const tr = ev.target.closest("tr"); if (tr) fl.drill(Number(tr.dataset.gpu)); });
+    $("drill-nodes").addEventListener("click", (ev) => { const tr = ev.target.closest("tr"); if (tr) fl.drillNode(Number(tr.dataset.node)); });
+  });
+  PP.pages.floor = fl;
+  window.ppFloor = fl;
+})();
