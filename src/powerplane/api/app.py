@@ -7,6 +7,8 @@ token whose role is too low 403, each with a message that says what is needed.
 """
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -90,7 +92,15 @@ class NewToken(BaseModel):
 
 
 def create_app(runtime: LiveRuntime, tokens: TokenStore) -> FastAPI:
+    bc = Broadcaster(runtime)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        bc.attach(asyncio.get_running_loop())
+        yield
+
     app = FastAPI(
+        lifespan=lifespan,
         title="PowerPlane cockpit API",
         version="1",
         description=__doc__,
@@ -98,13 +108,8 @@ def create_app(runtime: LiveRuntime, tokens: TokenStore) -> FastAPI:
         redoc_url=None,
         openapi_url="/api/openapi.json",
     )
-    bc = Broadcaster(runtime)
     app.state.broadcaster = bc
     app.state.runtime = runtime
-
-    @app.on_event("startup")
-    async def _startup() -> None:
-        bc.attach(asyncio.get_running_loop())
 
     def principal(request: Request) -> Principal:
         auth = request.headers.get("authorization", "")

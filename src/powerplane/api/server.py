@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,3 +61,52 @@ def serve(live: LiveOptions, opts: ServeOptions, announce: Callable[[str], None]
     finally:
         runtime.stop()
         announce("stopped")
+
+
+class BackgroundServer:
+    """The cockpit served from a thread (tests, benchmarks): ``with BackgroundServer(rt, tokens) as url: ...``.
+
+    Port 0 picks a free loopback port; the runtime is started and stopped with the server."""
+
+    def __init__(self, runtime: LiveRuntime, tokens: TokenStore, host: str = "127.0.0.1", port: int = 0) -> None:
+        import socket
+
+        import uvicorn
+
+        from powerplane.api.app import create_app
+
+        if port == 0:
+            with socket.socket() as s:
+                s.bind((host, 0))
+                port = int(s.getsockname()[1])
+        self.runtime = runtime
+        self.app = create_app(runtime, tokens)
+        self.url = f"http://{host}:{port}"
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host=host, port=port, log_level="warning", lifespan="on"))
+        self._thread: threading.Thread | None = None
+
+    def start(self, timeout_s: float = 30.0) -> str:
+        self.runtime.start()
+        self._thread = threading.Thread(target=self.server.run, name="cockpit-server", daemon=True)
+        self._thread.start()
+        ready = threading.Event()
+        while not self.server.started:
+            if not self._thread.is_alive():
+                raise RuntimeError("the cockpit server failed to start")
+            ready.wait(0.05)
+            timeout_s -= 0.05
+            if timeout_s <= 0:
+                raise TimeoutError("the cockpit server did not start")
+        return self.url
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(15.0)
+        self.runtime.stop()
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -29,12 +29,17 @@
       t.row_hall.forEach((h, r) => (hallRows[h] = hallRows[h] || []).push(r));
       const racksPerRow = Math.max(...Object.values(rowRacks).map((a) => a.length));
       const halls = t.halls.length;
-      // Largest cell size such that the halls fit side by side in MAX_W (wrapping to more lines if even 3 px is too wide).
-      let c = 14;
-      const hallW = (cc) => racksPerRow * (maxG * cc + GAP_RACK);
-      while (c > 3 && halls * (hallW(c) + GAP_HALL) > MAX_W) c--;
-      const perLine = Math.max(1, Math.floor(MAX_W / (hallW(c) + GAP_HALL)));
       const maxRows = Math.max(...Object.values(hallRows).map((a) => a.length));
+      const maxW = Math.max(600, Math.min(MAX_W, $("floorwrap").parentElement.clientWidth - 24));
+      // The arrangement (halls per line) that allows the largest cells within the width, and not too tall.
+      const hallW = (cc) => racksPerRow * (maxG * cc + GAP_RACK);
+      const hallHt = (cc) => LABEL_H + maxRows * (maxN * cc + GAP_ROW);
+      let c = 3, perLine = halls;
+      for (let per = halls; per >= 1; per--) {
+        let cc = 16;
+        while (cc > 3 && (per * (hallW(cc) + GAP_HALL) > maxW || Math.ceil(halls / per) * (hallHt(cc) + GAP_HALL) > 760)) cc--;
+        if (cc > c) { c = cc; perLine = per; }
+      }
       const hallH = LABEL_H + maxRows * (maxN * c + GAP_ROW);
       const W = Math.min(halls, perLine) * (hallW(c) + GAP_HALL);
       const H = Math.ceil(halls / perLine) * (hallH + GAP_HALL);

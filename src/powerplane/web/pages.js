@@ -48,8 +48,8 @@
     flow(s) {
       const w = (x) => Math.max(1.5, Math.min(26, Math.abs(x || 0) / 1e6 * 1.4));
       const line = (x1, y1, x2, y2, v, color) => `<path d="M${x1},${y1} C${(x1 + x2) / 2},${y1} ${(x1 + x2) / 2},${y2} ${x2},${y2}" stroke="${color}" stroke-width="${w(v)}" fill="none" opacity="${Math.abs(v || 0) > 1e3 ? 0.85 : 0.2}"/>`;
-      const box = (x, y, label, v, color, sub) => `<rect x="${x}" y="${y}" width="120" height="46" rx="5" fill="#161c25" stroke="${color}"/>
-        <text class="lbl" x="${x + 8}" y="${y + 16}">${label}</text><text x="${x + 8}" y="${y + 35}" style="font-size:15px;font-weight:600">${F.mw(v)} MW</text>${sub ? `<text class="lbl" x="${x + 118}" y="${y + 16}" text-anchor="end">${sub}</text>` : ""}`;
+      const box = (x, y, label, v, color, sub) => `<rect x="${x}" y="${y}" width="120" height="58" rx="5" fill="#161c25" stroke="${color}"/>
+        <text class="lbl" x="${x + 8}" y="${y + 15}">${label}</text><text x="${x + 8}" y="${y + 34}" style="font-size:15px;font-weight:600">${F.mw(v)} MW</text>${sub ? `<text class="lbl" x="${x + 8}" y="${y + 50}" style="text-transform:none">${sub}</text>` : ""}`;
       const bus = [300, 135];
       const batt = s.bess_power_w || 0;
       const grid = s.grid_power_w || 0;
@@ -62,12 +62,12 @@
         line(bus[0] + 40, bus[1], 510, 230, s.other_power_w, "#8c96a3"),
         `<rect x="${bus[0]}" y="${bus[1] - 50}" width="40" height="100" rx="4" fill="#0f141b" stroke="var(--fac)"/>
          <text class="lbl" x="${bus[0] + 20}" y="${bus[1] - 58}" text-anchor="middle">site ${F.mw(s.facility_power_w)} MW</text>`,
-        box(10, 17, grid >= 0 ? "Grid import" : "Grid export", Math.abs(grid), "var(--grid)", `${F.num(s.frequency_hz, 2)} Hz`),
-        box(10, 112, "Wind + solar", s.renewable_power_w, "var(--ren)"),
-        box(10, 207, batt >= 0 ? "Batteries out" : "Batteries in", Math.abs(batt), "var(--bess)", `SOC ${F.pct(s.bess_soc_mean, 0)}%`),
-        box(510, 17, "IT load", s.it_power_w, "var(--it)"),
-        box(510, 112, "Cooling", s.cooling_power_w, "var(--cool)", `PUE ${F.num(s.pue, 2)}`),
-        box(510, 207, "Other, losses", s.other_power_w, "#8c96a3"),
+        box(10, 11, grid >= 0 ? "Grid import" : "Grid export", Math.abs(grid), "var(--grid)", `${F.num(s.frequency_hz, 2)} Hz`),
+        box(10, 106, "Wind + solar", s.renewable_power_w, "var(--ren)"),
+        box(10, 201, batt >= 0 ? "Batteries out" : "Batteries in", Math.abs(batt), "var(--bess)", `SOC ${F.pct(s.bess_soc_mean, 0)}%`),
+        box(510, 11, "IT load", s.it_power_w, "var(--it)"),
+        box(510, 106, "Cooling", s.cooling_power_w, "var(--cool)", `PUE ${F.num(s.pue, 2)}`),
+        box(510, 201, "Other, losses", s.other_power_w, "#8c96a3"),
       ].join("");
     },
     charts() {
@@ -149,7 +149,9 @@
         tr.push({ x: px, y: d.plan.grid_w.map((v) => v / 1e6), name: "grid plan MW", line: { color: "#3ecf8e", shape: "hv", dash: "dash" } });
         tr.push({ x: px, y: d.plan.bess_w.map((v) => v / 1e6), name: "batteries plan MW", line: { color: "#ffd27a", shape: "hv", dash: "dash" } });
       }
-      PP.plot("en-plan", tr, { yaxis: { title: { text: "MW" }, gridcolor: "#1f2732" } });
+      const now = d.t_s, start = sr.t_s.length ? sr.t_s[0] : now - 3600;
+      PP.plot("en-plan", tr, { yaxis: { title: { text: "MW" }, gridcolor: "#1f2732" },
+        xaxis: { type: "date", gridcolor: "#1f2732", range: [PP.siteDate(start), PP.siteDate(now + Math.max(3 * 3600, now - start))] } });
     },
   };
   const drStart = () => PP.command({ kind: "dr_start", reduction: Number($("dr-red").value) / 100, duration_s: Number($("dr-min").value) * 60 }).then(() => en.refresh());
@@ -163,6 +165,9 @@
   const jobs = {
     async enter() { await this.refresh(); PP.every(3000, () => this.refresh()); },
     async refresh() {
+      const typing = document.activeElement && document.activeElement.classList.contains("capw");
+      if (typing && this.loaded) return; // do not wipe a cap being typed
+      this.loaded = true;
       const d = await PP.api(`/api/jobs?status=${$("jobs-status").value}&sort=${$("jobs-sort").value}&limit=300`);
       const c = d.counts, cur = d.currency;
       $("jobs-tiles").innerHTML = [
