@@ -38,6 +38,11 @@ def _register_subcommands() -> None:
 
     app.add_typer(schedule_app, name="schedule", help="The GPU pool scheduler: replay real traces.")
     app.add_typer(logs_app, name="logs", help="Kernel and system logs: Xid faults, template mining, search.")
+    from powerplane.ops.alerts_cli import app as alerts_app
+    from powerplane.runtime.ops_loop import register_cli as register_alerts_test
+
+    register_alerts_test(alerts_app)
+    app.add_typer(alerts_app, name="alerts", help="Alert rules, fault injection test, self-healing.")
     from powerplane.api.cli import run as run_command
     from powerplane.api.cli import tokens_app
 

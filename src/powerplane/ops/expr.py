@@ -15,15 +15,17 @@ References:
 - ``context.KEY``: a runtime fact (``context.cycle_lag_s``); a missing key is NaN.
 - A bare name is a context key as well (``contract_w``).
 
-Functions: ``rate(x)`` and ``delta(x)`` (per second / per cycle change of a counter; NaN on the first cycle and on
-a counter reset), ``missing(x)`` (quality not OK), ``bit(x, mask)`` (any of the mask's bits set), ``abs``, ``min``,
-``max``, ``first(a, b, ...)`` (the first finite value), ``isnan``. Operators: ``+ - * / % **``, comparisons (also
-chained), ``and or not`` and ``& | ~`` on booleans.
+Functions: ``rate(x)`` and ``delta(x)`` (per second / per cycle change of a counter; NaN on the first cycle and
+on a counter reset), ``rate(x, W)`` and ``increase(x, W)`` over a window of W seconds, ``missing(x)`` (quality
+not OK), ``bit(x, mask)`` (any of the mask's bits set), ``abs``, ``min``, ``max``, ``first(a, b, ...)`` (the
+first finite value; an argument the snapshot lacks is skipped), ``isnan``. Operators: ``+ - * / % **``,
+comparisons (also chained), ``and or not`` and ``& | ~`` on booleans.
 """
 
 from __future__ import annotations
 
 import ast
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -232,11 +234,16 @@ class _Compiler:
             raise self.fail(node, "only plain calls of the listed functions are allowed")
         name = node.func.id
         args = node.args
-        if name in ("rate", "delta"):
-            if len(args) != 1:
-                raise self.fail(node, f"{name}() takes one counter")
+        if name in ("rate", "delta", "increase"):
+            window = 0.0
+            if name == "delta" and len(args) != 1:
+                raise self.fail(node, "delta() takes one counter")
+            if len(args) == 2 and isinstance(args[1], ast.Constant) and isinstance(args[1].value, int | float):
+                window = float(args[1].value)
+            elif len(args) != 1 or name == "increase":
+                raise self.fail(node, f"{name}() takes a counter and a window in seconds: {name}(x, 60)")
             level, fn = self.compile(args[0])
-            return level, _Change(fn, per_second=name == "rate")
+            return level, _Change(fn, name, window)
         if name == "missing":
             if len(args) != 1 or not isinstance(args[0], ast.Attribute):
                 raise self.fail(node, "missing() takes one LEVEL.METRIC reference")
@@ -379,13 +386,18 @@ def _rollup(level: str, children: list[str], metric: str, agg: str) -> Fn:
 
 
 class _Change:
-    """``rate``/``delta`` of a counter: keeps the previous cycle's value (state is per compiled expression)."""
+    """``rate``/``delta``/``increase`` of a counter (state is per compiled expression).
 
-    def __init__(self, fn: Fn, per_second: bool) -> None:
+    Without a window: the change since the previous cycle. With ``window_s``: the change since the oldest sample
+    inside the window (Prometheus' ``increase``/``rate`` over a range; a partly filled window spans what it has).
+    A counter that went down (a reset) gives NaN for that window: no change we can know.
+    """
+
+    def __init__(self, fn: Fn, mode: str, window_s: float = 0.0) -> None:
         self.fn = fn
-        self.per_second = per_second
-        self.prev: F64 | None = None
-        self.prev_t = float("nan")
+        self.mode = mode  # rate | delta | increase
+        self.window_s = window_s
+        self.samples: deque[tuple[float, F64]] = deque()
         self.out_t = float("nan")
         self.out: Value = float("nan")
 
@@ -399,15 +411,28 @@ class _Change:
 
     def _change(self, env: Env, t: float) -> Value:
         v = np.asarray(self.fn(env), dtype=np.float64)
-        prev, prev_t = self.prev, self.prev_t
+        s = self.samples
+        if s and (s[-1][1].shape != v.shape or not t > s[-1][0]):
+            s.clear()
+        last = s[-1][1] if s else None
         # A reading that is unknown this cycle keeps the last known one, so the change spans the gap.
-        self.prev = v.copy() if prev is None or prev.shape != v.shape else np.where(np.isnan(v), prev, v)
-        self.prev_t = t
-        if prev is None or prev.shape != v.shape or not t > prev_t:
+        cur = v.copy() if last is None else np.where(np.isnan(v), last, v)
+        if self.window_s > 0:
+            while len(s) > 1 and t - s[1][0] >= self.window_s:
+                s.popleft()
+            base = s[0] if s else None
+        else:
+            base = s[-1] if s else None
+            s.clear()
+        s.append((t, cur))
+        if base is None:
             return np.full(v.shape, np.nan) if v.ndim else float("nan")
-        d = v - prev
-        d = np.where(d < 0, np.nan, d)  # a reset is no change we can know
-        return d / (t - prev_t) if self.per_second else d
+        t0, old = base
+        d = cur - old
+        if self.window_s > 0 and last is not None:
+            d = np.where(cur < last, np.nan, d)  # reset inside the window
+        d = np.where(d < 0, np.nan, d)
+        return d / (t - t0) if self.mode == "rate" else d
 
 
 def compile_expr(text: str, topo: Topology, value: str | None = None) -> Compiled:
