@@ -1,4 +1,4 @@
-# PowerPlane: `make run` starts the main job on the embedded twin; `make test` runs the whole suite.
+# PowerPlane: `make run` starts the cockpit (live twin, energy management, web dashboard); `make test` runs the whole suite.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -20,9 +20,11 @@ $(DEVSTAMP): pyproject.toml | $(BIN)/python
 	touch $@ $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/powerplane simulate --scenario texas --hours 1 --out runs/demo --force
+	$(BIN)/powerplane run --scenario texas
 
 test: $(DEVSTAMP)
+	@# The browser tests drive Debian's chromium (no browser downloads): install it when missing and we are root.
+	command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || (apt-get update && apt-get install -y chromium)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -n 2 --durations=15 $(PYTEST_ARGS)

@@ -1,0 +1,210 @@
+"""The cockpit in a real browser: Debian's chromium driven by Playwright against a real server and runtime.
+
+Screenshots of every page are saved under ``test-artifacts/`` (kept by CI). A missing chromium FAILS the tests
+(the Makefile's ``test`` target installs it): browser downloads are not available on these machines.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from powerplane.api.auth import TokenStore
+from powerplane.api.server import BackgroundServer
+from powerplane.runtime.live import LiveOptions, LiveRuntime
+from powerplane.twin.jobs import State
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = os.environ.get("POWERPLANE_CHROMIUM", "/usr/bin/chromium")
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+PAGES = ("overview", "floor", "energy", "jobs", "alerts", "audit")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(
+            f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium; `make test` does it "
+            "when run as root) or point POWERPLANE_CHROMIUM at a chromium binary"
+        )
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+def serve(tmp: Path, scenario: str) -> tuple[BackgroundServer, dict[str, str], LiveRuntime]:
+    rt = LiveRuntime(LiveOptions(scenario=scenario, speed=60, period_s=0.5, state_dir=tmp, history=False))
+    rt.step()
+    store = TokenStore(tmp / "tokens.json")
+    toks = {r: store.create(f"{r}-ui", r) for r in ("viewer", "operator", "admin")}
+    return BackgroundServer(rt, store), toks, rt
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str], LiveRuntime]]:
+    srv, toks, rt = serve(tmp_path_factory.mktemp("ui-small"), "small")
+    # A real fault before the cycle thread starts, so the Alerts page has something live to show.
+    j = rt.state.jobs
+    job = int(j["job"][np.flatnonzero(j["state"] == State.RUNNING)[0]])
+    rt.twin.workload.inject_fault(job, rt.twin.now_s, 79, int(rt.twin.workload.jobs.gpus[job][0]))
+    with srv as url:
+        yield url, toks, rt
+
+
+def login(browser: Any, url: str, token: str, page_name: str = "overview") -> Any:
+    ctx = browser.new_context(viewport={"width": 1600, "height": 1000})
+    page = ctx.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{url}/#{page_name}")
+    page.wait_for_selector("#login-token", state="visible")
+    page.fill("#login-token", token)
+    page.click("#login-form button")
+    page.wait_for_selector(f"body[data-painted-{page_name}]", timeout=20_000)
+    page.errors = errors
+    return page
+
+
+def goto(page: Any, name: str) -> None:
+    page.evaluate(f"location.hash = '#{name}'")
+    page.wait_for_selector(f"body[data-painted-{name}]", timeout=20_000)
+
+
+def test_every_page_loads_with_live_data(browser: Any, small: tuple[str, dict[str, str], LiveRuntime]) -> None:
+    url, toks, rt = small
+    page = login(browser, url, toks["viewer"])
+    page.wait_for_function("window.Plotly !== undefined", timeout=20_000)
+    # Overview: live numbers with units, the flow, the charts (plotly from the app itself).
+    tiles = page.inner_text("#ov-tiles")
+    assert re.search(r"GRID IMPORT\s+[0-9.]+\s*MW", tiles, re.I), tiles
+    assert "PUE" in tiles and "SAVED TODAY" in tiles.upper()
+    page.wait_for_selector("#ov-power .main-svg", timeout=20_000)
+    assert "MW" in page.text_content("#ov-flow")
+    v0 = page.evaluate("PP.ov.version")
+    page.wait_for_function(f"PP.ov.version > {v0}", timeout=10_000)  # the stream keeps it live
+    page.screenshot(path=str(ARTIFACTS / "overview.png"), full_page=True)
+    goto(page, "energy")
+    assert page.locator("#en-bess tr").count() == len(rt.site.bess)
+    page.wait_for_selector("#en-plan .main-svg", timeout=20_000)
+    page.screenshot(path=str(ARTIFACTS / "energy.png"), full_page=True)
+    goto(page, "jobs")
+    assert page.locator("#jobs-body tr").count() > 0
+    assert re.search(r"\d+ jobs", page.inner_text("#jobs-info"))
+    page.screenshot(path=str(ARTIFACTS / "jobs.png"), full_page=True)
+    goto(page, "alerts")
+    page.wait_for_function("document.querySelectorAll('#alerts-body tr[data-id]').length > 0", timeout=20_000)
+    assert page.locator("#alerts-body .sev").count() > 0
+    page.screenshot(path=str(ARTIFACTS / "alerts.png"), full_page=True)
+    goto(page, "audit")
+    assert page.locator("#audit-body tr").count() > 0
+    page.screenshot(path=str(ARTIFACTS / "audit.png"), full_page=True)
+    # Viewer: every command control is disabled and the API refuses a command sent anyway.
+    assert page.locator("button.op:not([disabled])").count() == 0
+    status = page.evaluate(
+        """async () => (await fetch('/api/commands', {method: 'POST', headers: {Authorization: 'Bearer ' + PP.token,
+           'Content-Type': 'application/json'}, body: JSON.stringify({command: {kind: 'dr_end'}})})).status"""
+    )
+    assert status == 403
+    assert not page.errors, page.errors
+    page.context.close()
+
+
+def test_operator_commands_round_trip_into_the_audit_log(
+    browser: Any, small: tuple[str, dict[str, str], LiveRuntime]
+) -> None:
+    url, toks, rt = small
+    page = login(browser, url, toks["operator"], "jobs")
+    row = page.locator("#jobs-body tr", has=page.locator("button.cap")).first
+    job = int(row.get_attribute("data-job"))
+    row.locator("input.capw").fill("320")
+    row.locator("button.cap").click()
+    page.wait_for_function("document.getElementById('toast').textContent.includes('applied')", timeout=15_000)
+    gpus = rt.twin.workload.jobs.gpus[job]
+    assert np.all(rt.twin.fleet.cap_w[gpus] <= 320.0)
+    # Acknowledge the live alert.
+    goto(page, "alerts")
+    page.wait_for_selector("#alerts-body button.ack:not([disabled])", timeout=20_000)
+    page.locator("#alerts-body button.ack:not([disabled])").first.click()
+    page.wait_for_function("document.getElementById('alerts-body').innerText.includes('operator-ui')", timeout=15_000)
+    goto(page, "audit")
+    page.select_option("#audit-actor", "operator")
+    page.wait_for_function(
+        "document.getElementById('audit-body').innerText.includes('cap_job')"
+        " && document.getElementById('audit-body').innerText.includes('ack_alert')",
+        timeout=15_000,
+    )
+    text = page.inner_text("#audit-body")
+    assert "operator:operator-ui" in text and "applied" in text
+    page.screenshot(path=str(ARTIFACTS / "audit-operator.png"), full_page=True)
+    assert not page.errors, page.errors
+    page.context.close()
+
+
+def test_bad_token_is_refused_with_a_message(browser: Any, small: tuple[str, dict[str, str], LiveRuntime]) -> None:
+    url, _, _ = small
+    ctx = browser.new_context()
+    page = ctx.new_page()
+    page.goto(url)
+    page.fill("#login-token", "pp_not-a-token")
+    page.click("#login-form button")
+    page.wait_for_function("document.getElementById('login-err').textContent.includes('invalid token')")
+    ctx.close()
+
+
+def test_floor_shows_10240_cells_and_drills_down(browser: Any, tmp_path_factory: pytest.TempPathFactory) -> None:
+    srv, toks, rt = serve(tmp_path_factory.mktemp("ui-texas"), "texas")
+    assert rt.topology.n_gpus == 10_240
+    with srv as url:
+        page = login(browser, url, toks["viewer"], "floor")
+        assert page.get_attribute("#floor-cells", "data-cells") == "10240"
+        # Every GPU has its own cell in the pick map, and the painted pixels carry the palette.
+        n_cells = page.evaluate("new Set(Array.from(ppFloor.layout.pick).filter(g => g >= 0)).size")
+        assert n_cells == 10_240
+        # A stream update repaints the floor.
+        k = page.evaluate("window.ppFloorMs.length")
+        page.wait_for_function(f"window.ppFloorMs.length > {k}", timeout=15_000)
+        # Drill down: click the cell of one GPU (rack > node > GPU, with its recent series).
+        g = 5000
+        x, y = page.evaluate(
+            f"(() => {{ const L = ppFloor.layout, o = L.off[{g}]; return [o % L.W + 1, Math.floor(o / L.W) + 1]; }})()"
+        )
+        page.click("#floor-cells", position={"x": x, "y": y})
+        page.wait_for_function(f"document.getElementById('drill').dataset.gpu === '{g}'", timeout=15_000)
+        node = rt.topology.node_names[int(rt.topology.gpu_node[g])]
+        assert node in page.inner_text("#drill-crumbs")
+        assert page.locator("#drill-nodes tr").count() == int(
+            np.count_nonzero(rt.topology.node_rack == rt.topology.node_rack[rt.topology.gpu_node[g]])
+        )
+        page.wait_for_selector("#drill-chart .main-svg", timeout=20_000)
+        # ... and on to another GPU of the node from the table.
+        other = page.locator("#drill-gpus tr:not(.sel)").first
+        g2 = other.get_attribute("data-gpu")
+        other.click()
+        page.wait_for_function(f"document.getElementById('drill').dataset.gpu === '{g2}'", timeout=15_000)
+        page.select_option("#floor-metric", "temp_c")
+        page.wait_for_function("document.getElementById('legend-hi').textContent.includes('C')", timeout=15_000)
+        time.sleep(0.3)
+        page.screenshot(path=str(ARTIFACTS / "floor.png"), full_page=True)
+        assert not page.errors, page.errors
+        page.context.close()
