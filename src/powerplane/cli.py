@@ -38,6 +38,11 @@ def _register_subcommands() -> None:
 
     app.add_typer(schedule_app, name="schedule", help="The GPU pool scheduler: replay real traces.")
     app.add_typer(logs_app, name="logs", help="Kernel and system logs: Xid faults, template mining, search.")
+    from powerplane.forecast.cli import app as forecast_app
+    from powerplane.forecast.cli import models_app
+
+    app.add_typer(forecast_app, name="forecast", help="Load forecasts: rolling-origin backtests.")
+    app.add_typer(models_app, name="models", help="The forecast model registry: list, show, promote, rollback.")
     from powerplane.ops.alerts_cli import app as alerts_app
     from powerplane.runtime.ops_loop import register_cli as register_alerts_test
 

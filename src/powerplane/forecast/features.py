@@ -23,7 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from powerplane.forecast.data import STEP_S, RunData
-from powerplane.forecast.jobstate import JobState
+from powerplane.forecast.jobstate import JobState, Projection
 
 F64 = NDArray[np.float64]
 I64 = NDArray[np.int64]
@@ -86,6 +86,36 @@ def overrun_by_kind(run: RunData, until_s: float, n_kinds: int = 4) -> F64:
     return out
 
 
+def origin_features(
+    out: F64, state: JobState, i: int, h: I64, F: F64, it: F64, temp: F64, cum_new: F64, queued_w: F64
+) -> Projection:
+    """Fill ``out[h, f]`` with the features at origin minute ``i`` (arrays indexed by minute; ``temp`` may reach
+    past ``i``: it is the weather forecast). ``cum_new[m]`` is the cumulative arrival power before minute ``m``."""
+    n = F.size
+    pr = state.project(h, i)
+    out[:, 0] = pr.end_w
+    out[:, 1] = pr.end_gpus
+    out[:, 2] = pr.ckpt_w
+    out[:, 3] = pr.ramp_w
+    out[:, 4] = queued_w
+    lo = np.clip(i - DAY_MIN + 1, 0, i + 1)
+    hi = np.clip(i - DAY_MIN + 1 + h, 0, i + 1)
+    out[:, 5] = cum_new[hi] - cum_new[lo]
+    day0 = max(i + 1 - DAY_MIN, 0)
+    rate = (cum_new[i + 1] - cum_new[day0]) / max(i + 1 - day0, 1)
+    out[:, 6] = rate * h
+    tgt = np.minimum(i + h, temp.size - 1)
+    dt = temp[tgt] - temp[i]
+    out[:, 7] = np.where(np.isfinite(dt), it[i] * dt, 0.0) if np.isfinite(it[i]) else 0.0
+    recent = F[max(i - 14, 0) : i + 1]
+    out[:, 8] = F[i] - float(np.nanmean(recent)) if np.any(np.isfinite(recent)) else 0.0
+    past = i + h - DAY_MIN
+    sv = np.where(past >= 0, F[np.clip(past, 0, n - 1)], np.nan) - F[i]
+    out[:, 9] = np.where(np.isfinite(sv), sv, 0.0)
+    out[~np.isfinite(out)] = 0.0
+    return pr
+
+
 def build_features(
     run: RunData,
     origins: I64,
@@ -142,29 +172,10 @@ def build_features(
         if i != origins[o]:
             continue
         while o < origins.size and origins[o] == i:
-            pr = state.project(h, i)
-            xi = x[o]
-            xi[:, 0] = pr.end_w
-            xi[:, 1] = pr.end_gpus
-            xi[:, 2] = pr.ckpt_w
-            xi[:, 3] = pr.ramp_w
             known = sub_order[:described]
             q = known[~(start_min[known] <= i + 1)]  # not started (NaN start: never started in the run)
-            if q.size:
-                xi[:, 4] = float(state.profile_w(q)[0].sum())
-            lo = np.clip(i - DAY_MIN + 1, 0, n)
-            hi = np.clip(i - DAY_MIN + 1 + h, 0, n)
-            xi[:, 5] = cum_new[np.minimum(hi, i + 1)] - cum_new[np.minimum(lo, i + 1)]
-            day0 = max(i + 1 - DAY_MIN, 0)
-            rate = (cum_new[i + 1] - cum_new[day0]) / max(i + 1 - day0, 1)
-            xi[:, 6] = rate * h
-            tgt = np.minimum(i + h, n - 1)
-            xi[:, 7] = it[i] * (temp[tgt] - temp[i]) if np.isfinite(it[i]) else 0.0
-            recent = F[max(i - 14, 0) : i + 1]
-            xi[:, 8] = F[i] - float(np.nanmean(recent)) if np.any(np.isfinite(recent)) else 0.0
-            past = i + h - DAY_MIN
-            sv = np.where(past >= 0, F[np.clip(past, 0, n - 1)], np.nan) - F[i]
-            xi[:, 9] = np.where(np.isfinite(sv), sv, 0.0)
+            queued = float(state.profile_w(q)[0].sum()) if q.size else 0.0
+            pr = origin_features(x[o], state, i, h, F, it, temp, cum_new, np.full(h.size, queued))
             valid = (i + h) < n
             yt = np.full(h.size, np.nan)
             yt[valid] = run.facility_w[(i + h)[valid]] - F[i]

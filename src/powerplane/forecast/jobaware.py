@@ -61,7 +61,7 @@ class JobAwareModel:
         nf = fs.x.shape[2]
         coef = np.zeros((h.size, nf))
         icpt = np.zeros(h.size)
-        rq = np.zeros((h.size, 3))
+        rq = np.full((h.size, 3), np.nan)  # NaN: a horizon the training window could not fit
         for k in range(h.size):
             y = fs.y[:, k]
             ok = np.isfinite(y) & (fs.stale_min == 0)
@@ -87,12 +87,14 @@ class JobAwareModel:
             raise ValueError(f"model has no horizons {sorted(set(fs.horizons_min) - set(self.horizons_min))}")
         coef, icpt, rq = self.coef[idx], self.intercept[idx], self.resid_q[idx]
         delta = np.einsum("ohf,hf->oh", fs.x, coef) + icpt[None, :]
+        # horizons without a fit are NaN (not forecast), never a made-up number
+        delta = np.where(np.isfinite(rq[:, 1])[None, :], delta, np.nan)
         point = fs.now_w[:, None] + delta
         lo_w = (rq[:, 1] - rq[:, 0])[None, :]
         hi_w = (rq[:, 2] - rq[:, 1])[None, :]
         widen = FALLBACK_WIDEN * fs.fallback_w[:, None]
         stale = np.nan_to_num(fs.stale_min, nan=0.0)[:, None]
-        widen = widen + STALE_WIDEN * stale * 0.5 * (self.resid_q[0, 2] - self.resid_q[0, 0])
+        widen = widen + STALE_WIDEN * stale * 0.5 * np.nan_to_num(self.resid_q[0, 2] - self.resid_q[0, 0])
         p50 = point + rq[:, 1][None, :]
         return Forecast(fs.horizons_min, p50 - lo_w - widen, p50, p50 + hi_w + widen, point)
 
@@ -102,7 +104,7 @@ class JobAwareModel:
                 "horizons_min": self.horizons_min.tolist(),
                 "coef": self.coef.tolist(),
                 "intercept": self.intercept.tolist(),
-                "resid_q": self.resid_q.tolist(),
+                "resid_q": [[float(v) if np.isfinite(v) else None for v in row] for row in self.resid_q],
                 "overrun_s": self.overrun_s.tolist(),
                 "features": list(self.features),
                 "meta": self.meta,
@@ -118,13 +120,18 @@ class JobAwareModel:
             horizons_min=np.asarray(d["horizons_min"], np.int64),
             coef=np.asarray(d["coef"], np.float64),
             intercept=np.asarray(d["intercept"], np.float64),
-            resid_q=np.asarray(d["resid_q"], np.float64),
+            resid_q=np.array([[np.nan if v is None else v for v in row] for row in d["resid_q"]], np.float64),
             overrun_s=np.asarray(d["overrun_s"], np.float64),
             meta=d.get("meta", {}),
         )
 
     def hyperparameters(self) -> dict[str, Any]:
-        return {"ridge": RIDGE, "quantiles": list(QUANTILES), "fallback_widen": FALLBACK_WIDEN, "stale_widen": STALE_WIDEN}
+        return {
+            "ridge": RIDGE,
+            "quantiles": list(QUANTILES),
+            "fallback_widen": FALLBACK_WIDEN,
+            "stale_widen": STALE_WIDEN,
+        }
 
 
 def data_hash(*arrays: NDArray[Any]) -> str:

@@ -88,7 +88,7 @@ class JobState:
         cap = max(2 * self._cap, max_id + 1, 64)
         for name, fill in (
             ("first_min", -1),
-            ("last_min", -10**9),
+            ("last_min", -(10**9)),
             ("n_obs", 0),
             ("level_w", 0.0),
             ("last_w", 0.0),
@@ -196,7 +196,9 @@ class JobState:
             mean = sums[have] / cells[have]
             prof[have] = np.where(np.isnan(prof[have]), mean, 0.9 * prof[have] + 0.1 * mean)
             fleet = float(per_gpu.mean())
-            self.fleet_w_per_gpu = fleet if np.isnan(self.fleet_w_per_gpu) else 0.95 * self.fleet_w_per_gpu + 0.05 * fleet
+            self.fleet_w_per_gpu = (
+                fleet if np.isnan(self.fleet_w_per_gpu) else 0.95 * self.fleet_w_per_gpu + 0.05 * fleet
+            )
 
     def active(self, minute: int | None = None) -> I64:
         """Jobs seen in the given minute (default: the latest observed)."""
@@ -224,7 +226,7 @@ class JobState:
             return Projection(0.0, z, z.copy(), z.copy(), z.copy(), 0.0)
         now = self.last_w[ids]
         young = self.n_obs[ids] < MIN_LEVEL_MINUTES
-        prof, fb = self.profile_w(ids)
+        prof, _fb = self.profile_w(ids)
         has_prof = np.isfinite(self.profile_w_per_gpu[self.kind[ids] + 1, gpu_bucket(np.maximum(self.n_gpus[ids], 1))])
         # young jobs head for their class profile; the others stay at their level
         level = np.where(young & (self.n_gpus[ids] > 0) & (prof > 0), prof, self.level_w[ids])

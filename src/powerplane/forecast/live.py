@@ -1,0 +1,440 @@
+"""The live forecaster: fed every cycle, asked for the next hour every simulated minute.
+
+:class:`LiveForecaster` folds each snapshot into per-minute means (site facility and IT power, outdoor
+temperature, per-job power) and, when a minute closes, into the :class:`~powerplane.forecast.jobstate.JobState`.
+``forecast(now_s, timeline)`` runs the registry's champion (or, with no registry or no champion yet, an untrained
+*prior* with wide bands) on the features of the last closed minute. With the scheduler's timeline the known ends
+and queued starts come from it.
+
+Bad input never becomes a zero forecast: a snapshot without site power is counted (``rejected``) and skipped;
+jobs reported with partial GPU coverage are scaled up by their coverage (dropped and counted below 50 %);
+a gap in telemetry widens the bands with the age of the last reading; jobs with unknown profiles use the fleet's
+and widen the bands (see :mod:`powerplane.forecast.jobaware`).
+
+:class:`MonitoredForecaster` adds the monitoring loop: it scores its own 15-minute-ahead forecasts; when the
+rolling MAE is more than 5 % worse than the champion's registered backtest MAE it raises an alert record, trains
+a challenger on the recent history, and promotes it only if it beats the champion on the same window.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from powerplane.config.schema import SiteConfig
+from powerplane.forecast.data import STEP_S, JobInfo, RunData
+from powerplane.forecast.features import FEATURES, FeatureSet, origin_features
+from powerplane.forecast.jobaware import NAME, JobAwareModel
+from powerplane.forecast.jobstate import JobState
+from powerplane.forecast.registry import Registry, RegistryError
+from powerplane.telemetry.snapshot import Quality, Snapshot
+from powerplane.topology import Topology
+
+F64 = NDArray[np.float64]
+I64 = NDArray[np.int64]
+HOUR_H = np.arange(1, 61, dtype=np.int64)
+REGISTRY_FILE = "registry.duckdb"
+MIN_COVERAGE = 0.5
+PRIOR_FACILITY_PER_JOB_W = 1.5  # prior: facility watts per job watt (node overhead and cooling on top)
+
+
+def prior_model(scale_w: float) -> JobAwareModel:
+    """An untrained model: job deltas times a facility factor, bands of ~3 % of ``scale_w`` growing with sqrt(h)."""
+    h = np.array([*HOUR_H, 1440], dtype=np.int64)
+    coef = np.zeros((h.size, len(FEATURES)))
+    for f in ("end_w", "ckpt_w", "ramp_w", "queued_w"):
+        coef[:, FEATURES.index(f)] = PRIOR_FACILITY_PER_JOB_W
+    half = 0.03 * scale_w * np.sqrt(np.minimum(h, 60) / 15.0)
+    rq = np.stack([-half, np.zeros(h.size), half], axis=1)
+    return JobAwareModel(h, coef, np.zeros(h.size), rq, np.zeros(4), meta={"prior": True})
+
+
+class _Grow:
+    """A float array indexed by minute that grows as minutes arrive (NaN where nothing was seen)."""
+
+    def __init__(self) -> None:
+        self.a = np.full(1024, np.nan)
+
+    def ensure(self, n: int) -> None:
+        if n > self.a.size:
+            new = np.full(max(2 * self.a.size, n), np.nan)
+            new[: self.a.size] = self.a
+            self.a = new
+
+
+class LiveForecaster:
+    """See the module docstring. ``registry_dir`` holds ``registry.duckdb``; None: the prior model only."""
+
+    def __init__(self, site: SiteConfig, topology: Topology, registry_dir: Path | None = None) -> None:
+        self.site = site
+        self.topo = topology
+        self.registry = Registry(Path(registry_dir) / REGISTRY_FILE) if registry_dir is not None else None
+        self.scale_w = float(site.electrical.contract_demand_kw) * 1e3
+        self.model, self.version = self._load_champion()
+        self.state = JobState()
+        self.rejected: Counter[str] = Counter()
+        self.base_min: int | None = None
+        self.cur = -1  # minute being accumulated (relative to base_min)
+        self.closed = -1  # last closed minute
+        self._F, self._it, self._temp, self._new = _Grow(), _Grow(), _Grow(), _Grow()
+        self._acc = np.zeros(3)  # sums of facility, IT, temperature this minute
+        self._acc_n = np.zeros(3)
+        self._job_sum = np.zeros(0)
+        self._job_n = np.zeros(0)
+        self._last_ok_t: float | None = None
+        self.rack_power_w: F64 = np.full(topology.n_racks, np.nan)
+        self.rows: list[tuple[I64, F64, int]] = []  # closed minutes' job rows (for retraining)
+
+    # ------------------------------------------------------------------ model
+
+    def _load_champion(self) -> tuple[JobAwareModel, str]:
+        if self.registry is not None:
+            try:
+                rec, blob = self.registry.load("champion")
+                return JobAwareModel.from_bytes(blob), rec.version
+            except (RegistryError, ValueError):
+                pass
+        return prior_model(self.scale_w), "prior"
+
+    def reload(self) -> str:
+        """Reload the champion (after a promotion or rollback); returns its version."""
+        self.model, self.version = self._load_champion()
+        return self.version
+
+    @property
+    def model_name(self) -> str:
+        return f"{NAME} {self.version}"
+
+    # ------------------------------------------------------------------ observe
+
+    def observe(self, snapshot: Snapshot) -> None:
+        """Fold one snapshot into the current minute (cheap: a few array additions)."""
+        t = float(snapshot.t_s)
+        m_abs = int(np.floor(t / STEP_S))
+        if self.base_min is None:
+            self.base_min = m_abs
+            self.cur = 0
+        m = m_abs - self.base_min
+        if m < self.cur:
+            self.rejected["out_of_order"] += 1
+            return
+        if m > self.cur:
+            self._close(self.cur)
+            self.cur = m
+        site = snapshot.levels.get("site")
+        vals = []
+        for k in ("facility_power_w", "it_power_w", "outdoor_temp_c"):
+            if (
+                site is not None
+                and k in site.values
+                and (site.quality.get(k) is None or site.quality[k][0] == Quality.OK)
+            ):
+                vals.append(float(site.values[k][0]))
+            else:
+                vals.append(np.nan)
+        v = np.array(vals)
+        if not np.isfinite(v[0]) or v[0] < 0:
+            self.rejected["no_site_power"] += 1
+        else:
+            self._last_ok_t = t
+        ok = np.isfinite(v)
+        self._acc[ok] += v[ok]
+        self._acc_n[ok] += 1
+        rack = snapshot.levels.get("rack")
+        if rack is not None and "power_w" in rack.values and rack.values["power_w"].size == self.topo.n_racks:
+            self.rack_power_w = rack.values["power_w"]
+        ids = np.asarray(snapshot.job_ids, np.int64)
+        if ids.size:
+            p = np.asarray(snapshot.job_power_w, np.float64)
+            cov = (
+                np.asarray(snapshot.job_coverage, np.float64)
+                if snapshot.job_coverage.size == ids.size
+                else np.ones(ids.size)
+            )
+            good = np.isfinite(p) & (p >= 0) & (ids >= 0) & (cov >= MIN_COVERAGE)
+            if not np.all(good):
+                self.rejected["job_power_bad_or_partial"] += int((~good).sum())
+            ids, p = ids[good], p[good] / np.maximum(cov[good], 1e-9)
+            if ids.size:
+                need = int(ids.max()) + 1
+                if need > self._job_sum.size:
+                    grow = max(need, 2 * self._job_sum.size, 64)
+                    self._job_sum = np.concatenate([self._job_sum, np.zeros(grow - self._job_sum.size)])
+                    self._job_n = np.concatenate([self._job_n, np.zeros(grow - self._job_n.size)])
+                np.add.at(self._job_sum, ids, p)
+                np.add.at(self._job_n, ids, 1.0)
+
+    def _close(self, m: int) -> None:
+        for g in (self._F, self._it, self._temp, self._new):
+            g.ensure(m + 2)
+        means = np.where(self._acc_n > 0, self._acc / np.maximum(self._acc_n, 1), np.nan)
+        self._F.a[m], self._it.a[m], self._temp.a[m] = means
+        ids = np.flatnonzero(self._job_n > 0).astype(np.int64)
+        p = self._job_sum[ids] / self._job_n[ids]
+        first = np.ones(ids.size, bool)
+        if ids.size and self.state.first_min.size:
+            inside = ids < self.state.first_min.size
+            first[inside] = self.state.first_min[ids[inside]] < 0
+        self.state.observe(m, ids, p)
+        self._new.a[m] = float(self.state.profile_w(ids[first])[0].sum()) if np.any(first) else 0.0
+        self.rows.append((ids, p, m))
+        self._acc[:] = 0.0
+        self._acc_n[:] = 0.0
+        self._job_sum[:] = 0.0
+        self._job_n[:] = 0.0
+        self.closed = m
+        self._on_close(m)
+
+    def _on_close(self, m: int) -> None:
+        """Hook for subclasses (monitoring)."""
+
+    # ------------------------------------------------------------------ forecast
+
+    def _features(self, i: int, h: I64, now_s: float, timeline: object | None) -> FeatureSet:
+        n = i + 1
+        F = self._F.a[:n]
+        filled = np.copy(F)
+        ok = np.isfinite(filled)
+        last = int(np.flatnonzero(ok)[-1]) if ok.any() else -1
+        if last >= 0 and last < i:
+            filled[last + 1 :] = filled[last]  # a gap carries the last reading (flagged stale below)
+        new = np.nan_to_num(self._new.a[:n])
+        cum_new = np.concatenate([[0.0], np.cumsum(new)])
+        queued = np.zeros(h.size)
+        x = np.zeros((1, h.size, len(FEATURES)))
+        pr = origin_features(x[0], self.state, i, h, filled, self._it.a[:n], self._temp.a[:n], cum_new, queued)
+        if timeline is not None and all(hasattr(timeline, a) for a in ("state", "power_w", "start_s", "end_s", "gpus")):
+            tl: Any = timeline
+            t_h = now_s + STEP_S * h
+            running = np.asarray([s == "running" for s in tl.state], dtype=np.bool_)
+            pw = np.asarray(tl.power_w, np.float64)
+            st = np.asarray(tl.start_s, np.float64)
+            en = np.asarray(tl.end_s, np.float64)
+            g = np.asarray(tl.gpus, np.float64)
+            ends = running[:, None] & (en[:, None] <= t_h[None, :])
+            x[0, :, FEATURES.index("end_w")] = -(pw[:, None] * ends).sum(axis=0)
+            x[0, :, FEATURES.index("end_gpus")] = (g[:, None] * ends).sum(axis=0)
+            starts = ~running[:, None] & (st[:, None] <= t_h[None, :]) & (en[:, None] > t_h[None, :])
+            x[0, :, FEATURES.index("queued_w")] = (pw[:, None] * starts).sum(axis=0)
+        stale_min = 0.0 if self._last_ok_t is None else max((now_s - self._last_ok_t) / STEP_S - 1.0, 0.0)
+        if last < 0:
+            stale_min = np.inf
+        return FeatureSet(
+            np.array([i]),
+            h,
+            x,
+            np.full((1, h.size), np.nan),
+            np.array([filled[i] if n else np.nan]),
+            np.array([stale_min]),
+            np.array([pr.fallback_w]),
+        )
+
+    def predict(self, now_s: float, h: I64, timeline: object | None = None) -> tuple[F64, F64, F64] | None:
+        """P10, P50, P90 of facility power at ``now_s + 60 h`` [W], or None before the first closed minute."""
+        i = self.closed
+        if i < 0 or not np.any(np.isfinite(self._F.a[: i + 1])):
+            return None
+        fs = self._features(i, h, now_s, timeline)
+        if not np.isfinite(fs.stale_min[0]):
+            return None
+        fc = self.model.predict(fs)
+        return fc.p10_w[0], fc.p50_w[0], fc.p90_w[0]
+
+    def forecast(self, now_s: float, timeline: object | None = None) -> dict[str, Any]:
+        """Site facility power over the next hour at 1-minute steps, JSON-ready (see the interface)."""
+        out: dict[str, Any] = {"model": self.model_name, "t_s": [], "p10_w": [], "p50_w": [], "p90_w": []}
+        res = self.predict(now_s, HOUR_H, timeline)
+        if res is None:
+            out["status"] = "no data yet"
+            return out
+        p10, p50, p90 = res
+        out.update(
+            t_s=(now_s + STEP_S * HOUR_H).tolist(),
+            p10_w=p10.tolist(),
+            p50_w=p50.tolist(),
+            p90_w=p90.tolist(),
+            stale=bool(self._last_ok_t is None or now_s - self._last_ok_t > 2 * STEP_S),
+            rejected=dict(self.rejected),
+        )
+        return out
+
+    def forecast_racks(self, now_s: float, timeline: object | None = None) -> dict[str, F64] | None:
+        """P10/P50/P90 of every rack at 10 s, 1 min, 15 min, 1 h and 24 h [racks, 5] (W): each rack's last power
+        scaled by the site forecast's relative change (one outer product over racks)."""
+        h = np.array([1, 15, 60, 1440], dtype=np.int64)
+        res = self.predict(now_s, h, timeline)
+        if res is None:
+            return None
+        i = self.closed
+        now = float(self._F.a[i]) if np.isfinite(self._F.a[i]) else float(np.nanmean(self._F.a[: i + 1]))
+        rel = np.stack([np.concatenate([[1.0 + (r[0] / now - 1.0) / 6.0], r / now]) for r in res])  # [3, 5]
+        rack = np.nan_to_num(self.rack_power_w)
+        return {
+            "horizons_s": np.array([10.0, 60.0, 900.0, 3600.0, 86400.0]),
+            "p10_w": np.outer(rack, rel[0]),
+            "p50_w": np.outer(rack, rel[1]),
+            "p90_w": np.outer(rack, rel[2]),
+        }
+
+    # ------------------------------------------------------------------ history as a run (for retraining)
+
+    def history_run(self) -> RunData:
+        """The closed minutes as a :class:`RunData` (job kinds unknown, starts = first seen)."""
+        n = self.closed + 1
+        ids = np.concatenate([r[0] for r in self.rows]) if self.rows else np.zeros(0, np.int64)
+        pw = np.concatenate([r[1] for r in self.rows]) if self.rows else np.zeros(0)
+        mins = np.concatenate([np.full(r[0].size, r[2]) for r in self.rows]) if self.rows else np.zeros(0, np.int64)
+        nj = int(ids.max()) + 1 if ids.size else 0
+        t0 = float((self.base_min or 0) * STEP_S)
+        first = self.state.first_min[:nj].astype(np.float64) if nj else np.zeros(0)
+        jobs = (
+            JobInfo(
+                kind=self.state.kind[:nj].copy() if nj else np.zeros(0, np.int64),
+                n_gpus=self.state.n_gpus[:nj].copy() if nj else np.zeros(0, np.int64),
+                submit_s=t0 + STEP_S * first,
+                start_s=t0 + STEP_S * first,
+                end_s=np.full(nj, np.nan),
+                work_s=np.full(nj, np.inf),
+            )
+            if nj
+            else JobInfo.empty()
+        )
+        return RunData(
+            "live",
+            t0,
+            self._F.a[:n].copy(),
+            self._it.a[:n].copy(),
+            np.full(n, np.nan),
+            self._temp.a[:n].copy(),
+            jobs,
+            mins.astype(np.int64),
+            ids,
+            pw,
+        )
+
+
+class MonitoredForecaster(LiveForecaster):
+    """A live forecaster that watches its own 15-minute-ahead error (see the module docstring)."""
+
+    HORIZON_MIN = 15
+    WINDOW_MIN = 360  # rolling window scored against the registered backtest error
+    MIN_SCORED = 60
+    DEGRADED = 1.05
+
+    def __init__(
+        self, site: SiteConfig, topology: Topology, registry_dir: Path | None = None, clock_s: Any = None
+    ) -> None:
+        super().__init__(site, topology, registry_dir)
+        self._pending: dict[int, float] = {}  # target minute -> P50 issued 15 minutes before
+        self.errors: deque[tuple[int, float]] = deque(maxlen=self.WINDOW_MIN)
+        self.alerts: list[dict[str, Any]] = []
+        self._firing = False
+        self._clock_s = clock_s
+
+    def reference_mae_w(self) -> float | None:
+        """The champion's registered 15-minute backtest MAE."""
+        bt = self.model.meta.get("backtest", {}).get("15min", {})
+        v = bt.get("mae_w")
+        return float(v) if v is not None else None
+
+    def rolling_mae_w(self) -> float | None:
+        return float(np.mean([e for _, e in self.errors])) if len(self.errors) >= self.MIN_SCORED else None
+
+    def _on_close(self, m: int) -> None:
+        actual = self._F.a[m]
+        if m in self._pending and np.isfinite(actual):
+            self.errors.append((m, abs(float(actual) - self._pending.pop(m))))
+        self._pending.pop(m, None)
+        t_s = float(((self.base_min or 0) + m + 1) * STEP_S)
+        res = self.predict(t_s, np.array([self.HORIZON_MIN]))
+        if res is not None:
+            self._pending[m + self.HORIZON_MIN] = float(res[1][0])
+        ref, roll = self.reference_mae_w(), self.rolling_mae_w()
+        if ref is None or roll is None:
+            return
+        if roll > self.DEGRADED * ref and not self._firing:
+            self._firing = True
+            alert = {
+                "rule": "forecast_degraded",
+                "severity": "warning",
+                "state": "firing",
+                "since_s": t_s,
+                "value": roll / ref,
+                "labels": {"model": self.model_name, "horizon": "15min"},
+                "annotations": {
+                    "summary": f"rolling 15-min MAE {roll / 1e3:.0f} kW is {100 * (roll / ref - 1):.1f} % "
+                    f"above the backtest's {ref / 1e3:.0f} kW"
+                },
+            }
+            alert["retrain"] = self.retrain(t_s)
+            self.alerts.append(alert)
+        elif roll <= self.DEGRADED * ref and self._firing:
+            self._firing = False
+            self.alerts.append(
+                {
+                    "rule": "forecast_degraded",
+                    "state": "resolved",
+                    "since_s": t_s,
+                    "value": roll / ref,
+                    "labels": {"model": self.model_name, "horizon": "15min"},
+                }
+            )
+
+    def drain_alerts(self) -> list[dict[str, Any]]:
+        out, self.alerts = self.alerts, []
+        return out
+
+    def retrain(self, t_s: float) -> dict[str, Any]:
+        """Train a challenger on the history before the scored window; promote it if it wins on that window."""
+        from powerplane.forecast.backtest import Split, train_job_aware
+
+        run = self.history_run()
+        win = [m for m, _ in self.errors]
+        w0 = win[0] - self.HORIZON_MIN
+        if w0 < 120:
+            return {"trained": False, "reason": "not enough history before the scored window"}
+        sp = Split(np.arange(min(1440, w0 // 3), w0 - 1, dtype=np.int64), w0, np.zeros(0, np.int64), np.zeros(0, bool))
+        challenger, _ = train_job_aware(run, sp)
+        from powerplane.forecast.features import build_features
+
+        origins = np.array(win, dtype=np.int64) - self.HORIZON_MIN
+        fs = build_features(run, origins, challenger.horizons_min, challenger.overrun_s)
+        k = int(np.searchsorted(challenger.horizons_min, self.HORIZON_MIN))
+        actual = fs.y[:, k] + fs.now_w
+        ok = np.isfinite(actual)
+        ch_mae = float(np.mean(np.abs(challenger.predict(fs).p50_w[ok, k] - actual[ok])))
+        champ_mae = float(np.mean([e for _, e in self.errors]))
+        out: dict[str, Any] = {
+            "trained": True,
+            "challenger_mae_w": ch_mae,
+            "champion_mae_w": champ_mae,
+            "window_minutes": len(win),
+            "promoted": False,
+        }
+        challenger.meta["backtest"] = {"15min": {"mae_w": ch_mae, "n": int(ok.sum()), "window": "live"}}
+        if self.registry is not None:
+            v = self.registry.register(NAME, challenger.to_bytes(), challenger.meta, t_s, bump="patch")
+            self.registry.promote(v, "challenger", t_s=t_s, by="monitor", reason="rolling error above backtest")
+            out["challenger"] = v
+            if ch_mae < champ_mae:
+                self.registry.promote(
+                    v,
+                    "champion",
+                    t_s=t_s,
+                    by="monitor",
+                    reason=f"challenger {ch_mae:.0f} W < champion {champ_mae:.0f} W on the same window",
+                )
+                self.reload()
+                out["promoted"] = True
+        elif ch_mae < champ_mae:
+            self.model, self.version = challenger, "live-challenger"
+            out["promoted"] = True
+        if out["promoted"]:
+            self.errors.clear()
+            self._pending.clear()
+            self._firing = False
+        return out
