@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from powerplane.config import load_scenario
-from powerplane.runtime.energy import parse_dr
+from powerplane.runtime.energy import DR_CREDIT_PER_KWH, parse_dr
 from powerplane.runtime.simulate import SimulateOptions, simulate
 
 
@@ -39,7 +39,12 @@ def test_mpc_run_writes_bill_report_and_audit(mpc_run: tuple[Path, dict]) -> Non
         + saved["bill"]["demand"]
         + saved["bill"]["degradation"]
         + saved["bill"]["storage_adjustment"]
+        - saved["bill"]["dr_credit"]
     )
+    (ev,) = saved["demand_response"]
+    # The credit is the energy below the baseline during the event at the policy's rate.
+    assert saved["bill"]["dr_credit"] == pytest.approx(ev["energy_below_baseline_kwh"] * DR_CREDIT_PER_KWH)
+    assert ev["baseline_rule_used"] == "pre-event hour"  # the run starts the day of the event: no prior day
     html = (out / "report.html").read_text()
     for heading in ("Power stack", "SOC", "Prices", "Plan vs actual", "bill", "demand response"):
         assert f"<h2>{heading}</h2>" in html, heading

@@ -7,6 +7,8 @@ Per step t (length ``dt_h``) and battery unit u, in MW / MWh:
               + over_rate * O                                                    contract billing (e.g. 105 % rule)
               + deg_cost * sum_tu (c_tu + d_tu) dt                               battery wear (throughput)
               + curtail_cost * r_t dt + shed_cost_t * s_t dt + dr_penalty * z_t dt
+              - dr_credit * q_t dt                                               demand-response revenue
+              - terminal_value * sum_u (e_T-1,u - e0_u)                           energy left (instead of e_final)
     s.t.      g_t - x_t + sum_u (d_tu - c_tu) + s_t - r_t = L_t - R_t            site balance
               e_tu = e_t-1,u + (eta_c c_tu - d_tu / eta_d) dt                    state of charge
               E_min_u <= e_tu <= E_max_u,  e_T-1,u >= e_final_u                  SOC window, reserve, terminal
@@ -14,6 +16,7 @@ Per step t (length ``dt_h``) and battery unit u, in MW / MWh:
               O >= P - threshold * contract                                      contract overrun
               hall_load_th + sum_{u in h} (c_tu - d_tu) <= busbar_h              hall busbars
               g_t - z_t <= dr_limit_t                                            demand-response commitments
+              g_t + q_t <= dr_baseline_t,  0 <= q_t                              energy below the DR baseline
               g_t - y_t <= grid_cap                                              contract, with headroom (soft)
               0 <= s_t <= shed_max_t                                             compute lever (GPU caps, deferral)
 
@@ -68,6 +71,11 @@ class PlanInputs:
     shed_cost_per_kwh: float = 1.0  # value of the throughput lost by capping/deferring
     dr_limit_w: F64 | None = None  # [T] grid import ceiling during demand-response events (inf elsewhere)
     dr_penalty_per_kwh: float = 10.0
+    dr_baseline_w: F64 | None = None  # [T] the event's baseline (nan outside events): energy below it is credited
+    dr_credit_per_kwh: float = 0.0  # demand-response revenue per kWh delivered below the baseline
+    # Value of the energy left in the batteries at the end (money per kWh, e.g. the run's mean price, as the
+    # bill's storage adjustment); when set it replaces the terminal SOC floor ``soc_final``.
+    terminal_value_per_kwh: float | None = None
     grid_cap_w: float | None = None  # contracted demand the plan must not exceed (soft, at cap_penalty_per_kwh)
     cap_penalty_per_kwh: float = 10.0
 
@@ -239,9 +247,13 @@ def solve_plan(p: PlanInputs, time_limit_s: float = 10.0) -> Plan:
     e_cap = p.energy_j / 3.6e9  # MWh
     e_lo = np.repeat((p.soc_min * e_cap)[None, :], t_n, axis=0)
     e_hi = np.repeat((p.soc_max * e_cap)[None, :], t_n, axis=0)
-    final = p.soc0 if p.soc_final is None else p.soc_final
-    e_lo[-1] = np.maximum(e_lo[-1], np.minimum(final, p.soc_max) * e_cap)
-    e = lp.var(t_n * u_n, e_lo.ravel(), e_hi.ravel()).reshape(t_n, u_n)
+    e_cost = np.zeros((t_n, u_n))
+    if p.terminal_value_per_kwh is None:
+        final = p.soc0 if p.soc_final is None else p.soc_final
+        e_lo[-1] = np.maximum(e_lo[-1], np.minimum(final, p.soc_max) * e_cap)
+    else:
+        e_cost[-1] = -p.terminal_value_per_kwh * 1000.0  # per MWh left at the end (the constant e0 term is dropped)
+    e = lp.var(t_n * u_n, e_lo.ravel(), e_hi.ravel(), e_cost.ravel()).reshape(t_n, u_n)
     r = lp.var(t_n, 0.0, p.renewable_w * mw, p.curtail_cost_per_kwh * kwh)
     shed_hi = np.zeros(t_n) if p.shed_max_w is None else p.shed_max_w * mw
     s = lp.var(t_n, 0.0, shed_hi, p.shed_cost_per_kwh * kwh)
@@ -274,9 +286,12 @@ def solve_plan(p: PlanInputs, time_limit_s: float = 10.0) -> Plan:
             rows = lp.rows(finite.size, -INF, p.dr_limit_w[finite] * mw)
             lp.coef(rows, g[finite], 1.0)
             lp.coef(rows, z, -1.0)
+    q = _define_dr_credit(lp, p, g, kwh)
     status, sol, obj = lp.solve(time_limit_s)
     if status != "Optimal":
         raise PlanError(f"planner LP not solved: {status}")
+    if p.terminal_value_per_kwh is not None:
+        obj += p.terminal_value_per_kwh * 1000.0 * float((p.soc0 * e_cap).sum())  # back to value of the change
     return Plan(
         t_s=p.t_s,
         dt_s=p.dt_s,
@@ -289,8 +304,27 @@ def solve_plan(p: PlanInputs, time_limit_s: float = 10.0) -> Plan:
         objective=obj,
         status=status,
         solve_s=time.perf_counter() - start,
-        info={"columns": float(lp.n_col), "rows": float(lp.n_row)},
+        info={
+            "columns": float(lp.n_col),
+            "rows": float(lp.n_row),
+            "dr_credited_kwh": float(sol[q].sum() * kwh) if q.size else 0.0,
+        },
     )
+
+
+def _define_dr_credit(lp: _Lp, p: PlanInputs, g: NDArray[np.int64], kwh: float) -> NDArray[np.int64]:
+    """q_t <= baseline_t - g_t during events, credited at ``dr_credit_per_kwh`` (q_t >= 0)."""
+    if p.dr_baseline_w is None or p.dr_credit_per_kwh <= 0:
+        return np.zeros(0, dtype=np.int64)
+    inside = np.flatnonzero(np.isfinite(p.dr_baseline_w))
+    if inside.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    base_mw = np.maximum(p.dr_baseline_w[inside], 0.0) * 1e-6
+    q = lp.var(inside.size, 0.0, base_mw, -p.dr_credit_per_kwh * kwh)
+    rows = lp.rows(inside.size, -INF, base_mw)
+    lp.coef(rows, g[inside], 1.0)
+    lp.coef(rows, q, 1.0)
+    return q
 
 
 def _define_soc(

@@ -6,7 +6,7 @@
 - ``mpc``: ours: the planner (rolling-horizon LP, 24 h, replanned every 15 min on a forecast) publishes grid targets;
   the fast loop (limits, contract, demand response, damping, frequency) follows them every cycle; GPU caps by class
   when the batteries cannot hold a limit.
-- ``oracle``: the planner over the whole run with perfect foresight of the load, then followed the same way.
+- ``oracle``: the perfect-foresight bound: the LP over the whole run on the realized load (runtime/energy_oracle.py).
 
 The batteries are commanded every step from the previous step's readings; GPU caps change between blocks.
 """
@@ -22,8 +22,17 @@ import numpy as np
 from numpy.typing import NDArray
 
 from powerplane.config.schema import DemandResponseEvent, SiteConfig
+from powerplane.control.dr import (
+    BASELINE_RULE,
+    DrComputeLevel,
+    LoadHistory,
+    baseline_w,
+    caps_for_level,
+    marginal_facility_per_gpu_w,
+    sustainable_discharge_w,
+)
 from powerplane.control.fast import Decision, FastLoop, FastSettings, Measurements, allocate
-from powerplane.control.levers import ComputeLever
+from powerplane.control.levers import CLASS_ORDER, ComputeLever
 from powerplane.control.planner import Plan, PlanError, PlanInputs, solve_plan
 from powerplane.core.commands import DeferJob, GpuPowerCap
 from powerplane.physics import aging, cooling, tariff, weather
@@ -34,6 +43,12 @@ F64 = NDArray[np.float64]
 POLICIES = ("none", "threshold", "mpc", "oracle")
 IT_HISTORY_BLOCKS = 60  # blocks of IT load kept for the simple forecast (an hour at 1 s steps)
 IT_FORECAST_QUANTILE = 0.9
+BESS_CELL_TEMP_C = 25.0  # cell temperature for wear pricing, in the planner and in the bill
+# Demand-response revenue per kWh delivered below the baseline during an event (site currency; an estimate in the
+# range of US economic demand-response energy payments). Policies carry it as ``dr_credit_per_kwh``.
+DR_CREDIT_PER_KWH = 0.5
+DR_BASELINE_RULE = BASELINE_RULE
+DR_END_MARGIN_S = 600.0  # the batteries' DR share is sized to last this long past the event's end
 
 
 def parse_dr(text: str, timezone: str) -> DemandResponseEvent:
@@ -80,6 +95,7 @@ class Policy:
         # The bill of a run shorter than a month carries that share of the monthly demand charge; the planner
         # prices a new peak the same way so that it optimises the bill it is judged on (1.0 for live operation).
         self.demand_rate_scale = 1.0
+        self.dr_credit_per_kwh = DR_CREDIT_PER_KWH
 
     def controller(self) -> object | None:
         return None
@@ -141,7 +157,10 @@ class ManagedPolicy(Policy):
         self.plan: Plan | None = None
         self.shed_w = 0.0
         self.baseline_w: float | None = None
-        self._load_hist: list[tuple[float, float]] = []  # (t, load) once per block for the DR baseline
+        self.load_history = LoadHistory()  # load without batteries, per minute, for the DR baseline
+        self.baseline_rule = ""
+        self.dr_level = DrComputeLevel(list(self.site.energy.cap_classes))
+        self._applied_caps = np.full(fleet.min_cap_w.size, np.nan)
         self.month_peak_w = 0.0
         self.active_event: tuple[float, float, float] | None = None
         self._last_kinds: frozenset[str] = frozenset({"normal"})
@@ -153,7 +172,10 @@ class ManagedPolicy(Policy):
 
         def step(t: float, grid: float, bess: F64, soc: F64, freq: float, island: bool, hall: F64 | None) -> F64:
             t0 = time.perf_counter()
-            if self.plan is not None:
+            if self.active_event is not None:
+                # During an event the batteries hold the commitment; the compute level makes their energy last.
+                self.loop.plan_grid_w = None
+            elif self.plan is not None:
                 k = int((t - self.plan.t_s[0]) // self.plan.dt_s)
                 self.loop.plan_grid_w = float(self.plan.grid_w[k]) if 0 <= k < self.plan.t_s.size else None
             m = Measurements(t, grid, bess, soc, freq, island, hall)
@@ -189,19 +211,35 @@ class ManagedPolicy(Policy):
     def _update_events(self, t_s: float) -> None:
         active = next(((s, e, r) for s, e, r in self.events if s <= t_s < e), None)
         if active is not None and active != self.active_event:
-            recent = [load for (tt, load) in self._load_hist if t_s - 3600.0 <= tt < t_s]
-            self.baseline_w = float(np.mean(recent)) if recent else self._last_load_w()
+            t, load = self.load_history.arrays()
+            base, rule = baseline_w(t, load, active[0], active[1])
+            self.baseline_w = base if np.isfinite(base) else self.load_history.last_w()
+            self.baseline_rule = rule
+            self.dr_level.level = 0.0
             self.stats.dr.append(
                 {"start_s": active[0], "end_s": active[1], "reduction": active[2], "baseline_w": self.baseline_w}
             )
+            self.stats.audit.append(
+                {
+                    "t_s": t_s,
+                    "actor": "demand-response",
+                    "mode": "event",
+                    "baseline_w": self.baseline_w,
+                    "limit_w": self.baseline_w * (1 - active[2]),
+                    "why": f"event starts: baseline by {rule}, reduction {active[2]:.0%} until {active[1]:.0f}",
+                }
+            )
+        elif active is None and self.active_event is None:
+            upcoming = next(((s, e, r) for s, e, r in self.events if t_s < s <= t_s + 86400.0), None)
+            if upcoming is not None:  # known ahead: prior days give the baseline before the event starts
+                t, load = self.load_history.arrays()
+                base, rule = baseline_w(t, load, upcoming[0], upcoming[1])
+                self.baseline_w = base if rule == "prior days" else None
         self.active_event = active
         # Aim 1 % below the committed level: the loop acts on last cycle's load, so single cycles overshoot.
         self.loop.dr_limit_w = (
             None if active is None or self.baseline_w is None else self.baseline_w * (1 - active[2]) * 0.99
         )
-
-    def _last_load_w(self) -> float:
-        return self._load_hist[-1][1] if self._load_hist else 0.0
 
     # ------------------------------------------------------------------------ hooks
 
@@ -262,29 +300,66 @@ class ManagedPolicy(Policy):
     def after_block(self, block: TwinBlock) -> None:
         p = block.plant
         load = p.grid_power_w + p.bess_power_w
-        self._load_hist.append((float(block.t_s[-1]), float(load.mean())))
-        self._load_hist = [(t, v) for t, v in self._load_hist if t > block.t_s[-1] - 7200.0]
+        self.load_history.add(float(block.t_s[0]), float(load.mean()), float(load.size))
         it = float(p.it_power_w.mean())
         self._pue = float(p.facility_power_w.mean()) / max(it, 1.0)
         self._it_per_gpu_w = it / max(float(block.fleet.gpu_power_w[-1].sum()), 1.0)
         _, win = tariff.window_average_w(block.t_s, p.grid_power_w, self.site.tariff.demand_window_min * 60.0)
         self.month_peak_w = max(self.month_peak_w, float(win.max()) if win.size else 0.0)
-        self._apply_caps(block)
+        if self.active_event is not None:
+            self._dr_caps(block)
+        else:
+            self._apply_caps(block)
+
+    def _gpu_class(self) -> NDArray[np.int64]:
+        wl = self.twin.workload
+        prio = wl.jobs.priority[: wl.jobs.n]
+        return np.where(wl.gpu_job >= 0, prio[np.maximum(wl.gpu_job, 0)], -1)
+
+    def facility_per_gpu_w(self, t_s: float) -> float:
+        """Facility watts per GPU watt at the margin (control/dr.py), at this hour's outdoor temperature."""
+        plant = self.twin.plant
+        cop = float(cooling.cop(plant.outdoor_temp_c(np.array([t_s])), plant.cop_curve)[0])
+        return marginal_facility_per_gpu_w(float(self.twin.fleet.node_share.mean()), plant.other_fraction, cop)
+
+    def _reducible_compute_w(self, t_s: float) -> float:
+        """Facility watts that capping the allowed classes' busy GPUs to their minimum would remove now."""
+        fleet = self.twin.fleet
+        gpu_class = self._gpu_class()
+        allowed = np.isin(gpu_class, [CLASS_ORDER[c] for c in self.dr_level.classes])
+        gpu_w = float(np.maximum(fleet.power_w - fleet.min_cap_w, 0.0)[allowed].sum())
+        return gpu_w * self.facility_per_gpu_w(t_s)
+
+    def _dr_caps(self, block: TwinBlock) -> None:
+        """During an event: move the compute level so that the batteries' mean discharge is what their usable
+        energy sustains to the event's end (plus any shortfall the fast loop met), then set the level's caps."""
+        assert self.active_event is not None
+        plant = self.twin.plant
+        t_end = float(block.t_s[-1])
+        b = self.params
+        floor = np.maximum(b.soc_min, np.array([u.backup_reserve for u in self.site.bess]))
+        remaining = self.active_event[1] - t_end + DR_END_MARGIN_S
+        share = sustainable_discharge_w(plant.bess_soc, floor, b.energy_j, b.eta_discharge, b.power_max_w, remaining)
+        excess = float(block.plant.bess_power_w.mean()) - share + self.shed_w
+        gpu_class = self._gpu_class()
+        fleet = self.twin.fleet
+        span = np.array(
+            [
+                float(((fleet.max_cap_w - fleet.min_cap_w) * (gpu_class == CLASS_ORDER[c])).sum())
+                for c in self.dr_level.classes
+            ]
+        )
+        level = self.dr_level.update(excess, span, self.facility_per_gpu_w(t_end))
+        caps = caps_for_level(level, fleet.min_cap_w, fleet.max_cap_w, gpu_class, self.dr_level.classes)
+        why = f"demand response: level {level:.2f}, batteries' share {share / 1e6:.2f} MW, excess {excess / 1e6:.2f} MW"
+        self._set_caps(t_end, caps, why)
+        self.shed_w = 0.0
 
     def _apply_caps(self, block: TwinBlock) -> None:
         """Turn the batteries' shortfall into GPU caps, lowest class first (effective from the next block)."""
         twin = self.twin
-        wl = twin.workload
-        n = wl.jobs.n
-        prio = wl.jobs.priority[:n]
-        gpu_class = np.where(wl.gpu_job >= 0, prio[np.maximum(wl.gpu_job, 0)], -1)
-        p = block.plant
-        it = float(p.it_power_w[-1])
-        gpu_w = float(block.fleet.gpu_power_w[-1].sum())
-        # Facility watts per GPU watt: node overhead on top, then cooling and losses.
-        amplification = (it / max(gpu_w, 1.0)) * float(p.facility_power_w[-1] / max(it, 1.0))
-        need_gpu_w = self.shed_w / max(amplification, 1.0)
-        before = self.lever.caps_w.copy()
+        gpu_class = self._gpu_class()
+        need_gpu_w = self.shed_w / self.facility_per_gpu_w(float(block.t_s[-1]))
         plan = self.lever.update(
             float(block.t_s[-1]),
             float(block.t_s.size * twin.dt_s),
@@ -292,24 +367,35 @@ class ManagedPolicy(Policy):
             twin.fleet.power_w.astype(np.float64),
             gpu_class,
         )
-        changed = ~((np.isnan(before) & np.isnan(self.lever.caps_w)) | (before == self.lever.caps_w))
-        if changed.any():
-            gpus = np.flatnonzero(changed)
-            res = twin.apply([GpuPowerCap(gpus, self.lever.caps_w[gpus])])
-            if len(self.stats.audit) < 100_000:
-                self.stats.audit.append(
-                    {
-                        "t_s": float(block.t_s[-1]),
-                        "actor": "compute-lever",
-                        "mode": "caps",
-                        "gpus": int(gpus.size),
-                        "cap_before_w": _finite_mean(before[gpus]),
-                        "cap_after_w": _finite_mean(self.lever.caps_w[gpus]),
-                        "why": f"{res[0].detail}; shortfall {self.shed_w / 1e6:.2f} MW; "
-                        f"by class { ({k: round(v) for k, v in plan.by_class_w.items()}) }",
-                    }
-                )
+        self._set_caps(
+            float(block.t_s[-1]),
+            self.lever.caps_w,
+            f"shortfall {self.shed_w / 1e6:.2f} MW; by class { ({k: round(v) for k, v in plan.by_class_w.items()}) }",
+        )
         self.shed_w = 0.0
+
+    def _set_caps(self, t_s: float, caps_w: F64, why: str) -> None:
+        """Apply the GPU caps that changed since the last ones applied (NaN: the default limit), audited."""
+        before = self._applied_caps
+        changed = ~((np.isnan(before) & np.isnan(caps_w)) | (before == caps_w))
+        self.lever.caps_w = caps_w.copy()
+        if not changed.any():
+            return
+        gpus = np.flatnonzero(changed)
+        res = self.twin.apply([GpuPowerCap(gpus, caps_w[gpus])])
+        self._applied_caps = caps_w.copy()
+        if len(self.stats.audit) < 100_000:
+            self.stats.audit.append(
+                {
+                    "t_s": t_s,
+                    "actor": "compute-lever",
+                    "mode": "caps",
+                    "gpus": int(gpus.size),
+                    "cap_before_w": _finite_mean(before[gpus]),
+                    "cap_after_w": _finite_mean(caps_w[gpus]),
+                    "why": f"{res[0].detail}; {why}",
+                }
+            )
 
 
 class MpcPolicy(ManagedPolicy):
@@ -362,6 +448,8 @@ class MpcPolicy(ManagedPolicy):
             self.events,
             self.baseline_w,
             self.demand_rate_scale,
+            self.dr_credit_per_kwh,
+            self._reducible_compute_w(t_s),
         )
         try:
             self.plan = solve_plan(inputs)
@@ -382,30 +470,6 @@ class MpcPolicy(ManagedPolicy):
             )
 
 
-class OraclePolicy(ManagedPolicy):
-    """Perfect foresight: one plan over the whole run from the actual load of the same twin without batteries."""
-
-    name = "oracle"
-
-    def set_actual(self, t_s: F64, it_w: F64, hall_it_w: F64) -> None:
-        step = self.site.energy.planner_step_min * 60.0
-        bucket = np.floor((t_s - t_s[0]) / step).astype(np.int64)
-        n = int(bucket.max()) + 1
-        counts = np.bincount(bucket, minlength=n)
-        it = np.bincount(bucket, weights=it_w, minlength=n) / counts
-        halls = np.stack(
-            [np.bincount(bucket, weights=hall_it_w[:, h], minlength=n) / counts for h in range(hall_it_w.shape[1])],
-            axis=1,
-        )
-        t = t_s[0] + step * np.arange(n)
-        inputs = planner_inputs(self.twin, t, it, halls, 0.0, self.events, None, self.demand_rate_scale)
-        self.plan = solve_plan(inputs, time_limit_s=120.0)
-        self.stats.plan_solves += 1
-        self.stats.plan_solve_s.append(self.plan.solve_s)
-        self.stats.plan_t_s = t.tolist()
-        self.stats.plan_grid_w = self.plan.grid_w.tolist()
-
-
 def _finite_mean(x: F64) -> float | None:
     f = x[np.isfinite(x)]
     return float(f.mean()) if f.size else None
@@ -420,9 +484,13 @@ def planner_inputs(
     events: list[tuple[float, float, float]],
     baseline_w: float | None,
     demand_rate_scale: float = 1.0,
+    dr_credit_per_kwh: float = 0.0,
+    dr_shed_max_w: float = 0.0,
 ) -> PlanInputs:
     """Planner inputs from an IT-load forecast: facility load via the cooling model and the weather, renewables
-    from the weather year, prices from the tariff, battery state from the plant."""
+    from the weather year, prices from the tariff, battery state from the plant. Demand-response events become
+    commitments (grid at most baseline x (1 - reduction)), a credit per kWh below the baseline, and compute that
+    may be shed during them (``dr_shed_max_w`` facility watts, at ``shed_cost_per_kwh``)."""
     site = twin.site
     plant = twin.plant
     mid = t + 0.5 * (t[1] - t[0] if t.size > 1 else 900.0)
@@ -437,17 +505,19 @@ def planner_inputs(
     reserve = np.array([u.backup_reserve for u in site.bess])
     step = float(t[1] - t[0]) if t.size > 1 else site.energy.planner_step_min * 60.0
     dr = np.full(t.size, np.inf)
+    dr_base = np.full(t.size, np.nan)
     for start, end, red in events:
         inside = (mid >= start) & (mid < end)
         if inside.any():
             base = baseline_w if baseline_w is not None else float(np.mean(load[inside]))
             dr[inside] = base * (1.0 - red)
+            dr_base[inside] = base
+    in_event = np.isfinite(dr)
     tar = site.tariff
     contract = site.electrical.contract_demand_kw * 1e3
     over_rate = (
         (tar.contract_billing.over_multiplier - 1.0) * tar.demand_charge_per_kw_month if tar.contract_billing else 0.0
     )
-    temp_mean = float(np.clip(np.mean(temp), 15.0, 45.0))
     return PlanInputs(
         t_s=t,
         dt_s=step,
@@ -474,11 +544,15 @@ def planner_inputs(
         contract_w=contract,
         contract_threshold=(tar.contract_billing.threshold if tar.contract_billing else 1.05),
         contract_over_rate_per_kw=over_rate * demand_rate_scale,
-        degradation_cost_per_kwh=aging.throughput_cost_per_kwh(site.energy.battery_capex_per_kwh, temp_mean),
-        shed_max_w=None,
+        # Wear at the cell temperature the bill prices it at (the batteries sit in conditioned enclosures).
+        degradation_cost_per_kwh=aging.throughput_cost_per_kwh(site.energy.battery_capex_per_kwh, BESS_CELL_TEMP_C),
+        shed_max_w=np.where(in_event, dr_shed_max_w, 0.0) if dr_shed_max_w > 0 and in_event.any() else None,
+        shed_cost_per_kwh=site.energy.shed_cost_per_kwh,
         # Plan below the fast loop's contract limit, so that following the plan never forces compute shedding.
         grid_cap_w=contract * (site.energy.contract_margin - 0.02),
-        dr_limit_w=dr if np.isfinite(dr).any() else None,
+        dr_limit_w=dr if in_event.any() else None,
+        dr_baseline_w=dr_base if in_event.any() else None,
+        dr_credit_per_kwh=dr_credit_per_kwh,
     )
 
 
@@ -505,6 +579,8 @@ def _settings(site: SiteConfig, damping: bool) -> FastSettings:
 
 
 def make_policy(name: str, twin: Twin, events: list[DemandResponseEvent]) -> Policy:
+    from powerplane.runtime.energy_oracle import OraclePolicy
+
     classes: dict[str, type[Policy]] = {
         "none": NonePolicy,
         "threshold": ThresholdPolicy,

@@ -13,7 +13,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from powerplane.physics import aging, tariff
-from powerplane.runtime.energy import ManagedPolicy, Policy
+from powerplane.runtime.energy import BESS_CELL_TEMP_C, DR_BASELINE_RULE, Policy
 from powerplane.telemetry.signal import band_energy_share, ramp_rates_w_per_s
 from powerplane.twin.jobs import PRIORITY_NAMES
 from powerplane.twin.twin import Twin
@@ -47,7 +47,7 @@ def energy_summary(
     contract_w = site.electrical.contract_demand_kw * 1e3
     # Battery wear: BLAST-Lite (or its shipped calibration) on each unit's SOC series.
     soc = s["bess_soc"] if s["bess_soc"].ndim == 2 else np.zeros((t.size, 0))
-    temp = 25.0
+    temp = BESS_CELL_TEMP_C
     wear = [
         aging.age_run(t, soc[:, u], u_cfg.energy_kwh, site.energy.battery_capex_per_kwh, temp)
         for u, u_cfg in enumerate(site.bess)
@@ -74,6 +74,7 @@ def energy_summary(
         mask = jobs.priority[:n] == int(code)
         lost[cls] = float((jobs.cap_lost_gpu_s[:n][mask].sum() + jobs.pause_lost_gpu_s[:n][mask].sum()) / 3600.0)
     dr = []
+    dr_credit = 0.0
     for ev in policy.stats.dr:
         inside = (t >= ev["start_s"]) & (t < ev["end_s"])
         if not inside.any():
@@ -83,9 +84,21 @@ def energy_summary(
         delivered = ev["baseline_w"] - float(grid[inside].mean())
         # Delivery is judged on the event's average and on its settlement intervals (15-min averages).
         _, win = tariff.window_average_w(t[inside], grid[inside], tar.demand_window_min * 60.0)
+        below_kwh = float(np.maximum(ev["baseline_w"] - grid[inside], 0.0).sum() * dt / 3.6e6)
+        dr_credit += below_kwh * policy.dr_credit_per_kwh
         dr.append(
             {
                 **ev,
+                "baseline_rule": DR_BASELINE_RULE,
+                "baseline_rule_used": getattr(policy, "baseline_rule", "") or "prior days",
+                "settlement": "15-min intervals (demand window); delivered_fraction is on the event's average",
+                "committed_w": committed,
+                "delivered_w": delivered,
+                "min_interval_delivered_fraction": (
+                    float((ev["baseline_w"] - win.max()) / committed) if win.size and committed > 0 else 0.0
+                ),
+                "energy_below_baseline_kwh": below_kwh,
+                "credit": below_kwh * policy.dr_credit_per_kwh,
                 "limit_w": limit,
                 "mean_grid_w": float(grid[inside].mean()),
                 "delivered_fraction": delivered / committed if committed > 0 else 0.0,
@@ -103,7 +116,8 @@ def energy_summary(
             "demand": bill.demand_charge + bill.contract_penalty,
             "degradation": degradation,
             "storage_adjustment": storage_adjustment,
-            "total": bill.total + degradation + storage_adjustment,
+            "dr_credit": dr_credit,
+            "total": bill.total + degradation + storage_adjustment - dr_credit,
             "peak_15min_kw": bill.peak_demand_kw,
         },
         "demand": {
@@ -139,6 +153,9 @@ def energy_summary(
             "shed_steps": st.shed_steps,
         },
     }
+    bound = getattr(policy, "bound", None)
+    if bound is not None:
+        summary["oracle_bound"] = bound
     if st.audit:
         import json
 
@@ -196,7 +213,7 @@ def write_report(out: Path, summary: dict[str, Any], s: dict[str, F64], policy: 
     ax.set_title("Energy price")
     imgs.append(("Prices", _figure_png(fig)))
     plt.close(fig)
-    if isinstance(policy, ManagedPolicy) and policy.stats.plan_t_s:
+    if policy.stats.plan_t_s:
         fig, ax = plt.subplots(figsize=(11, 3))
         pt = (np.asarray(policy.stats.plan_t_s) - t[0]) / 3600.0
         keep = (pt >= 0) & (pt <= h[-1])
@@ -219,6 +236,7 @@ def write_report(out: Path, summary: dict[str, Any], s: dict[str, F64], policy: 
         and k
         in (
             "bill",
+            "oracle_bound",
             "demand",
             "grid_friendliness",
             "throughput_lost_gpu_hours",

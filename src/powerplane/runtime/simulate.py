@@ -456,7 +456,8 @@ def simulate(opts: SimulateOptions, progress: Callable[[int, int], None] | None 
     total = round(opts.hours * S_PER_H / opts.step_s)
     if total < 1:
         raise ValueError("the horizon is shorter than one step")
-    from powerplane.runtime.energy import OraclePolicy, make_policy, parse_dr
+    from powerplane.runtime.energy import make_policy, parse_dr
+    from powerplane.runtime.energy_oracle import OraclePolicy, Realized
     from powerplane.runtime.energy_report import energy_summary, write_report
 
     events = list(site.energy.demand_response) + [parse_dr(d, site.timezone) for d in opts.dr]
@@ -468,16 +469,24 @@ def simulate(opts: SimulateOptions, progress: Callable[[int, int], None] | None 
         t0 = time.perf_counter()
         if isinstance(policy, OraclePolicy):  # perfect foresight: the same twin's load, without batteries
             shadow = Twin(site, site_file, seed=opts.seed, dt_s=opts.step_s)
-            t_parts, it_parts, hall_parts = [], [], []
+            parts: dict[str, list[F64]] = {k: [] for k in ("t", "grid", "renew", "curt", "hall")}
             done = 0
             while done < total:
                 b = shadow.advance(min(per_block, total - done))
-                t_parts.append(b.t_s)
-                it_parts.append(b.plant.it_power_w)
-                hall_parts.append(b.fleet.hall_it_power_w)
+                for k, v in (
+                    ("t", b.t_s),
+                    ("grid", b.plant.grid_power_w + b.plant.bess_power_w),
+                    ("renew", b.plant.renewable_power_w),
+                    ("curt", b.plant.curtailed_power_w),
+                    ("hall", b.fleet.hall_it_power_w),
+                ):
+                    parts[k].append(np.asarray(v, dtype=np.float64))
                 done += b.t_s.size
-            policy.set_actual(np.concatenate(t_parts), np.concatenate(it_parts), np.concatenate(hall_parts))
-            del shadow
+            cat = {k: np.concatenate(v) for k, v in parts.items()}
+            policy.set_actual(
+                Realized(cat["t"], opts.step_s, cat["grid"], cat["renew"], cat["curt"], cat["hall"])
+            )
+            del shadow, parts, cat
         rec = _Recorder(twin, out, opts, steps_per_interval)
         controller = policy.controller()
         done = 0
