@@ -37,6 +37,7 @@ class Window:
     late: bool
     part: int = 0
     n: int = 0
+    commit: tuple[NDArray[np.uint64], dict[int, set[int]], int] | None = None  # accept state once published
 
 
 class HallAggregator:
@@ -173,7 +174,8 @@ class HallAggregator:
 
     def rollup(self, w: Window, epoch: int) -> codec.HallRollup:
         """The rollup of window ``w`` with the accept state as it will be once ``w`` is published."""
-        contig, extras = self._commit_state(w)
+        w.commit = self._commit_state(w)
+        contig, extras, _ = w.commit
         idx = np.flatnonzero(w.present)
         frames = w.recs[idx]
         extra_node = np.array([n for n, ss in sorted(extras.items()) for _ in ss], dtype=np.uint32)
@@ -198,7 +200,8 @@ class HallAggregator:
             coverage=idx.size / self.n_nodes,
         )
 
-    def _commit_state(self, w: Window) -> tuple[NDArray[np.uint64], dict[int, set[int]]]:
+    def _commit_state(self, w: Window) -> tuple[NDArray[np.uint64], dict[int, set[int]], int]:
+        gaps = 0
         contig = self.contig.copy()
         extras = {n: set(s) for n, s in self.extras.items()}
         idx = np.flatnonzero(w.present)
@@ -217,7 +220,7 @@ class HallAggregator:
                 ss.discard(c)
             if len(ss) > self.reorder_frames:  # the gap will not fill (an agent restarted): give it up, counted
                 low = min(ss)
-                self.gaps_skipped += low - c - 1
+                gaps += low - c - 1
                 c = low
                 ss.discard(low)
                 while c + 1 in ss:
@@ -226,11 +229,12 @@ class HallAggregator:
             contig[n] = c
             if not ss:
                 del extras[n]
-        return contig, extras
+        return contig, extras, gaps
 
     def published(self, w: Window) -> None:
         """Record that window ``w``'s rollup is stored on the bus."""
-        self.contig, self.extras = self._commit_state(w)
+        self.contig, self.extras, gaps = w.commit if w.commit is not None else self._commit_state(w)
+        self.gaps_skipped += gaps
         self._parts[w.tick] = self._parts.get(w.tick, 0) + 1
         if len(self._parts) > 4096:
             for t in sorted(self._parts)[:2048]:

@@ -6,6 +6,7 @@ that exists with the same configuration is a no-op, so every process declares wh
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -32,7 +33,7 @@ async def connect(
     *,
     on_disconnect: Callable[[], Awaitable[None]] | None = None,
     on_reconnect: Callable[[], Awaitable[None]] | None = None,
-    connect_timeout_s: float = 5.0,
+    connect_timeout_s: float = 2.0,
 ) -> Client:
     """A client that reconnects forever every 0.2 s; raises :class:`BusError` when the first connect fails."""
 
@@ -40,7 +41,7 @@ async def connect(
         log.debug("nats %s: %s", name, exc)
 
     try:
-        return await nats.connect(
+        connecting = nats.connect(
             url,
             name=name,
             allow_reconnect=True,
@@ -54,6 +55,8 @@ async def connect(
             reconnected_cb=on_reconnect,
             error_cb=_err,
         )
+        # With endless reconnects nats-py also retries the first connect forever: bound it.
+        return await asyncio.wait_for(connecting, 2 * connect_timeout_s)
     except Exception as exc:  # nats raises several unrelated types for an unreachable server
         raise BusError(f"cannot connect to NATS at {url}: {exc}") from exc
 

@@ -1,0 +1,132 @@
+"""The hall aggregation without a bus: ticks, duplicates, replays, late frames, takeover from a rollup."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from powerplane.bus import codec
+from powerplane.bus.hall import HallAggregator
+from powerplane.config.loader import load_scenario
+from powerplane.topology import Topology
+
+
+@pytest.fixture(scope="module")
+def topo() -> Topology:
+    site, _ = load_scenario("small")
+    return Topology.from_site(site)
+
+
+def frames(topo: Topology, nodes: list[int], seq: int | list[int], tick: int) -> np.ndarray:
+    rec = np.zeros(len(nodes), dtype=codec.node_dtype(8))
+    rec["magic"], rec["version"], rec["n_gpus"] = codec.MAGIC_NODE, codec.SCHEMA_VERSION, 8
+    rec["gpu_mask"], rec["node_mask"] = codec.FULL_GPU_MASK, codec.FULL_NODE_MASK
+    rec["node"] = nodes
+    rec["seq"] = seq
+    rec["t_s"] = tick * 0.1
+    rec["gpu.power_w"] = 100.0
+    rec["node.power_w"] = 1000.0
+    return rec
+
+
+def publish_all(agg: HallAggregator, force: bool = False) -> list[codec.HallRollup]:
+    out = []
+    for w in agg.due(force):
+        out.append(agg.rollup(w, epoch=1))
+        agg.published(w)
+    return out
+
+
+def test_tick_closes_when_every_node_reported(topo: Topology) -> None:
+    agg = HallAggregator(topo, 0)
+    n = agg.n_nodes
+    agg.add(frames(topo, list(range(n - 1)), 1, 100))
+    assert publish_all(agg) == []
+    agg.add(frames(topo, [n - 1], 1, 100))
+    (r,) = publish_all(agg)
+    assert r.tick == 100 and r.coverage == 1.0 and r.frames.size == n
+    assert r.gpu_power_w == pytest.approx(100.0 * 8 * n)
+    assert r.contig_seq.tolist() == [1] * n
+
+
+def test_tick_closes_on_newer_ticks_with_partial_coverage(topo: Topology) -> None:
+    agg = HallAggregator(topo, 0, close_after_ticks=3)
+    agg.add(frames(topo, [0, 1], 1, 10))
+    agg.add(frames(topo, [0], 2, 13))
+    (r,) = publish_all(agg)
+    assert r.tick == 10 and r.frames.size == 2 and r.coverage == pytest.approx(2 / agg.n_nodes)
+
+
+def test_duplicates_unknown_nodes_and_replays_are_counted_not_aggregated(topo: Topology) -> None:
+    agg = HallAggregator(topo, 0)
+    agg.add(frames(topo, [0, 1], 1, 10))
+    agg.add(frames(topo, [0], 1, 10))  # same frame again, tick still open
+    agg.add(frames(topo, [1], 7, 10))  # another frame for a node and tick already filled
+    agg.add(frames(topo, [topo.n_nodes + 5], 1, 10))
+    publish_all(agg, force=True)
+    agg.add(frames(topo, [0], 1, 10))  # replayed after publication
+    assert agg.rejected == {"duplicate": 2, "replayed": 1, "unknown_node": 1}
+    assert agg.accepted == 2
+
+
+def test_late_frame_goes_out_as_a_further_part(topo: Topology) -> None:
+    agg = HallAggregator(topo, 0)
+    agg.add(frames(topo, [0], 1, 10))
+    (first,) = publish_all(agg, force=True)
+    agg.add(frames(topo, [1], 1, 10))  # node 1 was buffering while the bus was down
+    (late,) = publish_all(agg)
+    assert (first.tick, first.part, late.tick, late.part) == (10, 0, 10, 1)
+    assert late.nodes.tolist() == [1]
+
+
+def test_takeover_from_last_rollup_loses_nothing_and_counts_nothing_twice(topo: Topology) -> None:
+    a = HallAggregator(topo, 0)
+    stream = [frames(topo, list(range(a.n_nodes)), s, 100 + s) for s in range(1, 11)]
+    for rec in stream[:6]:
+        a.add(rec)
+    rollups = publish_all(a)  # ticks 1..6 complete: all published
+    assert len(rollups) == 6
+    a.add(stream[6])  # tick 7 delivered but the tracker dies before publishing it
+    b = HallAggregator(topo, 0)
+    b.restore(rollups[-1])
+    for rec in stream[4:]:  # redelivery starts before what was published (acks were not sent)
+        b.add(rec)
+    more = publish_all(b, force=True)
+    seen = [int(s) for r in rollups + more for s in r.frames["seq"]]
+    assert sorted(set(seen)) == list(range(1, 11))
+    assert len(seen) == 10 * a.n_nodes  # every frame exactly once
+    assert b.rejected["duplicate"] == 2 * a.n_nodes
+
+
+def test_out_of_order_sequences_fill_gaps_and_state_travels(topo: Topology) -> None:
+    agg = HallAggregator(topo, 0)
+    agg.add(frames(topo, [0], 1, 1))
+    publish_all(agg, force=True)
+    agg.add(frames(topo, [0], 3, 3))  # 2 is still in flight (resent after a reconnect)
+    (r3,) = publish_all(agg, force=True)
+    assert r3.contig_seq[0] == 1 and r3.extra_seq.tolist() == [3]
+    b = HallAggregator(topo, 0)
+    b.restore(r3)
+    b.add(frames(topo, [0], 3, 3))
+    assert b.rejected["duplicate"] == 1
+    b.add(frames(topo, [0], 2, 2))
+    (r2,) = publish_all(b, force=True)
+    assert r2.contig_seq[0] == 3 and r2.extra_seq.size == 0
+
+
+def test_a_gap_that_never_fills_is_given_up_and_counted(topo: Topology) -> None:
+    agg = HallAggregator(topo, 0, reorder_frames=4)
+    agg.add(frames(topo, [0], 1, 1))
+    publish_all(agg, force=True)
+    for s in range(1000, 1006):  # the agent restarted with a new sequence base
+        agg.add(frames(topo, [0], s, s))
+        publish_all(agg, force=True)
+    assert agg.gaps_skipped == 1000 - 2
+    assert int(agg.contig[0]) == 1005 and not agg.extras
+
+
+def test_wrong_layout_is_malformed(topo: Topology) -> None:
+    agg = HallAggregator(topo, 0)
+    rec = np.zeros(1, dtype=codec.node_dtype(4))
+    agg.add(rec)
+    assert agg.rejected["malformed"] == 1
