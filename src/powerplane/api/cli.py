@@ -28,13 +28,23 @@ def run(
     history: Annotated[bool, typer.Option("--history/--no-history", help="keep a DuckDB history")] = True,
     cert: Annotated[Path | None, typer.Option(help="TLS certificate (PEM); serve https with --key")] = None,
     key: Annotated[Path | None, typer.Option(help="TLS private key (PEM)")] = None,
+    models: Annotated[
+        Path, typer.Option(help="directory of the forecast model registry (registry.duckdb); the prior model if absent")
+    ] = Path("runs"),
 ) -> None:
     """Run the embedded stack (twin, telemetry, energy management, alerts, forecasts) and serve the cockpit."""
     from powerplane.api.server import ServeOptions, serve
     from powerplane.runtime.live import LiveOptions
 
     live = LiveOptions(
-        scenario=scenario, speed=speed, period_s=period, seed=seed, policy=policy, state_dir=state_dir, history=history
+        scenario=scenario,
+        speed=speed,
+        period_s=period,
+        seed=seed,
+        policy=policy,
+        state_dir=state_dir,
+        history=history,
+        forecast_registry=models if (models / "registry.duckdb").exists() else None,
     )
     try:
         serve(
