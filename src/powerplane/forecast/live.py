@@ -324,16 +324,16 @@ class MonitoredForecaster(LiveForecaster):
     WINDOW_MIN = 360  # rolling window scored against the registered backtest error
     MIN_SCORED = 60
     DEGRADED = 1.05
+    RETRY_MIN = 60
 
-    def __init__(
-        self, site: SiteConfig, topology: Topology, registry_dir: Path | None = None, clock_s: Any = None
-    ) -> None:
+    def __init__(self, site: SiteConfig, topology: Topology, registry_dir: Path | None = None) -> None:
         super().__init__(site, topology, registry_dir)
         self._pending: dict[int, float] = {}  # target minute -> P50 issued 15 minutes before
         self.errors: deque[tuple[int, float]] = deque(maxlen=self.WINDOW_MIN)
         self.alerts: list[dict[str, Any]] = []
         self._firing = False
-        self._clock_s = clock_s
+        self._retrained = False
+        self._last_try = -(10**9)
 
     def reference_mae_w(self) -> float | None:
         """The champion's registered 15-minute backtest MAE."""
@@ -356,6 +356,20 @@ class MonitoredForecaster(LiveForecaster):
         ref, roll = self.reference_mae_w(), self.rolling_mae_w()
         if ref is None or roll is None:
             return
+        if self._firing and not self._retrained and m - self._last_try >= self.RETRY_MIN:
+            res = self.retrain(t_s)  # the first try lacked history: try again while the alert holds
+            self._last_try = m
+            self._retrained = bool(res.get("trained"))
+            self.alerts.append(
+                {
+                    "rule": "forecast_degraded",
+                    "state": "firing",
+                    "since_s": t_s,
+                    "retrain": res,
+                    "labels": {"model": self.model_name, "horizon": "15min"},
+                }
+            )
+            return
         if roll > self.DEGRADED * ref and not self._firing:
             self._firing = True
             alert = {
@@ -371,6 +385,8 @@ class MonitoredForecaster(LiveForecaster):
                 },
             }
             alert["retrain"] = self.retrain(t_s)
+            self._retrained = bool(alert["retrain"].get("trained"))
+            self._last_try = m
             self.alerts.append(alert)
         elif roll <= self.DEGRADED * ref and self._firing:
             self._firing = False

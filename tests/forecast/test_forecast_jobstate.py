@@ -1,0 +1,78 @@
+"""JobState: levels, checkpoint rhythm, stalls, class profiles and fallbacks, on exact small cases."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from powerplane.forecast.jobstate import JobState, gpu_bucket
+
+
+def _feed(state: JobState, series: dict[int, list[float]]) -> None:
+    n = len(next(iter(series.values())))
+    for m in range(n):
+        ids = np.array([j for j, s in series.items() if np.isfinite(s[m])], dtype=np.int64)
+        p = np.array([series[j][m] for j in ids.tolist()])
+        state.observe(m, ids, p)
+
+
+def test_level_is_kept_and_ends_remove_power() -> None:
+    st = JobState()
+    st.describe(np.array([0, 1]), np.array([3, 3]), np.array([8, 8]), end_min=np.array([np.inf, 12.0]))
+    _feed(st, {0: [1000.0] * 10, 1: [500.0] * 10})
+    pr = st.project(np.array([1, 2, 3]), 9)
+    assert pr.now_w == 1500.0
+    # job 1 ends at minute 12: gone from horizon 3 on
+    assert pr.end_w.tolist() == [0.0, 0.0, -500.0]
+    assert pr.end_gpus.tolist() == [0.0, 0.0, 8.0]
+    assert np.allclose(pr.ckpt_w, 0.0) and np.allclose(pr.ramp_w, 0.0)
+
+
+def test_checkpoint_rhythm_predicts_the_next_dip() -> None:
+    st = JobState()
+    st.describe(np.array([0]), np.array([0]), np.array([64]))
+    s = [1000.0] * 50
+    for m in (5, 15, 25, 35):  # a 1-minute dip every 10 minutes
+        s[m] = 300.0
+    _feed(st, {0: s[:40]})
+    assert st.period_min[0] == 10.0
+    pr = st.project(np.arange(1, 11), 39)
+    due = np.flatnonzero(pr.ckpt_w < -100) + 1  # horizons with a dip
+    assert due.tolist() == [6]  # minute 45
+    assert np.isclose(pr.ckpt_w[5], -700.0, rtol=0.3)
+
+
+def test_a_stall_recovers_through_a_ramp_instead_of_persisting() -> None:
+    st = JobState()
+    st.describe(np.array([0]), np.array([0]), np.array([64]))
+    st.stall_len_min, st.ramp_len_min = 10.0, 4.0
+    s = [1000.0] * 20 + [100.0] * 4  # stalled for 4 minutes at the end
+    _feed(st, {0: s})
+    pr = st.project(np.array([1, 5, 10, 20]), len(s) - 1)
+    fut = pr.now_w + pr.ckpt_w
+    assert fut[0] < 200.0  # still flat next minute
+    assert fut[-1] > 950.0  # back at its level well after the expected stall
+    assert np.all(np.diff(fut) >= -1e-9)
+
+
+def test_young_jobs_use_the_class_profile_and_unknown_ones_a_fallback() -> None:
+    st = JobState()
+    st.describe(np.array([0, 1, 2]), np.array([3, 3, -1]), np.array([8, 8, 4]))
+    _feed(st, {0: [800.0] * 6, 1: [np.nan] * 5 + [100.0], 2: [np.nan] * 5 + [50.0]})
+    pr = st.project(np.array([1]), 5)
+    # job 1 (young, its class has a profile: 100 W/GPU) heads to 800 W; job 2 has no class profile: fleet fallback
+    assert pr.ramp_w[0] > 700.0 + 0.5 * (4 * 100.0 - 50.0)
+    assert pr.fallback_w == 50.0
+    prof, fb = st.profile_w(np.array([2]))
+    assert fb.tolist() == [True] and prof[0] > 0  # never zero
+
+
+def test_bad_values_are_dropped_not_zeroed() -> None:
+    st = JobState()
+    st.observe(0, np.array([0, 1]), np.array([1000.0, 500.0]))
+    st.observe(1, np.array([0, 1]), np.array([np.nan, -5.0]))
+    assert st.last_w[:2].tolist() == [1000.0, 500.0]
+    assert st.active(1).size == 0 and st.active(0).tolist() == [0, 1]
+
+
+def test_gpu_bucket_edges() -> None:
+    assert gpu_bucket(np.array([1, 3, 7, 31, 255, 256])).tolist() == [0, 1, 2, 3, 4, 5]

@@ -1,0 +1,95 @@
+"""Features, the job-aware model and the metrics on a synthetic run with exact structure."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from powerplane.forecast.backtest import split, subset
+from powerplane.forecast.data import JobInfo, RunData, minute_means
+from powerplane.forecast.features import MODEL_HORIZONS_MIN, build_features
+from powerplane.forecast.jobaware import JobAwareModel
+from powerplane.forecast.metrics import score
+
+
+def synthetic_run(n: int = 3000, seed: int = 0) -> RunData:
+    """Base load with noise, one long job checkpointing every 20 minutes, and short jobs with declared ends."""
+    rng = np.random.default_rng(seed)
+    t0 = 1.7e9
+    minutes, ids, power = [], [], []
+    n_short = n // 30
+    starts = np.sort(rng.integers(5, n - 5, n_short))  # unannounced arrivals at random
+    durs = rng.integers(8, 20, n_short)
+    for m in range(n):
+        minutes.append(m)
+        ids.append(0)
+        power.append(300e3 if m % 20 == 7 else 1000e3)
+        for k in np.flatnonzero((starts <= m) & (m < starts + durs)):
+            minutes.append(m)
+            ids.append(k + 1)
+            power.append(200e3)
+    minutes_a, ids_a, power_a = np.array(minutes), np.array(ids), np.array(power)
+    jobs_p = np.bincount(minutes_a, weights=power_a, minlength=n)
+    facility = 500e3 + 1.3 * jobs_p + rng.normal(0, 5e3, n)
+    nj = n_short + 1
+    start_s = t0 + 60.0 * np.r_[0, starts]
+    jobs = JobInfo(
+        kind=np.r_[0, np.full(n_short, 3)],
+        n_gpus=np.r_[512, np.full(n_short, 64)],
+        submit_s=start_s.copy(),
+        start_s=start_s,
+        end_s=np.r_[np.nan, t0 + 60.0 * (starts + durs)],
+        work_s=np.r_[np.inf, 60.0 * durs],
+    )
+    assert jobs.n == nj
+    return RunData(
+        "synthetic", t0, facility, facility / 1.2, facility * 0.1, np.full(n, 25.0), jobs, minutes_a, ids_a, power_a
+    )
+
+
+def test_job_aware_beats_persistence_on_known_ends_and_checkpoints() -> None:
+    run = synthetic_run(6000)
+    sp = split(run.n)
+    tr = build_features(run, sp.train_origins)
+    tr.y[(tr.origins[:, None] + tr.horizons_min[None, :]) >= sp.train_end] = np.nan
+    model = JobAwareModel.fit(tr, np.zeros(4))
+    te = build_features(run, sp.test_origins)
+    fc = model.predict(te)
+    for h, limit in ((1, 0.3), (15, 0.65)):
+        k = int(np.searchsorted(MODEL_HORIZONS_MIN, h))
+        actual = te.y[:, k] + te.now_w
+        ok = np.isfinite(actual)
+        mae = np.mean(np.abs(fc.p50_w[ok, k] - actual[ok]))
+        pers = np.mean(np.abs(te.y[ok, k]))
+        assert mae < limit * pers, (h, mae, pers)
+        cov = np.mean((actual[ok] >= fc.p10_w[ok, k]) & (actual[ok] <= fc.p90_w[ok, k]))
+        assert 0.6 <= cov <= 0.97  # skewed arrival noise: conformal bands stay near, not at, 80 %
+    # round trip through bytes
+    again = JobAwareModel.from_bytes(model.to_bytes())
+    assert np.allclose(again.predict(subset(te, slice(0, 5))).p50_w, model.predict(subset(te, slice(0, 5))).p50_w)
+
+
+def test_fallback_and_stale_inputs_widen_the_band() -> None:
+    run = synthetic_run(2000)
+    sp = split(run.n)
+    tr = build_features(run, sp.train_origins)
+    model = JobAwareModel.fit(tr, np.zeros(4))
+    te = subset(build_features(run, sp.test_origins[:10]), slice(None))
+    base = model.predict(te)
+    te.fallback_w[:] = 1e5
+    te.stale_min[:] = 5.0
+    wide = model.predict(te)
+    assert np.all(wide.p90_w - wide.p10_w > base.p90_w - base.p10_w)
+    assert np.allclose(wide.p50_w, base.p50_w)  # the point stays, only the band widens
+    assert np.all(np.isfinite(wide.p50_w[:, :60])) and np.all(wide.p50_w[:, :60] > 0)
+
+
+def test_gaps_are_nan_not_zero() -> None:
+    m = minute_means(np.array([0.0, 10.0, 130.0]), np.array([1.0, np.nan, 2.0]), 0.0, 3)
+    assert m[0] == 1.0 and np.isnan(m[1]) and m[2] == 2.0
+
+
+def test_score_exact() -> None:
+    y = np.array([10.0, 20.0, np.nan])
+    s = score(y, np.array([5.0, 25.0, 0.0]), np.array([10.0, 22.0, 0.0]), np.array([15.0, 30.0, 0.0]), 4.0)
+    assert s["n"] == 2 and s["mae_w"] == 1.0 and s["mase"] == 0.25 and s["coverage_p10_p90"] == 0.5
+    assert np.isclose(s["mape_pct"], 5.0)
