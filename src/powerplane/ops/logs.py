@@ -16,9 +16,8 @@ A line goes through :class:`LogMiner`:
 
 Sources: :class:`FileTailer` (follows appends, rotation and truncation), :class:`SyslogUdpListener` (RFC 3164
 and 5424 datagrams on loopback) and :func:`render_twin_xids` (the twin's injected faults as kernel-log lines).
-:class:`LogStore` keeps events in an embedded DuckDB file with a token index for full-text search: DuckDB's
-``fts`` extension must be downloaded (not possible offline) and its index is rebuilt from scratch after inserts,
-which does not suit a stream; the token table is filled by DuckDB itself, vectorized, on every insert.
+:class:`~powerplane.ops.logstore.LogStore` keeps events in an embedded DuckDB file with a token index for
+full-text search (see its module).
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ import queue
 import re
 import socket
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,6 +102,7 @@ class LogEvent:
     line: str
     xid: XidRecord | None = None
     label: str | None = None  # ground truth from a labelled dataset (LogHub), never used for scoring
+    text_offset: int = 0  # where the program tag (or the message) starts in ``line``: the indexed text
 
     @property
     def action(self) -> str | None:
@@ -356,9 +356,14 @@ class LogMiner:
             score = 0.6
             reasons.append("severity")
 
+        text = line.rstrip("\r\n")
+        off = len(text) - len(msg) if text.endswith(msg) else 0
+        if p.app is not None and off > 0:
+            a = text.rfind(p.app, 0, off)
+            off = a if a >= 0 else off
         return LogEvent(
             seq, p.t_s if p.t_s is not None else t_s, h, gpu, job, pci, cid, st.template, sev, score,
-            ",".join(reasons), line.rstrip("\r\n"), xrec, p.label,
+            ",".join(reasons), text, xrec, p.label, max(off, 0),
         )  # fmt: skip
 
     def process_lines(self, lines: Iterable[str], t_s: float | None = None) -> list[LogEvent]:
@@ -533,124 +538,7 @@ class SyslogUdpListener:
         self.stop()
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Store
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS log_events (
-    id BIGINT PRIMARY KEY, t_s DOUBLE, host VARCHAR, gpu INTEGER, job BIGINT, pci_bus_id VARCHAR,
-    template_id INTEGER, template VARCHAR, severity TINYINT, anomaly_score REAL, reasons VARCHAR,
-    xid INTEGER, action VARCHAR, line VARCHAR
-);
-CREATE TABLE IF NOT EXISTS log_tokens (token VARCHAR, id BIGINT);
-"""
-_COLUMNS = ("id", "t_s", "host", "gpu", "job", "pci_bus_id", "template_id", "template", "severity",
-            "anomaly_score", "reasons", "xid", "action", "line")  # fmt: skip
-_QUERY_TERM = re.compile(r'(\w+):("[^"]*"|\S+)|"([^"]*)"|(\S+)')
-_TOKEN = re.compile(r"[a-z0-9_]+")
-_FIELDS = {"host": "host", "gpu": "gpu", "job": "job", "xid": "xid", "action": "action", "template": "template_id"}
-
-
-class LogStore:
-    """Log events in an embedded DuckDB file, with a token index for search (see the module docstring)."""
-
-    def __init__(self, path: str | Path = ":memory:") -> None:
-        import duckdb
-
-        self.path = str(path)
-        self.con = duckdb.connect(self.path)
-        self.con.execute(_SCHEMA)
-        self._next_id = int(self.con.execute("SELECT coalesce(max(id) + 1, 0) FROM log_events").fetchall()[0][0])
-
-    def add(self, events: Sequence[LogEvent]) -> int:
-        """Store events (one columnar insert, tokens indexed by DuckDB in the same transaction)."""
-        if not events:
-            return 0
-        import pyarrow as pa
-
-        n, i0 = len(events), self._next_id
-        cols: dict[str, Any] = {
-            "id": pa.array(range(i0, i0 + n), pa.int64()),
-            "t_s": pa.array([e.t_s for e in events], pa.float64()),
-            "host": pa.array([e.host for e in events], pa.string()),
-            "gpu": pa.array([e.gpu for e in events], pa.int32()),
-            "job": pa.array([e.job for e in events], pa.int64()),
-            "pci_bus_id": pa.array([e.pci_bus_id for e in events], pa.string()),
-            "template_id": pa.array([e.template_id for e in events], pa.int32()),
-            "template": pa.array([e.template for e in events], pa.string()),
-            "severity": pa.array([e.severity for e in events], pa.int8()),
-            "anomaly_score": pa.array([e.anomaly_score for e in events], pa.float32()),
-            "reasons": pa.array([e.reasons for e in events], pa.string()),
-            "xid": pa.array([None if e.xid is None else e.xid.xid for e in events], pa.int32()),
-            "action": pa.array([e.action for e in events], pa.string()),
-            "line": pa.array([e.line for e in events], pa.string()),
-        }
-        batch = pa.table(cols)
-        con = self.con
-        con.register("_log_batch", batch)
-        try:
-            con.execute("BEGIN")
-            con.execute(f"INSERT INTO log_events SELECT {', '.join(_COLUMNS)} FROM _log_batch")
-            con.execute(
-                "INSERT INTO log_tokens SELECT unnest(regexp_extract_all(lower(line), '[a-z0-9_]+')) AS token,"
-                " id FROM _log_batch"
-            )
-            con.execute("COMMIT")
-        except Exception:
-            con.execute("ROLLBACK")
-            raise
-        finally:
-            con.unregister("_log_batch")
-        self._next_id += n
-        return n
-
-    def count(self) -> int:
-        return int(self.con.execute("SELECT count(*) FROM log_events").fetchall()[0][0])
-
-    def search(self, query: str, limit: int = 50, min_score: float = 0.0) -> list[dict[str, Any]]:
-        """Events matching every term of ``query``, newest first. Terms: words (token match, ``word*`` for a
-        prefix), ``"a phrase"`` (substring, case-insensitive), and ``host:``, ``gpu:``, ``job:``, ``xid:``,
-        ``action:``, ``template:`` filters."""
-        where: list[str] = ["anomaly_score >= ?"]
-        params: list[Any] = [min_score]
-        for field, value, phrase, word in _QUERY_TERM.findall(query):
-            if field and field.lower() in _FIELDS:
-                col = _FIELDS[field.lower()]
-                v = value.strip('"')
-                if col in ("host", "action"):
-                    where.append(f"lower({col}) = lower(?)")
-                    params.append(v)
-                else:
-                    where.append(f"{col} = ?")
-                    params.append(int(v))
-                continue
-            if phrase or (field and value):
-                text = phrase or f"{field}:{value}"
-                where.append("line ILIKE ?")
-                params.append("%" + text.replace("%", r"\%").replace("_", r"\_") + "%")
-                continue
-            prefix = word.endswith("*")
-            for tok in _TOKEN.findall(word.lower()):
-                if prefix and word.lower().rstrip("*").endswith(tok):
-                    where.append("id IN (SELECT id FROM log_tokens WHERE starts_with(token, ?))")
-                else:
-                    where.append("id IN (SELECT id FROM log_tokens WHERE token = ?)")
-                params.append(tok)
-        sql = (
-            f"SELECT {', '.join(_COLUMNS)} FROM log_events WHERE {' AND '.join(where)} "
-            "ORDER BY t_s DESC NULLS LAST, id DESC LIMIT ?"
-        )
-        rows = self.con.execute(sql, [*params, int(limit)]).fetchall()
-        return [dict(zip(_COLUMNS, r, strict=True)) for r in rows]
-
-    def close(self) -> None:
-        self.con.close()
-
-    def __enter__(self) -> LogStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+from powerplane.ops.logstore import LogStore  # noqa: E402 - re-exported: the store lives in its own module
 
 
 def pump(lines: Iterable[str | tuple[float, str]], miner: LogMiner, store: LogStore | None) -> list[LogEvent]:
