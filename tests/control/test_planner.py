@@ -71,3 +71,26 @@ def test_bad_inputs_are_rejected_before_solving() -> None:
         check_inputs(_inputs(soc0=np.array([0.1, 0.2])))
     with pytest.raises(PlanError):
         solve_plan(_inputs(import_limit_w=0.5e6, renewable_w=np.zeros(4)))  # 1 MW load, 0.5 MW connection
+
+
+def test_terminal_value_keeps_energy_worth_more_than_the_dear_hours() -> None:
+    # Stored energy is worth 0.6 at the end, more than the 0.5 it would save: charge 1 MWh at 0.1 and keep it.
+    plan = solve_plan(_inputs(soc_final=None, terminal_value_per_kwh=0.6))
+    assert plan.soc[-1, 0] == pytest.approx(1.0, abs=1e-9)
+    # 3 MWh at 0.1, 2 MWh at 0.5, minus 1 MWh left at 0.6.
+    assert plan.objective == pytest.approx(300 + 1000 - 600, rel=1e-9)
+    # Worth less (0.3) than the dear hours: the battery is emptied into them as in plain arbitrage.
+    plan = solve_plan(_inputs(soc_final=None, terminal_value_per_kwh=0.3))
+    assert plan.soc[-1, 0] == pytest.approx(0.0, abs=1e-9)
+    assert plan.objective == pytest.approx(800, rel=1e-9)
+
+
+def test_dr_credit_moves_the_discharge_into_the_event() -> None:
+    base = np.array([np.nan, np.nan, 1e6, np.nan])
+    plan = solve_plan(_inputs(dr_baseline_w=base, dr_credit_per_kwh=1.0))
+    # Without the credit hours 2 and 3 are alike; with it the 1 MWh goes into the event hour: grid 0 there.
+    assert plan.bess_w[2, 0] == pytest.approx(1e6, rel=1e-9)
+    assert plan.grid_w[2] == pytest.approx(0.0, abs=1e-3)
+    assert plan.info["dr_credited_kwh"] == pytest.approx(1000.0, rel=1e-9)
+    # 3 MWh at 0.1 + 1 MWh at 0.5 - 1000 kWh credited at 1.0.
+    assert plan.objective == pytest.approx(300 + 500 - 1000, rel=1e-9)

@@ -87,3 +87,54 @@ def test_unknown_policy_fails_before_simulating(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown policy"):
         simulate(SimulateOptions("small", 0.1, out=tmp_path / "x", policy="yolo"))
     assert not (tmp_path / "x").exists()
+
+
+def test_oracle_is_a_bound_it_meets_and_mpc_does_not_beat(tmp_path: Path) -> None:
+    bills = {}
+    for policy in ("none", "mpc", "oracle"):
+        s = simulate(SimulateOptions("small", 3, out=tmp_path / policy, policy=policy))
+        bills[policy] = s["bill"]["total"]
+        if policy == "oracle":
+            bound = s["oracle_bound"]
+    b = bound
+    assert b["total"] == pytest.approx(b["lp_objective"], rel=1e-6)  # the LP's objective is the bill's terms
+    assert b["total"] == pytest.approx(b["energy"] + b["demand"] + b["degradation"] + b["storage_adjustment"])
+    # Executed open loop on the load it planned for, the plan's bill is met to within 0.1 %.
+    assert bills["oracle"] == pytest.approx(b["total"], rel=1e-3)
+    assert b["total"] <= bills["none"] and b["total"] <= bills["mpc"] * (1 + 1e-3)
+    html = (tmp_path / "oracle" / "report.html").read_text()
+    assert "<h2>oracle bound</h2>" in html
+
+
+def test_status_reports_safe_mode_planner_failure_and_demand(monkeypatch: pytest.MonkeyPatch) -> None:
+    from powerplane.control.planner import PlanError
+    from powerplane.runtime import energy
+    from powerplane.twin.twin import Twin
+
+    site, path = load_scenario("small")
+    twin = Twin(site, path, seed=0)
+    policy = energy.make_policy("mpc", twin, [])
+    st = policy.status()
+    assert set(st) >= {"safe_mode", "planner_failed", "demand_15min_w", "contract_w"}
+    assert st["safe_mode"] == 0.0 and st["planner_failed"] == 0.0 and np.isnan(st["demand_15min_w"])
+    assert st["contract_w"] == site.electrical.contract_demand_kw * 1e3
+    step = policy.controller()
+    policy.before_block(twin.now_s)
+    block = twin.advance(60, step)  # type: ignore[arg-type]
+    policy.after_block(block)
+    assert policy.status()["demand_15min_w"] == pytest.approx(float(block.plant.grid_power_w.mean()))
+    # An invalid reading (NaN grid power) puts the fast loop in safe mode: hold, then idle.
+    u = twin.plant.bess_soc.size
+    step(twin.now_s, float("nan"), np.zeros(u), twin.plant.bess_soc, 50.0, False, None)  # type: ignore[operator]
+    assert policy.status()["safe_mode"] == 1.0
+    step(twin.now_s + 1, 1e5, np.zeros(u), twin.plant.bess_soc, 50.0, False, None)  # type: ignore[operator]
+    assert policy.status()["safe_mode"] == 0.0
+
+    def fail(*a: object, **k: object) -> None:
+        raise PlanError("planner LP not solved: Infeasible")
+
+    monkeypatch.setattr(energy, "solve_plan", fail)
+    policy.before_block(twin.now_s + 3600.0)  # past the replan interval: solves, fails, keeps the last plan
+    assert policy.status()["planner_failed"] == 1.0
+    assert policy.plan is not None  # the last valid plan is kept
+    assert policy.stats.audit[-1]["actor"] == "planner" and "keeping the last plan" in str(policy.stats.audit[-1]["why"])

@@ -96,6 +96,11 @@ class Policy:
         # prices a new peak the same way so that it optimises the bill it is judged on (1.0 for live operation).
         self.demand_rate_scale = 1.0
         self.dr_credit_per_kwh = DR_CREDIT_PER_KWH
+        window = round(self.site.tariff.demand_window_min * 60.0 / twin.dt_s)
+        self._grid_ring = np.full(max(window, 1), np.nan)  # the last demand window of grid import [W]
+        self._grid_next = 0
+        self.safe_mode = False
+        self.planner_failed = False
 
     def controller(self) -> object | None:
         return None
@@ -104,7 +109,26 @@ class Policy:
         return None
 
     def after_block(self, block: TwinBlock) -> None:
-        return None
+        """Bookkeeping every policy does: the rolling demand window for :meth:`status`."""
+        g = np.asarray(block.plant.grid_power_w, dtype=np.float64)[-self._grid_ring.size :]
+        idx = (self._grid_next + np.arange(g.size)) % self._grid_ring.size
+        self._grid_ring[idx] = g
+        self._grid_next = int((self._grid_next + g.size) % self._grid_ring.size)
+
+    def status(self) -> dict[str, float]:
+        """What the policy reports each cycle, for the alert engine's context (agreed keys ``safe_mode``,
+        ``planner_failed`` 0/1, ``demand_15min_w`` (rolling mean of grid import over the last demand window),
+        ``contract_w``) plus ``dr_active`` (0/1) and ``dr_limit_w`` (NaN outside events)."""
+        ring = self._grid_ring
+        ok = np.isfinite(ring)
+        return {
+            "safe_mode": float(self.safe_mode),
+            "planner_failed": float(self.planner_failed),
+            "demand_15min_w": float(ring[ok].mean()) if ok.any() else float("nan"),
+            "contract_w": self.site.electrical.contract_demand_kw * 1e3,
+            "dr_active": 0.0,
+            "dr_limit_w": float("nan"),
+        }
 
 
 class NonePolicy(Policy):
@@ -180,6 +204,7 @@ class ManagedPolicy(Policy):
                 self.loop.plan_grid_w = float(self.plan.grid_w[k]) if 0 <= k < self.plan.t_s.size else None
             m = Measurements(t, grid, bess, soc, freq, island, hall)
             d: Decision = self.loop.step(m, self.twin.dt_s)
+            self.safe_mode = d.mode == "safe"
             self.shed_w = max(self.shed_w, d.shed_w)
             self.stats.decisions += 1
             self.stats.shed_steps += d.shed_w > 0
@@ -297,7 +322,15 @@ class ManagedPolicy(Policy):
                 }
             )
 
+    def status(self) -> dict[str, float]:
+        st = super().status()
+        if self.active_event is not None and self.loop.dr_limit_w is not None:
+            st["dr_active"] = 1.0
+            st["dr_limit_w"] = float(self.loop.dr_limit_w)
+        return st
+
     def after_block(self, block: TwinBlock) -> None:
+        super().after_block(block)
         p = block.plant
         load = p.grid_power_w + p.bess_power_w
         self.load_history.add(float(block.t_s[0]), float(load.mean()), float(load.size))
@@ -461,9 +494,11 @@ class MpcPolicy(ManagedPolicy):
             self.stats.plan_solve_s.append(self.plan.solve_s)
             self.stats.plan_t_s.extend(t.tolist())
             self.stats.plan_grid_w.extend(self.plan.grid_w.tolist())
+            self.planner_failed = False
         except (PlanError, ValueError) as exc:
             # Keep following the last valid plan; without one the fast loop runs on rules alone.
             self.stats.plan_failures += 1
+            self.planner_failed = True
             keep = "keeping the last plan" if self.plan is not None else "rule-based control only"
             self.stats.audit.append(
                 {"t_s": t_s, "actor": "planner", "mode": "plan", "why": f"solve failed: {exc}; {keep}"}

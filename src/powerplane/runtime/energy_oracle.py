@@ -4,7 +4,9 @@ The bound is the dispatch LP over the whole run on the realized load of the same
 seed, same jobs), at the planner step, with the bill's own terms and nothing else: energy at the tariff (import
 priced, export credited), the demand charge on the highest 15-minute average prorated like the bill, battery wear at
 the bill's cost per kWh of throughput, the storage adjustment (energy left at the end valued at the run's mean price,
-in place of a terminal SOC floor), and demand-response revenue. No soft penalties, no compute shedding.
+in place of a terminal SOC floor), and demand-response revenue; 15-min demand within contract, as every policy
+must keep it (a penalty only if the load makes that impossible, then ``over_contract_kwh`` > 0); no compute
+shedding.
 
 Why it is a lower bound on any policy that does not shed compute: any 1-s battery trajectory averaged over the
 planner steps is feasible for the LP (the SOC dynamics are linear and the limits convex), and every bill term of the
@@ -142,6 +144,7 @@ def oracle_inputs(
         dr_baseline_w=dr_base if np.isfinite(dr_base).any() else None,
         dr_credit_per_kwh=dr_credit_per_kwh,
         terminal_value_per_kwh=float(np.mean(price_1s)),
+        grid_cap_w=contract,  # the policies must keep 15-min demand within contract: so must the bound's plan
     )
     return inputs, dr_stats
 
@@ -170,6 +173,7 @@ def bound_bill(plan: Plan, p: PlanInputs, e_kwh: F64, currency: str) -> dict[str
         "total": energy + demand + wear + storage - credit,
         "peak_15min_kw": plan.peak_w / 1e3,
         "lp_objective": plan.objective,
+        "over_contract_kwh": float(np.maximum(grid - (p.grid_cap_w or np.inf), 0.0).sum() * kwh),
         "steps": int(p.t_s.size),
         "step_s": p.dt_s,
         "method": "perfect-foresight LP over the whole run on the realized load of the same twin without "
