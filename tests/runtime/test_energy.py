@@ -137,4 +137,5 @@ def test_status_reports_safe_mode_planner_failure_and_demand(monkeypatch: pytest
     policy.before_block(twin.now_s + 3600.0)  # past the replan interval: solves, fails, keeps the last plan
     assert policy.status()["planner_failed"] == 1.0
     assert policy.plan is not None  # the last valid plan is kept
-    assert policy.stats.audit[-1]["actor"] == "planner" and "keeping the last plan" in str(policy.stats.audit[-1]["why"])
+    last = policy.stats.audit[-1]
+    assert last["actor"] == "planner" and "keeping the last plan" in str(last["why"])
