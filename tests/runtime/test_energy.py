@@ -2,6 +2,7 @@
 
 import json
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -74,7 +75,7 @@ def test_demand_response_delivered_without_touching_core_jobs(mpc_run: tuple[Pat
 def test_policies_rank_as_they_should(tmp_path: Path) -> None:
     totals = {}
     for policy in ("none", "mpc", "oracle"):
-        s = simulate(SimulateOptions("small", 12, out=tmp_path / policy, policy=policy))
+        s = cast(dict[str, Any], simulate(SimulateOptions("small", 12, out=tmp_path / policy, policy=policy)))
         totals[policy] = s["bill"]["total"]
         if policy != "none":
             assert s["demand"]["share_within_contract"] == 1.0
@@ -90,13 +91,13 @@ def test_unknown_policy_fails_before_simulating(tmp_path: Path) -> None:
 
 
 def test_oracle_is_a_bound_it_meets_and_mpc_does_not_beat(tmp_path: Path) -> None:
-    bills = {}
+    bills: dict[str, float] = {}
+    b: dict[str, Any] = {}
     for policy in ("none", "mpc", "oracle"):
-        s = simulate(SimulateOptions("small", 3, out=tmp_path / policy, policy=policy))
+        s = cast(dict[str, Any], simulate(SimulateOptions("small", 3, out=tmp_path / policy, policy=policy)))
         bills[policy] = s["bill"]["total"]
         if policy == "oracle":
-            bound = s["oracle_bound"]
-    b = bound
+            b = s["oracle_bound"]
     assert b["total"] == pytest.approx(b["lp_objective"], rel=1e-6)  # the LP's objective is the bill's terms
     assert b["total"] == pytest.approx(b["energy"] + b["demand"] + b["degradation"] + b["storage_adjustment"])
     # Executed open loop on the load it planned for, the plan's bill is met to within 0.1 %.
@@ -136,6 +137,6 @@ def test_status_reports_safe_mode_planner_failure_and_demand(monkeypatch: pytest
     monkeypatch.setattr(energy, "solve_plan", fail)
     policy.before_block(twin.now_s + 3600.0)  # past the replan interval: solves, fails, keeps the last plan
     assert policy.status()["planner_failed"] == 1.0
-    assert policy.plan is not None  # the last valid plan is kept
+    assert isinstance(policy, energy.ManagedPolicy) and policy.plan is not None  # the last valid plan is kept
     last = policy.stats.audit[-1]
     assert last["actor"] == "planner" and "keeping the last plan" in str(last["why"])
