@@ -5,7 +5,9 @@
   threshold), every cycle, within the limits guard.
 - ``mpc``: ours: the planner (rolling-horizon LP, 24 h, replanned every 15 min on a forecast) publishes grid targets;
   the fast loop (limits, contract, demand response, damping, frequency) follows them every cycle; GPU caps by class
-  when the batteries cannot hold a limit.
+  when the batteries cannot hold a limit. Demand-response events are commitments in the LP (with their credit
+  and the compute that may be shed), known ahead; during one the batteries hold the committed level and a compute
+  level (control/dr.py) caps low, then normal GPUs so that the batteries' energy lasts to the end.
 - ``oracle``: the perfect-foresight bound: the LP over the whole run on the realized load (runtime/energy_oracle.py).
 
 The batteries are commanded every step from the previous step's readings; GPU caps change between blocks.
