@@ -128,13 +128,13 @@ class HallWorker:
         self.stats.leader = True
         self.stats.takeovers += 1
         self.stats.acquired_at_s = perf_counter_s()
-        self.stats.events.append(f"took {self.name} (epoch {self.epoch})")
+        self.stats.events.append(f"{perf_counter_s() - self.tr.t0_s:.2f} s: took {self.name} (epoch {self.epoch})")
         log.info("tracker %s took hall %s (epoch %d)", self.tr.ident, self.name, self.epoch)
 
     async def stop_serving(self, reason: str) -> None:
         self.stats.leader = False
         self.stats.leases_lost += 1
-        self.stats.events.append(f"lost {self.name}: {reason}")
+        self.stats.events.append(f"{perf_counter_s() - self.tr.t0_s:.2f} s: lost {self.name}: {reason}")
         log.warning("tracker %s lost hall %s: %s", self.tr.ident, self.name, reason)
         sub, self.sub = self.sub, None
         self.pending.clear()
@@ -215,6 +215,7 @@ class Tracker:
             for h in names
         ]
         self._stop = asyncio.Event()
+        self.t0_s = perf_counter_s()
         self.nc: Client | None = None
         self._js: JetStreamContext | None = None
 
