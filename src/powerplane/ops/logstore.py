@@ -50,11 +50,17 @@ _TERMS_SQL = (
 class LogStore:
     """Log events in an embedded DuckDB file, with a hashed token index for search."""
 
-    def __init__(self, path: str | Path = ":memory:", background: bool = True, max_queued: int = 8) -> None:
+    def __init__(
+        self, path: str | Path = ":memory:", background: bool = True, max_queued: int = 8, threads: int = 1
+    ) -> None:
         import duckdb
 
         self.path = str(path)
         self.con = duckdb.connect(self.path)
+        # One DuckDB thread: the other core mines the next lines (measured faster than DuckDB's own parallelism on
+        # 20k-line batches); checkpoints every 256 MB of WAL rather than 16 MB (each one rewrites row groups).
+        self.con.execute(f"SET threads = {int(threads)}")
+        self.con.execute("SET checkpoint_threshold = '256MB'")
         self.con.execute(_SCHEMA)
         self._next_id = int(self.con.execute("SELECT coalesce(max(id) + 1, 0) FROM log_events").fetchall()[0][0])
         self.errors: list[str] = []
