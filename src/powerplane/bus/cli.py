@@ -150,6 +150,7 @@ def tracker(
     url: UrlOpt = "nats://127.0.0.1:4222",
     scenario: ScenarioOpt = "texas",
     hall: Annotated[list[str] | None, typer.Option(help="Halls this tracker may serve (default: all).")] = None,
+    prefer: Annotated[list[str] | None, typer.Option(help="Halls to take at once; the others only as standby.")] = None,
     ident: Annotated[str | None, typer.Option(help="Name in the leases (default host-pid).")] = None,
     lease_ttl: Annotated[float, typer.Option(help="Seconds a dead tracker's lease lasts.")] = 2.0,
     ack_wait: Annotated[float, typer.Option(help="Seconds before JetStream redelivers unacknowledged frames.")] = 2.0,
@@ -167,7 +168,7 @@ def tracker(
     try:
         site, _ = load_scenario(scenario)
         tr = Tracker(url, Topology.from_site(site), hall, ident=ident, lease_ttl_s=lease_ttl, ack_wait_s=ack_wait,
-                     tick_s=tick)
+                     tick_s=tick, prefer=prefer)
     except (PowerPlaneError, ValueError) as exc:
         raise _fail(str(exc)) from exc
     console.print(f"tracker {tr.ident}: halls {', '.join(w.name for w in tr.workers)} on {url}")

@@ -26,7 +26,7 @@ from numpy.typing import NDArray
 from powerplane.bus import codec, subjects
 from powerplane.bus.jet import connect, ensure_streams
 from powerplane.config.schema import SiteConfig
-from powerplane.core.clock import Clock, WallClock
+from powerplane.core.clock import Clock, WallClock, perf_counter_s
 from powerplane.core.commands import BessSetpoint, Command, CommandResult, GpuPowerCap
 from powerplane.core.errors import SourceError
 from powerplane.core.frames import Frame
@@ -98,6 +98,8 @@ class BusSource:
         self.rollups = 0
         self.frames = 0
         self.latency_s: deque[float] = deque(maxlen=keep_latency)
+        self.epochs: dict[int, int] = {}  # hall -> epoch (lease revision) of the tracker serving it
+        self.epoch_change_s: dict[int, float] = {}  # hall -> perf counter when a new tracker's rollup came
         self._own_link = link is None
         self.link = link or BusLink(url, "powerplane-bus-source")
         self.link.call(self._start())
@@ -140,6 +142,9 @@ class BusSource:
         except codec.FrameError as exc:
             self.rejected[exc.reason] += 1
             return
+        if self.epochs.get(r.hall, r.epoch) != r.epoch:
+            self.epoch_change_s[r.hall] = perf_counter_s()
+        self.epochs[r.hall] = r.epoch
         f = r.frames
         if not f.size:
             return

@@ -197,6 +197,8 @@ class Tracker:
         close_after_ticks: int = 3,
         timeout_s: float = 1.0,
         batch: int = 1000,
+        prefer: list[str] | None = None,
+        standby_delay_s: float = 0.5,
     ) -> None:
         self.url = url
         self.topo = topo
@@ -214,6 +216,14 @@ class Tracker:
             )
             for h in names
         ]
+        # Halls not preferred are taken only after their lease has been free ``standby_delay_s``: on a cold start
+        # each tracker gets its own halls, and a dead tracker's halls still move to the survivors.
+        self.prefer = set(prefer) if prefer else {w.name for w in self.workers}
+        bad = self.prefer - set(names)
+        if bad:
+            raise ValueError(f"preferred hall {sorted(bad)[0]!r} is not among the halls this tracker serves")
+        self.standby_delay_s = float(standby_delay_s)
+        self._free_since: dict[str, float] = {}
         self._stop = asyncio.Event()
         self.t0_s = perf_counter_s()
         self.nc: Client | None = None
@@ -252,6 +262,8 @@ class Tracker:
         while not self._stop.is_set():
             for w in self.workers:
                 if w.sub is None:
+                    if w.name not in self.prefer and not await self._free_long_enough(kv, w):
+                        continue
                     if await w.try_acquire(kv):
                         try:
                             await w.start_serving()
@@ -264,6 +276,17 @@ class Tracker:
                 await asyncio.wait_for(self._stop.wait(), period)
             except TimeoutError:
                 pass
+
+    async def _free_long_enough(self, kv: KeyValue, w: HallWorker) -> bool:
+        try:
+            await kv.get(w.key)
+            self._free_since.pop(w.name, None)
+            return False
+        except KeyValueError:  # not found (expired or deleted): free
+            now = perf_counter_s()
+            return now - self._free_since.setdefault(w.name, now) >= self.standby_delay_s
+        except Exception:  # bus down
+            return False
 
     async def _serve_loop(self) -> None:
         while not self._stop.is_set():
