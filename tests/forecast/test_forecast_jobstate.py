@@ -34,7 +34,7 @@ def test_checkpoint_rhythm_predicts_the_next_dip() -> None:
     for m in (5, 15, 25, 35):  # a 1-minute dip every 10 minutes
         s[m] = 300.0
     _feed(st, {0: s[:40]})
-    assert st.period_min[0] == 10.0
+    assert abs(st.period_min[0] - 10.0) < 0.05
     pr = st.project(np.arange(1, 11), 39)
     due = np.flatnonzero(pr.ckpt_w < -100) + 1  # horizons with a dip
     assert due.tolist() == [6]  # minute 45

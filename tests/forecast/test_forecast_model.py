@@ -25,7 +25,7 @@ def synthetic_run(n: int = 3000, seed: int = 0) -> RunData:
         power.append(300e3 if m % 20 == 7 else 1000e3)
         for k in np.flatnonzero((starts <= m) & (m < starts + durs)):
             minutes.append(m)
-            ids.append(k + 1)
+            ids.append(int(k) + 1)
             power.append(200e3)
     minutes_a, ids_a, power_a = np.array(minutes), np.array(ids), np.array(power)
     jobs_p = np.bincount(minutes_a, weights=power_a, minlength=n)

@@ -1,8 +1,8 @@
 """The job-aware forecaster: learned job profiles and the queue's known ends and checkpoints, per horizon.
 
 For each horizon ``h`` a linear model maps the job-aware features (:mod:`powerplane.forecast.features`) to the
-change of facility power: ``F(i + h) = F(i) + b_h . x_h + a_h``, fitted by least squares on the training
-origins (a little ridge keeps rare features sane). Quantiles are conformal: the P10/P50/P90 of the training
+change of facility power: ``F(i + h) = F(i) + b_h . x_h + a_h``, fitted by least absolute deviations on the
+training origins (a little ridge keeps rare features sane). Quantiles are conformal: the P10/P50/P90 of the training
 residuals per horizon, so P10-P90 covers ~80 % where the future looks like the training window.
 
 Intervals widen explicitly where the inputs are weak: by the power of jobs forecast from a fallback profile
@@ -27,6 +27,8 @@ I64 = NDArray[np.int64]
 
 NAME = "job-aware"
 RIDGE = 1e-3  # relative to each feature's variance
+IRLS_ITERS = 12  # reweighting rounds of the least-absolute-deviation fit
+CALIB_SHARE = 0.25  # last share of the training origins held out to calibrate the quantiles
 QUANTILES = (0.1, 0.5, 0.9)
 FALLBACK_WIDEN = 0.5  # extra half-width per W of job power forecast from a fallback profile
 STALE_WIDEN = 0.5  # extra half-width per minute of staleness, as a share of the 1-minute half-width
@@ -56,7 +58,31 @@ class JobAwareModel:
     meta: dict[str, Any] = field(default_factory=dict)
 
     @staticmethod
-    def fit(fs: FeatureSet, overrun_s: F64, ridge: float = RIDGE) -> JobAwareModel:
+    def _solve(X: F64, y: F64, ridge: float, iters: int = IRLS_ITERS) -> tuple[F64, float]:
+        """Least absolute deviations (the median, which MAE rewards) by iteratively reweighted ridge least
+        squares; stalls and unannounced arrivals make the errors heavy-tailed, which plain least squares chases."""
+        mu = X.mean(axis=0)
+        sd = X.std(axis=0)
+        use = sd > 0
+        Z = np.concatenate([(X[:, use] - mu[use]) / sd[use], np.ones((y.size, 1))], axis=1)
+        reg = ridge * y.size * np.eye(Z.shape[1])
+        reg[-1, -1] = 0.0
+        wts = np.ones(y.size)
+        scale = float(np.std(y)) or 1.0
+        for _ in range(iters):
+            A = (Z * wts[:, None]).T @ Z + reg
+            w = np.linalg.solve(A, (Z * wts[:, None]).T @ y)
+            r = np.abs(y - Z @ w)
+            wts = 1.0 / np.maximum(r, 1e-3 * scale)
+            wts /= wts.mean()  # keep the ridge term on the same footing every round
+        coef = np.zeros(X.shape[1])
+        coef[use] = w[:-1] / sd[use]
+        return coef, float(w[-1] - coef @ mu)
+
+    @staticmethod
+    def fit(fs: FeatureSet, overrun_s: F64, ridge: float = RIDGE, calib_share: float = CALIB_SHARE) -> JobAwareModel:
+        """Least squares per horizon; residual quantiles from the last ``calib_share`` of the origins, held out
+        of a first fit (split conformal), then the coefficients are refitted on every origin."""
         h = fs.horizons_min
         nf = fs.x.shape[2]
         coef = np.zeros((h.size, nf))
@@ -64,21 +90,14 @@ class JobAwareModel:
         rq = np.full((h.size, 3), np.nan)  # NaN: a horizon the training window could not fit
         for k in range(h.size):
             y = fs.y[:, k]
-            ok = np.isfinite(y) & (fs.stale_min == 0)
-            if ok.sum() < nf + 5:
+            ok = np.flatnonzero(np.isfinite(y) & (fs.stale_min == 0))
+            if ok.size < 4 * (nf + 5):
                 continue
-            X = fs.x[ok, k, :]
-            mu = X.mean(axis=0)
-            sd = X.std(axis=0)
-            use = sd > 0
-            Z = (X[:, use] - mu[use]) / sd[use]
-            ym = float(y[ok].mean())
-            A = Z.T @ Z + ridge * ok.sum() * np.eye(int(use.sum()))
-            w = np.linalg.solve(A, Z.T @ (y[ok] - ym))
-            coef[k, use] = w / sd[use]
-            icpt[k] = ym - float(coef[k] @ mu)
-            res = y[ok] - (X @ coef[k] + icpt[k])
-            rq[k] = np.quantile(res, QUANTILES)
+            cut = int(ok.size * (1.0 - calib_share))
+            fit_i, cal_i = ok[:cut], ok[cut:]
+            c, b = JobAwareModel._solve(fs.x[fit_i, k, :], y[fit_i], ridge)
+            rq[k] = np.quantile(y[cal_i] - (fs.x[cal_i, k, :] @ c + b), QUANTILES)
+            coef[k], icpt[k] = JobAwareModel._solve(fs.x[ok, k, :], y[ok], ridge)
         return JobAwareModel(h, coef, icpt, rq, np.asarray(overrun_s, np.float64))
 
     def predict(self, fs: FeatureSet) -> Forecast:
@@ -90,12 +109,13 @@ class JobAwareModel:
         # horizons without a fit are NaN (not forecast), never a made-up number
         delta = np.where(np.isfinite(rq[:, 1])[None, :], delta, np.nan)
         point = fs.now_w[:, None] + delta
-        lo_w = (rq[:, 1] - rq[:, 0])[None, :]
-        hi_w = (rq[:, 2] - rq[:, 1])[None, :]
+        # the fit is a median already: P50 is the point; the held-out residuals place P10 and P90 around it
+        lo_w = np.maximum(-rq[:, 0], 0.0)[None, :]
+        hi_w = np.maximum(rq[:, 2], 0.0)[None, :]
         widen = FALLBACK_WIDEN * fs.fallback_w[:, None]
         stale = np.nan_to_num(fs.stale_min, nan=0.0)[:, None]
         widen = widen + STALE_WIDEN * stale * 0.5 * np.nan_to_num(self.resid_q[0, 2] - self.resid_q[0, 0])
-        p50 = point + rq[:, 1][None, :]
+        p50 = point
         return Forecast(fs.horizons_min, p50 - lo_w - widen, p50, p50 + hi_w + widen, point)
 
     def to_bytes(self) -> bytes:
@@ -128,6 +148,8 @@ class JobAwareModel:
     def hyperparameters(self) -> dict[str, Any]:
         return {
             "ridge": RIDGE,
+            "calib_share": CALIB_SHARE,
+            "irls_iters": IRLS_ITERS,
             "quantiles": list(QUANTILES),
             "fallback_widen": FALLBACK_WIDEN,
             "stale_widen": STALE_WIDEN,

@@ -23,8 +23,11 @@ I64 = NDArray[np.int64]
 B = NDArray[np.bool_]
 
 LEVEL_ALPHA = 0.3  # EWMA weight of a new non-dip minute in a job's level
-DIP_RATIO = 0.85  # a minute below this share of the level is a dip (checkpoint or stall)
-MAX_CKPT_MINUTES = 3  # longer dips are stalls (faults), not checkpoints
+DIP_RATIO = 0.9  # a minute below this share of the level is a dip (checkpoint or stall)
+DEFAULT_CKPT_DEPTH = 0.25  # checkpoint power / level until a job's own is seen
+MAX_CKPT_MINUTES = 3
+BEAT_TOL_MIN = 1.5  # a dip within this of a multiple of the period is a checkpoint on the beat
+STALL_DEPTH_SHARE = 0.95  # a dip below this share of the checkpoint depth is a stall from its first minute  # longer dips are stalls (faults), not checkpoints
 MIN_LEVEL_MINUTES = 3  # minutes before a job's own level is trusted
 N_GPU_BUCKETS = 6  # 1, 2-3, 4-7, 8-31, 32-255, 256+
 
@@ -63,15 +66,20 @@ class JobState:
         self.level_w = np.zeros(0)
         self.last_w = np.zeros(0)
         self.dip_start = np.zeros(0, np.int64)  # minute the current or last dip began (-1: none yet)
-        self.anchor = np.zeros(0, np.int64)  # minute the checkpoint rhythm counts from (-1: none)
         self.anchor_is_ckpt = np.zeros(0, bool)
         self.dip_min_w = np.zeros(0)  # lowest power of the current dip
+        self.dip_start_f = np.zeros(0)  # fractional minute the current dip began
+        self.dip_frac = np.zeros(0)  # minutes of checkpoint accumulated in the current dip
+        self.anchor_f = np.zeros(0)  # fractional minute the checkpoint rhythm counts from (-1: none)
+        self.ckpt_dur_min = np.zeros(0)  # learned checkpoint duration [min]
+        self.ckpt_area_min = np.zeros(0)  # learned checkpoint area: minutes x (1 - power / level)
+        self.dip_area = np.zeros(0)  # area of the current dip
+        self.stall_end = np.zeros(0, np.int64)  # minute the last stall ended, until the next checkpoint (-1)
+        self.ckpt_depth = np.zeros(0)  # learned power during a checkpoint / level (NaN: not seen yet)
         self.floor_last = np.zeros(0, np.int64)  # last minute of the current dip spent near its lowest power
         self.in_dip = np.zeros(0, bool)
         self.n_dips = np.zeros(0, np.int64)
         self.period_min = np.zeros(0)  # EWMA of the minutes between dip starts (0: unknown)
-        self.dip_len_min = np.zeros(0)
-        self.dip_depth = np.zeros(0)  # dip power / level
         self.kind = np.zeros(0, np.int64)  # -1 unknown
         self.n_gpus = np.zeros(0, np.int64)
         self.end_min = np.zeros(0)  # expected end minute (inf unknown)
@@ -80,6 +88,7 @@ class JobState:
         self.fleet_w_per_gpu = np.nan
         self.stall_len_min = 12.0  # learned: minutes a stall (fault, restart, ramp) keeps a job below its level
         self.ramp_len_min = 5.0  # learned: minutes of the restart ramp at the end of a stall
+        self.post_stall_lag_min = -1.0  # learned: first checkpoint after a stall = stall end + period + this
         self.minute = -1
 
     def _ensure(self, max_id: int) -> None:
@@ -93,15 +102,20 @@ class JobState:
             ("level_w", 0.0),
             ("last_w", 0.0),
             ("dip_start", -1),
-            ("anchor", -1),
             ("anchor_is_ckpt", False),
             ("dip_min_w", 0.0),
+            ("dip_start_f", -1.0),
+            ("dip_frac", 0.0),
+            ("anchor_f", -1.0),
+            ("ckpt_dur_min", 1.0),
+            ("ckpt_area_min", 0.75),
+            ("dip_area", 0.0),
+            ("stall_end", -1),
+            ("ckpt_depth", np.nan),
             ("floor_last", -1),
             ("in_dip", False),
             ("n_dips", 0),
             ("period_min", 0.0),
-            ("dip_len_min", 1.0),
-            ("dip_depth", 0.25),
             ("kind", -1),
             ("n_gpus", 0),
             ("end_min", np.inf),
@@ -146,32 +160,60 @@ class JobState:
         self.dip_min_w[jd] = np.minimum(self.dip_min_w[jd], p[dip])
         at_floor = dip & (p <= 1.1 * self.dip_min_w[ids])
         self.floor_last[ids[at_floor]] = minute
-        depth = np.where(lvl > 0, p / np.maximum(lvl, 1e-9), 0.0)
+        ratio = np.where(lvl > 0, p / np.maximum(lvl, 1e-9), 1.0)
+        # share of this minute spent in a checkpoint, from the job's full checkpoint depth
+        d_full = np.where(np.isfinite(self.ckpt_depth[ids]), self.ckpt_depth[ids], DEFAULT_CKPT_DEPTH)
+        f = np.clip((1.0 - ratio) / np.maximum(1.0 - d_full, 0.05), 0.0, 1.0)
+        self.dip_start_f[ids[starting]] = minute + 1.0 - f[starting]
+        self.dip_frac[ids[starting]] = 0.0
+        self.dip_frac[jd] += f[dip]
+        self.dip_area[ids[starting]] = 0.0
+        self.dip_area[jd] += 1.0 - ratio[dip]
         # a dip run that ends: short ones are checkpoints (their starts give the rhythm), long ones stalls
         ending = ~dip & self.in_dip[ids]
         je = ids[ending]
         run_len = minute - self.dip_start[je]
         short = run_len <= MAX_CKPT_MINUTES
         jc = je[short]
-        gap = self.dip_start[jc] - self.anchor[jc]
-        prev_ok = (self.anchor[jc] >= 0) & self.anchor_is_ckpt[jc]
+        start_f = self.dip_start_f[jc]
+        gap = start_f - self.anchor_f[jc]
         old_p = self.period_min[jc]
-        plausible = prev_ok & ((old_p <= 0) | ((gap > 0.5 * old_p) & (gap < 1.5 * old_p)))
-        self.period_min[jc] = np.where(plausible, np.where(old_p > 0, 0.7 * old_p + 0.3 * gap, gap), old_p)
+        after_ckpt = (self.anchor_f[jc] >= 0) & self.anchor_is_ckpt[jc]
+        k = np.where(old_p > 0, np.maximum(np.round(gap / np.where(old_p > 0, old_p, 1.0)), 1.0), 1.0)
+        on_beat = (old_p > 0) & (np.abs(gap - k * old_p) < BEAT_TOL_MIN)
+        # a dip off the beat of a known rhythm (a straggler, a partial fault) moves nothing
+        accept = ~after_ckpt | (old_p <= 0) | on_beat
+        learn = after_ckpt & ((old_p <= 0) | on_beat) & (gap > 0)
+        self.period_min[jc] = np.where(learn, np.where(old_p > 0, 0.5 * old_p + 0.5 * gap / k, gap), old_p)
+        # the first checkpoint after a restart teaches how it sits relative to the stall's end
+        first_after = self.stall_end[jc] >= 0
+        lag = start_f - self.stall_end[jc] - self.period_min[jc]
+        use_lag = first_after & (self.period_min[jc] > 0) & (np.abs(lag) < 5.0)
+        if np.any(use_lag):
+            self.post_stall_lag_min = 0.7 * self.post_stall_lag_min + 0.3 * float(np.mean(lag[use_lag]))
+        self.stall_end[jc] = -1
+        jc = jc[accept]
+        start_f = start_f[accept]
         self.n_dips[jc] += 1
-        self.dip_len_min[jc] = 0.8 * self.dip_len_min[jc] + 0.2 * run_len[short]
-        self.anchor[jc] = self.dip_start[jc]
+        # the full depth is the deepest minute seen (a checkpoint never goes below it); the duration follows
+        # from the dip's area (sum of 1 - power/level over its minutes), which needs no depth
+        deepest = self.dip_min_w[jc] / np.maximum(self.level_w[jc], 1e-9)
+        self.ckpt_depth[jc] = np.fmin(self.ckpt_depth[jc], deepest)
+        area = self.dip_area[jc]
+        self.ckpt_area_min[jc] = np.where(self.n_dips[jc] == 1, area, 0.7 * self.ckpt_area_min[jc] + 0.3 * area)
+        self.ckpt_dur_min[jc] = self.ckpt_area_min[jc] / np.maximum(1.0 - self.ckpt_depth[jc], 0.05)
+        self.anchor_f[jc] = start_f
         self.anchor_is_ckpt[jc] = True
         js = je[~short]
         if js.size:
             self.stall_len_min = 0.8 * self.stall_len_min + 0.2 * float(np.mean(run_len[~short]))
             ramp = minute - 1 - self.floor_last[js]
             self.ramp_len_min = 0.8 * self.ramp_len_min + 0.2 * float(np.mean(np.clip(ramp, 1, None)))
-        self.anchor[js] = minute - 1  # a stalled job restarts, its checkpoint timer with it
+        # a stalled job restarts, its checkpoint timer with it: the next checkpoint comes about a period after
+        # the stall ends (a learned lag)
+        self.anchor_f[js] = minute + self.post_stall_lag_min
         self.anchor_is_ckpt[js] = False
-        shallow = dip & (minute - self.dip_start[ids] < MAX_CKPT_MINUTES)
-        js2 = ids[shallow]
-        self.dip_depth[js2] = 0.8 * self.dip_depth[js2] + 0.2 * depth[shallow]
+        self.stall_end[js] = minute
         self.in_dip[ids] = dip
         upd = ~dip
         ju = ids[upd]
@@ -236,17 +278,30 @@ class JobState:
         end_w = -(now[:, None] * ended).sum(axis=0)
         end_gpus = (self.n_gpus[ids][:, None] * ended).sum(axis=0).astype(np.float64)
         period = self.period_min[ids]
-        known = (period > 0) & (self.anchor[ids] >= 0)
-        since = t - self.anchor[ids][:, None]
+        known = (period > 0) & (self.anchor_f[ids] >= 0)
         safe_p = np.where(known, period, 1.0)[:, None]
-        phase = np.mod(since, safe_p)
-        dlen = np.clip(np.round(self.dip_len_min[ids]), 1.0, MAX_CKPT_MINUTES)[:, None]
-        due = known[:, None] & (phase < dlen) & (since > 0.5 * safe_p)
-        depth = np.clip(self.dip_depth[ids], 0.0, 1.0)
-        # a short current dip recovers to the level; a long one is a stall: flat, then a restart ramp
-        stalled = self.in_dip[ids] & (m - self.dip_start[ids] >= MAX_CKPT_MINUTES)
+        dur = np.clip(self.ckpt_dur_min[ids], 0.05, MAX_CKPT_MINUTES)[:, None]
+        anchor = self.anchor_f[ids][:, None]
+        t_end = t + 1.0
+        k = np.floor((t_end - anchor) / safe_p)
+        frac = np.zeros((ids.size, h.size))
+        for back in (0.0, 1.0):  # the latest checkpoint start before the minute ends, and the one before
+            kk = k - back
+            st = anchor + kk * safe_p
+            ov = np.clip(np.minimum(st + dur, t_end) - np.maximum(st, t), 0.0, None)
+            frac += np.where(known[:, None] & (kk >= 1), ov, 0.0)
+        # a checkpoint in progress finishes its expected duration
+        depth = np.where(np.isfinite(self.ckpt_depth[ids]), self.ckpt_depth[ids], DEFAULT_CKPT_DEPTH)
+        # a dip that lasts too long or goes deeper than any checkpoint is a stall: flat, then a restart ramp
+        too_deep = now < STALL_DEPTH_SHARE * depth * self.level_w[ids]
+        stalled = self.in_dip[ids] & ((m - self.dip_start[ids] >= MAX_CKPT_MINUTES) | too_deep)
+        in_short = self.in_dip[ids] & ~stalled
+        rem = np.where(in_short, np.maximum(self.ckpt_dur_min[ids] - self.dip_frac[ids], 0.0), 0.0)[:, None]
+        frac += np.clip(np.minimum(m + 1.0 + rem, t_end) - np.maximum(m + 1.0, t), 0.0, None)
+        frac = np.clip(frac, 0.0, 1.0)
+        # a checkpoint in progress recovers to the level
         base = np.where(self.in_dip[ids], self.level_w[ids], level)
-        future = np.where(due & ~stalled[:, None], (depth * base)[:, None], base[:, None])
+        future = base[:, None] * (1.0 - (1.0 - depth)[:, None] * frac)
         if np.any(stalled):
             js = np.flatnonzero(stalled)
             lv, fl = self.level_w[ids[js]], self.dip_min_w[ids[js]]

@@ -357,22 +357,22 @@ class MonitoredForecaster(LiveForecaster):
         if ref is None or roll is None:
             return
         if self._firing and not self._retrained and m - self._last_try >= self.RETRY_MIN:
-            res = self.retrain(t_s)  # the first try lacked history: try again while the alert holds
+            again = self.retrain(t_s)  # the first try lacked history: try again while the alert holds
             self._last_try = m
-            self._retrained = bool(res.get("trained"))
+            self._retrained = bool(again.get("trained"))
             self.alerts.append(
                 {
                     "rule": "forecast_degraded",
                     "state": "firing",
                     "since_s": t_s,
-                    "retrain": res,
+                    "retrain": again,
                     "labels": {"model": self.model_name, "horizon": "15min"},
                 }
             )
             return
         if roll > self.DEGRADED * ref and not self._firing:
             self._firing = True
-            alert = {
+            alert: dict[str, Any] = {
                 "rule": "forecast_degraded",
                 "severity": "warning",
                 "state": "firing",
@@ -384,8 +384,9 @@ class MonitoredForecaster(LiveForecaster):
                     f"above the backtest's {ref / 1e3:.0f} kW"
                 },
             }
-            alert["retrain"] = self.retrain(t_s)
-            self._retrained = bool(alert["retrain"].get("trained"))
+            first = self.retrain(t_s)
+            alert["retrain"] = first
+            self._retrained = bool(first.get("trained"))
             self._last_try = m
             self.alerts.append(alert)
         elif roll <= self.DEGRADED * ref and self._firing:
