@@ -25,9 +25,9 @@ B = NDArray[np.bool_]
 LEVEL_ALPHA = 0.3  # EWMA weight of a new non-dip minute in a job's level
 DIP_RATIO = 0.9  # a minute below this share of the level is a dip (checkpoint or stall)
 DEFAULT_CKPT_DEPTH = 0.25  # checkpoint power / level until a job's own is seen
-MAX_CKPT_MINUTES = 3
+MAX_CKPT_MINUTES = 3  # longer dips are stalls (faults), not checkpoints
 BEAT_TOL_MIN = 1.5  # a dip within this of a multiple of the period is a checkpoint on the beat
-STALL_DEPTH_SHARE = 0.95  # a dip below this share of the checkpoint depth is a stall from its first minute  # longer dips are stalls (faults), not checkpoints
+STALL_DEPTH_SHARE = 0.95  # a dip below this share of the checkpoint depth is a stall from its first minute
 MIN_LEVEL_MINUTES = 3  # minutes before a job's own level is trusted
 N_GPU_BUCKETS = 6  # 1, 2-3, 4-7, 8-31, 32-255, 256+
 
