@@ -168,6 +168,11 @@ class BusSource:
             self.latency_s.extend((now - f["sent_s"]).tolist())
         self._any.set()
 
+    def reported_share(self) -> float:
+        """Share of the site's GPUs heard from at least once."""
+        with self._lock:
+            return float(np.isfinite(self._gpu_t).mean())
+
     def read(self) -> Frame:
         if not self._any.wait(self.first_timeout_s):
             raise SourceError(f"no rollup or plant frame from the bus within {self.first_timeout_s:.0f} s")
