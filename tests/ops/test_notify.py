@@ -3,79 +3,16 @@ routing by severity, grouping and repeat, and the outbox surviving a notifier be
 
 from __future__ import annotations
 
-import json
-import socket
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 
 from powerplane.ops.notify import Notifier, NotifyConfig, dingtalk_signed_url, render
 from powerplane.ops.outbox import Outbox, RetryPolicy
 
 T0 = 1_732_390_200.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Mailbox:
-    def __init__(self) -> None:
-        self.messages: list[Any] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.messages.append(envelope)
-        return "250 OK"
-
-
-@pytest.fixture
-def smtp() -> Iterator[tuple[int, Mailbox]]:
-    box = Mailbox()
-    port = free_port()
-    ctl = Controller(box, hostname="127.0.0.1", port=port)
-    ctl.start()
-    try:
-        yield port, box
-    finally:
-        ctl.stop()
-
-
-class Hooks:
-    def __init__(self, port: int = 0) -> None:
-        self.posts: list[tuple[str, Any]] = []
-        hooks = self
-
-        class H(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                hooks.posts.append((self.path, json.loads(body)))
-                out = b'{"errcode": 0}'
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), H)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-    def paths(self) -> list[str]:
-        return [p.split("?")[0] for p, _ in self.posts]
 
 
 def alert(rule: str, severity: str, state: str = "firing", target: str = "gpu-1", t: float = T0) -> dict[str, Any]:
@@ -94,9 +31,11 @@ def alert(rule: str, severity: str, state: str = "firing", target: str = "gpu-1"
     }
 
 
-def test_routes_by_severity_to_real_servers(tmp_path: Path, smtp: tuple[int, Mailbox]) -> None:
+def test_routes_by_severity_to_real_servers(
+    tmp_path: Path, smtp: tuple[int, Any], hook_server: Callable[..., Any]
+) -> None:
     port, box = smtp
-    hooks = Hooks()
+    hooks = hook_server()
     try:
         base = f"http://127.0.0.1:{hooks.port}"
         cfg = NotifyConfig.default(port, base, alertmanager_url=base + "/am")
@@ -128,8 +67,8 @@ def test_routes_by_severity_to_real_servers(tmp_path: Path, smtp: tuple[int, Mai
         hooks.close()
 
 
-def test_grouping_and_repeat(tmp_path: Path) -> None:
-    hooks = Hooks()
+def test_grouping_and_repeat(tmp_path: Path, hook_server: Callable[..., Any]) -> None:
+    hooks = hook_server()
     try:
         cfg = NotifyConfig.model_validate(
             {
@@ -152,7 +91,9 @@ def test_grouping_and_repeat(tmp_path: Path) -> None:
         hooks.close()
 
 
-def test_outbox_survives_a_notifier_down_and_a_restart(tmp_path: Path) -> None:
+def test_outbox_survives_a_notifier_down_and_a_restart(
+    tmp_path: Path, hook_server: Callable[..., Any], free_port: Callable[[], int]
+) -> None:
     port = free_port()  # nothing listens here yet
     cfg = NotifyConfig.model_validate(
         {
@@ -172,7 +113,7 @@ def test_outbox_survives_a_notifier_down_and_a_restart(tmp_path: Path) -> None:
     row = n.outbox.rows()[0]
     assert row["attempts"] == 2 and "Connection refused" in row["last_error"] and row["next_s"] >= T0 + 3 + 4
     n.outbox.close()  # PowerPlane stops
-    hooks = Hooks(port)  # the notifier comes back
+    hooks = hook_server(port)  # the notifier comes back
     try:
         n2 = Notifier(cfg, Outbox(path, cfg.retry))  # and PowerPlane restarts
         assert n2.outbox.pending() == 1

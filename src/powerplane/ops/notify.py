@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import json
 import smtplib
+import threading
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from typing import Any, Literal, Protocol
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from powerplane.core.clock import Clock
 from powerplane.ops.outbox import DeliveryError, Message, Outbox, RetryPolicy, Sender
 from powerplane.ops.rules import Duration
 
@@ -306,6 +308,9 @@ class Notifier:
         self.senders = {r.name: make_sender(r) for r in config.receivers}
         self.groups: dict[tuple[int, tuple[str, ...]], _Group] = {}
         self.sent: list[tuple[float, str, int]] = []  # (t_s, receiver, outbox id) of this process
+        self.worker_errors: list[str] = []
+        self._worker: threading.Thread | None = None
+        self._stop = threading.Event()
 
     def _routes_for(self, labels: dict[str, str]) -> list[int]:
         out = []
@@ -376,10 +381,32 @@ class Notifier:
     def deliver(self, now_s: float) -> dict[str, int]:
         return self.outbox.deliver_due(self.senders, now_s)
 
+    def start(self, clock: Clock, interval_s: float = 1.0) -> None:
+        """Deliver from a thread every ``interval_s`` (live use: a slow receiver never holds up the cycle)."""
+        if self._worker is not None:
+            return
+        self._stop.clear()
+
+        def run() -> None:
+            while not self._stop.wait(interval_s):
+                try:
+                    self.deliver(clock.now_s())
+                except Exception as e:  # the outbox keeps the messages; count and go on
+                    self.worker_errors.append(f"{type(e).__name__}: {e}")
+
+        self._worker = threading.Thread(target=run, name="notify-delivery", daemon=True)
+        self._worker.start()
+
+    def stop(self) -> None:
+        if self._worker is not None:
+            self._stop.set()
+            self._worker.join()
+            self._worker = None
+
     def step(self, transitions: list[dict[str, Any]], now_s: float) -> dict[str, int]:
-        """One cycle: route, flush due groups, deliver due messages."""
+        """One cycle: route, flush due groups, deliver due messages (here, unless the delivery thread runs)."""
         self.submit(transitions, now_s)
         queued = self.flush(now_s)
-        counts = self.deliver(now_s)
+        counts = self.deliver(now_s) if self._worker is None else {}
         counts["queued"] = queued
         return counts

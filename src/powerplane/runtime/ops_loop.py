@@ -64,6 +64,49 @@ class TwinExecutor:
         return True
 
 
+class OpsStack:
+    """The alert engine with the healer and the notifier behind it, behind the engine's own interface: a live
+    runtime that takes an ``AlertEngine`` can take this instead (``evaluate``, ``active``, ``acknowledge``,
+    ``silence``, ``unsilence``), and every cycle's transitions are healed and notified as well."""
+
+    def __init__(self, engine: AlertEngine, healer: Healer | None = None, notifier: Notifier | None = None) -> None:
+        self.engine = engine
+        self.healer = healer
+        self.notifier = notifier
+        self.heal_actions: list[dict[str, Any]] = []
+
+    def evaluate(self, snapshot: Snapshot, context: dict[str, float]) -> list[dict[str, Any]]:
+        out = self.engine.evaluate(snapshot, context)
+        t = float(context.get("t_s", snapshot.t_s))
+        if self.healer is not None:
+            self.heal_actions += [a.to_dict() for a in self.healer.handle(out, t)]
+        if self.notifier is not None:
+            self.notifier.step(out, t)
+        return out
+
+    def active(self) -> list[dict[str, Any]]:
+        return self.engine.active()
+
+    def acknowledge(self, alert_id: str, by: str) -> bool:
+        return self.engine.acknowledge(alert_id, by)
+
+    def silence(self, matchers: dict[str, str], duration_s: float, by: str, comment: str = "") -> str:
+        return self.engine.silence(matchers, duration_s, by, comment)
+
+    def unsilence(self, silence_id: str, by: str) -> bool:
+        return self.engine.unsilence(silence_id, by)
+
+    @classmethod
+    def for_twin(cls, twin: Twin, notifier: Notifier | None = None, audit_path: str | None = None) -> OpsStack:
+        """Default rules, a healer acting on the twin, an optional notifier, one audit trail."""
+        from powerplane.ops.audit import AuditLog
+
+        audit = AuditLog(audit_path)
+        engine = AlertEngine.with_default_rules(twin.site, twin.topo, audit)
+        engine.gpu_job = twin.workload.gpu_job
+        return cls(engine, Healer(TwinExecutor(twin), audit), notifier)
+
+
 @dataclass
 class FaultRecord:
     """One injected (or drawn) Xid fault and what operations made of it."""
