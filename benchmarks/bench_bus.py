@@ -34,17 +34,16 @@ import nats
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine_info import add_table_row, machine  # noqa: E402
-
-from powerplane.bus import subjects  # noqa: E402
-from powerplane.bus.server import NatsServer  # noqa: E402
-from powerplane.bus.source import BusSource  # noqa: E402
-from powerplane.bus.verify import audit_rollups  # noqa: E402
-from powerplane.config.loader import load_scenario  # noqa: E402
-from powerplane.sources.base import TwinSource  # noqa: E402
-from powerplane.telemetry.tracker import Tracker as TelemetryTracker  # noqa: E402
-from powerplane.topology import Topology  # noqa: E402
-from powerplane.twin.twin import Twin  # noqa: E402
+from machine_info import add_table_row, machine
+from powerplane.bus import subjects
+from powerplane.bus.server import NatsServer
+from powerplane.bus.source import BusSource
+from powerplane.bus.verify import audit_rollups
+from powerplane.config.loader import load_scenario
+from powerplane.sources.base import TwinSource
+from powerplane.telemetry.tracker import Tracker as TelemetryTracker
+from powerplane.topology import Topology
+from powerplane.twin.twin import Twin
 
 POWERPLANE = str(Path(sys.executable).parent / "powerplane")
 HEADING = "## Bus: 10,240 GPUs at 10 Hz through NATS JetStream (bench_bus.py)"
@@ -112,8 +111,17 @@ def main() -> None:
     for name, pref in (("tr-1", halls[:2]), ("tr-2", halls[2:])):
         prefer = [a for h in pref for a in ("--prefer", h)]
         trackers[name] = spawn(
-            name, "tracker", "--url", url, "--scenario", "texas", "--ident", name, *prefer,
-            "--stats", str(tmp / f"{name}.json"),
+            name,
+            "tracker",
+            "--url",
+            url,
+            "--scenario",
+            "texas",
+            "--ident",
+            name,
+            *prefer,
+            "--stats",
+            str(tmp / f"{name}.json"),
         )
     time.sleep(4.0)  # trackers up before the load starts
     agent_stats = tmp / "agent.json"
@@ -169,7 +177,10 @@ def main() -> None:
         ("agent late ticks", f"{st['late_ticks']} of {st['ticks']}"),
         ("tracker kill -9 failover [s]", f"{failover_s:.2f}"),
         ("frames lost / doubled (whole run)", f"{result['lost']} / {result['duplicated']} of {result['expected']:,}"),
-        ("agent: disconnects, frames resent, dropped", f"{st['disconnects']}, {st['frames_resent']}, {st['frames_dropped']}"),
+        (
+            "agent: disconnects, frames resent, dropped",
+            f"{st['disconnects']}, {st['frames_resent']}, {st['frames_dropped']}",
+        ),
         ("baseline: one process, node frames/s", f"{base:,.0f}"),
     ]
     width = max(len(k) for k, _ in rows)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import nats
@@ -113,8 +114,13 @@ def test_agent_refuses_bad_commands_and_unreachable_bus_is_a_clear_error(nats_se
         node = topo.node_names[0]
         subject = subjects.cmd_subject(topo.site_name, topo.hall_names[0], node)
         out = []
-        for body in (b"{", b'{"v": 2, "kind": "gpu_power_cap"}', b'{"v": 1, "kind": "gpu_power_cap", "gpus": [99], "cap_w": 1}'):
-            out.append(__import__("json").loads((await nc.request(subject, body, timeout=2)).data))
+        bodies = (
+            b"{",
+            b'{"v": 2, "kind": "gpu_power_cap"}',
+            b'{"v": 1, "kind": "gpu_power_cap", "gpus": [99], "cap_w": 1}',
+        )
+        for body in bodies:
+            out.append(json.loads((await nc.request(subject, body, timeout=2)).data))
         await nc.close()
         await task
         return out
@@ -127,7 +133,7 @@ def test_agent_refuses_bad_commands_and_unreachable_bus_is_a_clear_error(nats_se
 
 
 def test_codec_versions_are_checked_by_the_source(nats_server: NatsServer) -> None:
-    agent, twin = twin_agent(nats_server.url)
+    _, twin = twin_agent(nats_server.url)
     src = BusSource(nats_server.url, twin.site, twin.topo, first_timeout_s=0.5)
     try:
         with pytest.raises(Exception, match="no rollup"):

@@ -64,10 +64,20 @@ def test_truncated_batch_is_malformed() -> None:
 def test_rollup_round_trip() -> None:
     frames = _frames(3)
     r = codec.HallRollup(
-        hall=1, tick=17_000_000_000, t_s=1.7e9, part=2, epoch=9, n_hall_nodes=5, frames=frames,
-        nodes=np.array([0, 1, 2], dtype=np.uint32), contig_seq=np.array([5, 5, 5, 0, 0], dtype=np.uint64),
-        extra_node=np.array([3], dtype=np.uint32), extra_seq=np.array([2**40], dtype=np.uint64),
-        gpu_power_w=1.0, node_power_w=2.0, coverage=0.6,
+        hall=1,
+        tick=17_000_000_000,
+        t_s=1.7e9,
+        part=2,
+        epoch=9,
+        n_hall_nodes=5,
+        frames=frames,
+        nodes=np.array([0, 1, 2], dtype=np.uint32),
+        contig_seq=np.array([5, 5, 5, 0, 0], dtype=np.uint64),
+        extra_node=np.array([3], dtype=np.uint32),
+        extra_seq=np.array([2**40], dtype=np.uint64),
+        gpu_power_w=1.0,
+        node_power_w=2.0,
+        coverage=0.6,
     )
     back = codec.HallRollup.decode(r.encode())
     assert (back.hall, back.tick, back.part, back.epoch, back.n_hall_nodes) == (1, 17_000_000_000, 2, 9, 5)

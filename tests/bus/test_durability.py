@@ -29,9 +29,21 @@ POWERPLANE = str(Path(sys.executable).parent / "powerplane")
 
 def start_tracker(url: str, ident: str, tmp: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [POWERPLANE, "tracker", "--url", url, "--scenario", "small", "--ident", ident, "-v", "--stats", str(tmp / f"{ident}.json")],
+        [
+            POWERPLANE,
+            "tracker",
+            "--url",
+            url,
+            "--scenario",
+            "small",
+            "--ident",
+            ident,
+            "-v",
+            "--stats",
+            str(tmp / f"{ident}.json"),
+        ],
         stdout=subprocess.DEVNULL,
-        stderr=open(tmp / f"{ident}.log", "wb"),  # noqa: SIM115 (closed with the process)
+        stderr=open(tmp / f"{ident}.log", "wb"),
     )
 
 
@@ -48,7 +60,9 @@ async def watch_rollups(url: str, site: str, seen: list[tuple[float, int]], stop
 
 
 @pytest.mark.slow
-def test_kill_9_tracker_under_load_fails_over_within_5_s_and_loses_nothing(nats_server: NatsServer, tmp_path: Path) -> None:
+def test_kill_9_tracker_under_load_fails_over_within_5_s_and_loses_nothing(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
     url = nats_server.url
     agent, twin = twin_agent(url)
     topo = twin.topo

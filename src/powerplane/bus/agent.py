@@ -11,6 +11,7 @@ everything not acknowledged is sent again once the server is back; the trackers 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections import Counter, deque
@@ -44,7 +45,11 @@ class NodeEncoder:
     """
 
     def __init__(
-        self, site_topo: Topology, src_topo: Topology, src_nodes: NDArray[np.int64], global_nodes: NDArray[np.int64],
+        self,
+        site_topo: Topology,
+        src_topo: Topology,
+        src_nodes: NDArray[np.int64],
+        global_nodes: NDArray[np.int64],
         batch: str,
     ) -> None:
         counts = np.bincount(src_topo.gpu_node, minlength=src_topo.n_nodes)[src_nodes]
@@ -224,7 +229,8 @@ class Agent:
                 self.stats.frames_produced += n
         if self.plant:
             levels = {lv: frame.levels[lv] for lv in PLANT_LEVELS if lv in frame.levels}
-            self._enqueue(subjects.plant_subject(self.topo.site_name), codec.encode_plant(seq, frame.t_s, sent_s, levels), 0)
+            plant = codec.encode_plant(seq, frame.t_s, sent_s, levels)
+            self._enqueue(subjects.plant_subject(self.topo.site_name), plant, 0)
         self.stats.ticks += 1
         self.stats.last_seq = seq
         if not self.stats.first_seq:
@@ -284,10 +290,8 @@ class Agent:
                 await asyncio.wait({self.inflight[0].fut}, timeout=0.05)
             else:
                 self._wake.clear()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), 0.05)
-                except TimeoutError:
-                    pass
 
     async def _on_disconnect(self) -> None:
         if not self._closing:
@@ -361,10 +365,8 @@ class Agent:
                 next_t += self.period_s
                 delay = next_t - self.clock.now_s()
                 if delay > 0:
-                    try:
+                    with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._stop.wait(), delay)
-                    except TimeoutError:
-                        pass
                 else:
                     self.stats.late_ticks += 1
                     if delay < -5 * self.period_s:

@@ -125,8 +125,15 @@ def agent(
         else:
             raise ValueError(f"--source must be twin or nvml, got {source!r}")
         ag = Agent(
-            url, topo, src, node_map=node_map, nodes=played, plant=plant and source == "twin", actuator=actuator,
-            rate_hz=rate, batch=batch,
+            url,
+            topo,
+            src,
+            node_map=node_map,
+            nodes=played,
+            plant=plant and source == "twin",
+            actuator=actuator,
+            rate_hz=rate,
+            batch=batch,
         )
     except (PowerPlaneError, ValueError) as exc:
         raise _fail(str(exc)) from exc
@@ -167,8 +174,16 @@ def tracker(
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
     try:
         site, _ = load_scenario(scenario)
-        tr = Tracker(url, Topology.from_site(site), hall, ident=ident, lease_ttl_s=lease_ttl, ack_wait_s=ack_wait,
-                     tick_s=tick, prefer=prefer)
+        tr = Tracker(
+            url,
+            Topology.from_site(site),
+            hall,
+            ident=ident,
+            lease_ttl_s=lease_ttl,
+            ack_wait_s=ack_wait,
+            tick_s=tick,
+            prefer=prefer,
+        )
     except (PowerPlaneError, ValueError) as exc:
         raise _fail(str(exc)) from exc
     console.print(f"tracker {tr.ident}: halls {', '.join(w.name for w in tr.workers)} on {url}")

@@ -80,7 +80,7 @@ class NatsServer:
         out = subprocess.DEVNULL
         if self.log_file is not None:
             cmd += ["-l", str(self.log_file)]
-        self.proc = subprocess.Popen(cmd, stdout=out, stderr=out)  # noqa: S603 (our own binary, fixed arguments)
+        self.proc = subprocess.Popen(cmd, stdout=out, stderr=out)
         _wait_port(self.port, timeout_s, self.proc)
         return self
 

@@ -236,8 +236,8 @@ class BusActuator:
     def apply(self, commands: Sequence[Command]) -> list[CommandResult]:
         results = self.link.call(self._apply_all(list(commands)), self.timeout_s * 4 + 5)
         for c, r in zip(commands, results, strict=True):
-            rec = {"t_s": self.clock.now_s(), "command": c.kind, "applied": r.applied, "clipped": r.clipped}
-            rec["detail"] = r.detail
+            rec: dict[str, Any] = {"t_s": self.clock.now_s(), "command": c.kind, "applied": r.applied}
+            rec |= {"clipped": r.clipped, "detail": r.detail}
             self.audit.append(rec)
             if self.audit_path is not None:
                 with self.audit_path.open("a") as fh:

@@ -12,6 +12,7 @@ lost; redelivered frames that were already published are rejected as duplicates,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -51,9 +52,7 @@ class HallStats:
 class HallWorker:
     """Serves one hall for one tracker process while it holds the hall's lease."""
 
-    def __init__(
-        self, tracker: Tracker, hall: int, *, tick_s: float, close_after_ticks: int, timeout_s: float
-    ) -> None:
+    def __init__(self, tracker: Tracker, hall: int, *, tick_s: float, close_after_ticks: int, timeout_s: float) -> None:
         self.tr = tracker
         self.hall = hall
         self.name = tracker.topo.hall_names[hall]
@@ -272,10 +271,8 @@ class Tracker:
                             await w.release(kv)
                 elif not await w.renew(kv):
                     await w.stop_serving("lease taken or expired")
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), period)
-            except TimeoutError:
-                pass
 
     async def _free_long_enough(self, kv: KeyValue, w: HallWorker) -> bool:
         try:
@@ -313,10 +310,8 @@ class Tracker:
             if duration_s is None:
                 await self._stop.wait()
             else:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), duration_s)
-                except TimeoutError:
-                    pass
         finally:
             self._stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)

@@ -46,7 +46,8 @@ class BusSite:
                 return
             dead = [n for n, p in self.processes.items() if p.poll() is not None]
             if dead:
-                raise BusError(f"{dead[0]} exited with status {self.processes[dead[0]].returncode} (logs in {self.log_dir})")
+                code = self.processes[dead[0]].returncode
+                raise BusError(f"{dead[0]} exited with status {code} (logs in {self.log_dir})")
             self.source._any.wait(0.1)
         raise BusError(f"not every GPU reported within {timeout_s:.0f} s (logs in {self.log_dir})")
 
@@ -112,11 +113,37 @@ def run_site_over_bus(
     try:
         for i in range(trackers):
             prefer = [a for h in topo.hall_names[i::trackers] for a in ("--prefer", h)]
-            spawn(f"tracker-{i}", ["tracker", "--url", url, "--scenario", scen, "--ident", f"tracker-{i}",
-                                   "--tick", f"{1.0 / rate_hz:g}", *prefer])
+            spawn(
+                f"tracker-{i}",
+                [
+                    "tracker",
+                    "--url",
+                    url,
+                    "--scenario",
+                    scen,
+                    "--ident",
+                    f"tracker-{i}",
+                    "--tick",
+                    f"{1.0 / rate_hz:g}",
+                    *prefer,
+                ],
+            )
         for i, part in enumerate(np.array_split(np.arange(topo.n_nodes), agents)):
-            argv = ["agent", "--url", url, "--scenario", scen, "--rate", f"{rate_hz:g}", "--seed", str(seed),
-                    "--nodes", f"{part[0]}-{part[-1]}", "--stats", str(log_dir / f"agent-{i}.json")]
+            argv = [
+                "agent",
+                "--url",
+                url,
+                "--scenario",
+                scen,
+                "--rate",
+                f"{rate_hz:g}",
+                "--seed",
+                str(seed),
+                "--nodes",
+                f"{part[0]}-{part[-1]}",
+                "--stats",
+                str(log_dir / f"agent-{i}.json"),
+            ]
             spawn(f"agent-{i}", [*argv, "--plant"] if i == 0 else argv)
         link = BusLink(url, "powerplane-site")
         source = BusSource(url, site, topo, link=link)
