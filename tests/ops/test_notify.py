@@ -57,11 +57,14 @@ def test_routes_by_severity_to_real_servers(
         assert by_path["/phone"]["escalation"] == ["on-call"] and by_path["/phone"]["alerts"][0]["id"]
         am = by_path["/am/api/v2/alerts"]
         assert isinstance(am, list) and am[0]["labels"]["alertname"] in {"Hot", "Xid", "Islanded"}
-        assert am[0]["startsAt"] == "2024-11-23T19:30:00Z"
+        assert am[0]["startsAt"] == "2024-11-23T19:30:00Z" and "endsAt" not in am[0]
         # Resolution follows the group interval; the email says RESOLVED.
         n.step([alert("Hot", "warning", "resolved", t=T0 + 40)], T0 + 40)
         n.step([], T0 + 31 + 301)
         assert "[RESOLVED] Hot on gpu-1" in box.messages[-1].content.decode()
+        resolved = [b for p, b in hooks.posts if p.startswith("/am/") and "endsAt" in b[0]]
+        assert resolved and resolved[0][0]["labels"]["alertname"] == "Hot"
+        assert resolved[0][0]["endsAt"] == "2024-11-23T19:30:40Z"
         assert n.outbox.pending() == 0
     finally:
         hooks.close()

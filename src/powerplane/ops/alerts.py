@@ -157,6 +157,7 @@ class _RuleState:
     n_active: int = 0
     unknown_cycles: int = 0
     unknown_ref: str = ""
+    errors: int = 0
 
     def __post_init__(self) -> None:
         self.since_s = np.full(self.n, np.nan)
@@ -229,14 +230,17 @@ class AlertEngine:
             changed: list[Alert] = []
             for rs in self.rules:
                 try:
-                    changed.extend(self._step(rs, env, t))
+                    with np.errstate(all="ignore"):  # x / 0 and NaN are unknowns, never breaches or warnings
+                        changed.extend(self._step(rs, env, t))
                 except Unknown as e:
                     rs.unknown_cycles += 1
                     rs.unknown_ref = str(e)
                     self.stats["unknown"] += 1
-                except (ValueError, TypeError, IndexError, FloatingPointError) as e:
+                except Exception as e:  # one bad rule or reading is counted and reported; the others still run
                     self.stats[f"error:{rs.spec.alert}"] += 1
-                    self.audit.write("alert-engine", "rule_error", rs.spec.alert, {"error": str(e)}, t_s=t)
+                    rs.errors += 1
+                    if rs.errors == 1 or rs.errors % 1000 == 0:
+                        self.audit.write("alert-engine", "rule_error", rs.spec.alert, {"error": repr(e)}, t_s=t)
             if changed:
                 self._inhibit()
             self._expire(t)
@@ -475,6 +479,7 @@ class AlertEngine:
                     "active": rs.n_active,
                     "unknown_cycles": rs.unknown_cycles,
                     "unknown_ref": rs.unknown_ref,
+                    "errors": rs.errors,
                 }
                 for rs in self.rules
             ]

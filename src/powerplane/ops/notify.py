@@ -143,7 +143,11 @@ class NotifyConfig(_Strict):
         routes: list[dict[str, Any]] = []
         if alertmanager_url:
             receivers.append({"name": "alertmanager", "alertmanager": {"url": alertmanager_url}})
-            routes.append({"match": {}, "receivers": ["alertmanager"], "continue": True, "group_wait": "0s"})
+            # Alertmanager resolves an alert not re-sent within its resolve_timeout (5 m): re-send every minute.
+            routes.append(
+                {"match": {}, "receivers": ["alertmanager"], "continue": True, "group_wait": "0s",
+                 "group_interval": "10s", "repeat_interval": "60s"}
+            )  # fmt: skip
         routes += [
             {"match": {"severity": "warning"}, "receivers": ["email"]},
             {"match": {"severity": "critical"}, "receivers": ["wecom", "dingtalk", "slack"]},
@@ -174,6 +178,20 @@ def _title(alerts: list[dict[str, Any]], repeat: bool) -> str:
     return f"PowerPlane {'(repeat) ' if repeat else ''}{head}: {', '.join(names)}"
 
 
+def _am_alert(a: dict[str, Any], generator_url: str) -> dict[str, Any]:
+    """One alert in Alertmanager's v2 shape; ``endsAt`` only once resolved (Alertmanager then closes it)."""
+    out: dict[str, Any] = {
+        "labels": {k: str(v) for k, v in a["labels"].items()},
+        "annotations": {k: str(v) for k, v in a.get("annotations", {}).items()},
+        "startsAt": _iso(a.get("fired_s") or a["since_s"]),
+    }
+    if a["state"] == "resolved":
+        out["endsAt"] = _iso(a.get("resolved_s"))
+    if generator_url:
+        out["generatorURL"] = generator_url
+    return out
+
+
 def render(kind: str, alerts: list[dict[str, Any]], repeat: bool, receiver: Receiver) -> dict[str, Any]:
     """The payload a receiver of ``kind`` gets for one group of alerts."""
     title = _title(alerts, repeat)
@@ -198,18 +216,7 @@ def render(kind: str, alerts: list[dict[str, Any]], repeat: bool, receiver: Rece
         }
     if kind == "alertmanager":
         gen = receiver.alertmanager.generator_url if receiver.alertmanager else ""
-        return {
-            "alerts": [
-                {
-                    "labels": a["labels"],
-                    "annotations": a.get("annotations", {}),
-                    "startsAt": _iso(a.get("fired_s") or a["since_s"]),
-                    "endsAt": _iso(a["resolved_s"]) if a["state"] == "resolved" else "0001-01-01T00:00:00Z",
-                    "generatorURL": gen,
-                }
-                for a in alerts
-            ]
-        }
+        return {"alerts": [_am_alert(a, gen) for a in alerts]}
     raise ValueError(f"unknown receiver kind {kind!r}")
 
 
