@@ -46,6 +46,7 @@ class Feed:
             "inlet_temp_c": np.full(topo.n_racks, 25.0),
         }
         self.site: dict[str, Any] = {"frequency_hz": np.array([50.0])}
+        self.bess: dict[str, Any] = {"power_w": np.zeros(1), "soc": np.array([0.6])}
 
     def snap(self, dt: float = 1.0) -> Any:
         self.t += dt
@@ -54,6 +55,7 @@ class Feed:
             "node": {k: np.array(v) for k, v in self.node.items()},
             "rack": {k: np.array(v) for k, v in self.rack.items()},
             "site": dict(self.site),
+            "bess": {k: np.array(v) for k, v in self.bess.items()},
         }
         return self.tracker.ingest(Frame(self.t, "test", levels))
 
@@ -241,6 +243,8 @@ def test_default_rules_on_facility_faults(small: Any) -> None:
     f.site["frequency_hz"] = np.array([49.3])
     f.rack["inlet_temp_c"][0] = 38.0
     f.gpu["power_w"][9] = np.nan  # a GPU that stopped answering while its node reports
+    f.rack["power_w"][3] = 1.3 * eng.static["rack"]["limit_w"][3]  # PDU overload
+    f.bess["soc"] = np.array([np.nan])  # the battery stops answering (fault or lost link)
     ctx.update(demand_15min_w=1.01 * contract_w, source_age_s=9.0, islanded=1.0)
     fired: set[str] = set()
     for _ in range(32):
@@ -254,6 +258,8 @@ def test_default_rules_on_facility_faults(small: Any) -> None:
         "DemandOverContract",
         "SourceStale",
         "Islanded",
+        "RackPduOverload",
+        "BessNotReporting",
     } <= fired
     hot = next(a for a in eng.active() if a["rule"] == "RackInletHot")
     assert hot["inhibited"] and hot["labels"]["cooling_unit"] == str(int(topo.rack_cooling_unit[0]))
