@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,14 +49,29 @@ def serve(live: LiveOptions, opts: ServeOptions, announce: Callable[[str], None]
         lifespan="on",
     )
     server = uvicorn.Server(config)
+
+    def terminate(signum: int, frame: object) -> None:
+        raise SystemExit(0)
+
+    # uvicorn stops gracefully on SIGINT/SIGTERM and then re-raises the signal to the handler it found: make
+    # SIGTERM end like Ctrl-C, through the ``finally`` below that stops the runtime and closes the history.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, terminate)
     runtime.start()
     scheme = "https" if opts.cert else "http"
-    announce(f"cockpit: {scheme}://{opts.host}:{opts.port}/")
-    announce(f"admin token (shown once; stored hashed in {tokens_path(live.state_dir)}): {admin}")
-    announce(
-        f"scenario {live.scenario}, speed {live.speed:g}x, policy {live.policy}; "
-        f"state in {live.state_dir}; Ctrl-C stops"
-    )
+
+    def announce_when_listening() -> None:
+        while not server.started and not server.should_exit:
+            threading.Event().wait(0.05)
+        if server.started:
+            announce(f"cockpit: {scheme}://{opts.host}:{opts.port}/")
+            announce(f"admin token (shown once; stored hashed in {tokens_path(live.state_dir)}): {admin}")
+            announce(
+                f"scenario {live.scenario}, speed {live.speed:g}x, policy {live.policy}; "
+                f"state in {live.state_dir}; Ctrl-C stops"
+            )
+
+    threading.Thread(target=announce_when_listening, name="announce", daemon=True).start()
     try:
         server.run()
     finally:

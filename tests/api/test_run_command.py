@@ -1,0 +1,121 @@
+"""`powerplane run` as a real process: prints the URL and a working admin token, serves https with a certificate,
+and stops cleanly on Ctrl-C (SIGINT) and SIGTERM."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start(tmp: Path, *extra: str) -> tuple[subprocess.Popen[str], str, str]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "powerplane.cli", "run", "--scenario", "small", "--speed", "30"]
+    cmd += ["--port", str(port), "--state-dir", str(tmp / "state"), *extra]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if "Ctrl-C stops" in line:
+            break
+    text = "".join(lines)
+    url = re.search(r"cockpit: (\S+)", text)
+    token = re.search(r"admin token .*: (pp_\S+)", text)
+    assert url and token, text
+    return proc, url.group(1), token.group(1)
+
+
+def stop(proc: subprocess.Popen[str], sig: int) -> str:
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    return out
+
+
+def test_run_prints_url_and_token_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    proc, url, token = start(tmp_path)
+    try:
+        assert url.startswith("http://127.0.0.1:")
+        r = httpx.get(f"{url}api/whoami", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert r.json() == {"name": "admin", "role": "admin"}
+        assert httpx.get(f"{url}api/whoami", timeout=10).status_code == 401
+        assert token not in (tmp_path / "state" / "tokens.json").read_text()
+    finally:
+        out = stop(proc, signal.SIGINT)
+    assert "stopped" in out
+    audit = (tmp_path / "state" / "audit.jsonl").read_text()
+    assert "admin token created at start" in audit
+
+
+def test_run_serves_tls_and_stops_on_sigterm(tmp_path: Path) -> None:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.fail("openssl is needed to make the test certificate (apt-get install -y openssl)")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    proc, url, token = start(tmp_path, "--cert", str(cert), "--key", str(key))
+    try:
+        assert url.startswith("https://")
+        r = httpx.get(
+            f"{url}api/whoami",
+            headers={"Authorization": f"Bearer {token}"},
+            verify=ssl.create_default_context(cafile=str(cert)),
+            timeout=10,
+        )
+        assert r.status_code == 200
+    finally:
+        out = stop(proc, signal.SIGTERM)
+    assert "stopped" in out
+
+
+def test_run_refuses_bad_options(tmp_path: Path) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "powerplane.cli", "run", "--speed", "5000", "--state-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2 and "between 1 and 600" in r.stderr
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "powerplane.cli",
+            "run",
+            "--cert",
+            str(tmp_path / "c.pem"),
+            "--state-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2 and "both --cert and --key" in r.stderr
