@@ -287,6 +287,7 @@ DEFAULT_PLAN: tuple[tuple[float, str, int], ...] = (
     (0.45, "pcie", 20),
     (0.50, "xid", 74),
     (0.60, "xid", 13),
+    (0.70, "brake", 8),
 )
 
 
@@ -351,6 +352,10 @@ def _inject(loop: OpsLoop, kind: str, arg: int) -> dict[str, Any]:
         gpu = int(loop.twin.topo.n_gpus // 2)
         loop.twin.health.inject("pcie_replay", [gpu], t, per_s=float(arg), duration_s=120.0)
         return {"t_s": t, "fault": f"{arg} PCIe replays/s on GPU {gpu} for 120 s", "gpu": gpu}
+    if kind == "brake":
+        gpus = list(range(arg))
+        loop.twin.health.inject("power_brake", gpus, t, duration_s=60.0)
+        return {"t_s": t, "fault": f"power brake on GPUs 0-{arg - 1} for 60 s"}
     raise ValueError(f"unknown fault kind {kind!r}")
 
 
@@ -375,8 +380,8 @@ def register_cli(app: Any) -> None:
         audit: Annotated[Path | None, typer.Option(help="write the audit trail (JSONL) here")] = None,
         json_out: Annotated[Path | None, typer.Option("--json", help="write the full result as JSON here")] = None,
     ) -> None:
-        """Run the twin with injected Xid 79/94/48/74/13 faults, a cooling failure and a PCIe replay storm; print
-        what fired, what was healed, detection latency and when the affected jobs ran again."""
+        """Run the twin with injected Xid 79/94/48/74/13 faults, a cooling failure, a PCIe replay storm and a power
+        brake; print what fired, what was healed, detection latency and when the affected jobs ran again."""
         from powerplane.ops.notify import NotifyConfig
         from powerplane.ops.outbox import Outbox
 

@@ -20,6 +20,7 @@ F64 = NDArray[np.float64]
 PCIE_BACKGROUND_PER_GPU_MIN = 0.02  # mean PCIe replays per GPU-minute on healthy links
 NVLINK_BURST_PER_S = 400.0  # CRC errors per second after an NVLink fault (Xid 74)
 FAULT_RATE_DURATION_S = 120.0  # how long such a burst lasts
+HW_POWER_BRAKE = 0x80  # NVML clocks-event reason: HW power brake slowdown
 SBE_STORM = 1000.0  # single-bit errors counted with an Xid 92 (excessive SBE interrupts)
 NODE_SIDE = ("xid_total", "last_xid")  # from the node's kernel log, known even when the GPU does not answer
 
@@ -34,6 +35,8 @@ class GpuHealth:
         self.pcie_replay_total = np.zeros(n_gpus)
         self.nvlink_crc_total = np.zeros(n_gpus)
         self.off_bus = np.zeros(n_gpus, dtype=bool)
+        self.brake_until_s = np.full(n_gpus, -np.inf)  # hardware power brake asserted (an external signal)
+        self._t_s = -np.inf
         # Injected error rates: (gpus, counter, per second, until t_s).
         self._rates: list[tuple[NDArray[np.int64], str, float, float]] = []
         self._events_seen = 0
@@ -44,6 +47,7 @@ class GpuHealth:
         for ev in xid_events[self._events_seen :]:
             self._xid(int(ev.gpu), int(ev.xid), t_s)
         self._events_seen = len(xid_events)
+        self._t_s = t_s
         dt = 0.0 if self._last_t_s is None else max(t_s - self._last_t_s, 0.0)
         self._last_t_s = t_s
         if dt <= 0:
@@ -78,7 +82,7 @@ class GpuHealth:
         duration_s: float = FAULT_RATE_DURATION_S,
     ) -> None:
         """Inject a fault: ``pcie_replay`` / ``nvlink_crc`` (a rate per second for a while), ``ecc_dbe``,
-        ``off_bus``."""
+        ``off_bus``, ``power_brake`` (for ``duration_s``)."""
         g = np.asarray(gpus, dtype=np.int64)
         if g.size and (g.min() < 0 or g.max() >= self.n):
             raise ValueError("GPU index out of range")
@@ -89,8 +93,10 @@ class GpuHealth:
             self.ecc_dbe_vol[g] += 1
         elif kind == "off_bus":
             self.off_bus[g] = True
+        elif kind == "power_brake":
+            self.brake_until_s[g] = t_s + duration_s
         else:
-            raise ValueError(f"unknown GPU fault {kind!r} (pcie_replay, nvlink_crc, ecc_dbe, off_bus)")
+            raise ValueError(f"unknown GPU fault {kind!r} (pcie_replay, nvlink_crc, ecc_dbe, off_bus, power_brake)")
 
     def reset(self, gpus: Sequence[int] | NDArray[np.int64]) -> None:
         """A GPU reset or driver reload: volatile ECC counters cleared, the GPU back on the bus, bursts ended."""
@@ -109,6 +115,9 @@ class GpuHealth:
         gpu["ecc_sbe_vol"] = self.ecc_sbe_vol.copy()
         gpu["pcie_replay_total"] = self.pcie_replay_total.copy()
         gpu["nvlink_crc_total"] = self.nvlink_crc_total.copy()
+        braked = self.brake_until_s > self._t_s
+        if braked.any() and "throttle_reasons" in gpu:
+            gpu["throttle_reasons"] = np.asarray(gpu["throttle_reasons"]) | np.where(braked, HW_POWER_BRAKE, 0)
         if self.off_bus.any():
             off = self.off_bus
             for k, v in gpu.items():
