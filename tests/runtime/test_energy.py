@@ -140,3 +140,25 @@ def test_status_reports_safe_mode_planner_failure_and_demand(monkeypatch: pytest
     assert isinstance(policy, energy.ManagedPolicy) and policy.plan is not None  # the last valid plan is kept
     last = policy.stats.audit[-1]
     assert last["actor"] == "planner" and "keeping the last plan" in str(last["why"])
+
+
+def test_month_peak_is_the_highest_completed_15min_window_not_a_block_mean() -> None:
+    from types import SimpleNamespace
+
+    from powerplane.runtime import energy
+    from powerplane.twin.twin import Twin
+
+    site, path = load_scenario("small")
+    policy = energy.make_policy("none", Twin(site, path, seed=0), [])
+    t0 = 900.0 * np.ceil(Twin(site, path, seed=0).now_s / 900.0)
+
+    def block(start: float, n: int, grid_w: float) -> SimpleNamespace:
+        t = start + np.arange(n, dtype=np.float64)
+        return SimpleNamespace(t_s=t, plant=SimpleNamespace(grid_power_w=np.full(n, grid_w)))
+
+    policy.after_block(block(t0, 60, 10e6))  # a 1-minute spike of 10 MW ...
+    for k in range(1, 15):
+        policy.after_block(block(t0 + 60 * k, 60, 1e6))  # ... in a window otherwise at 1 MW
+    assert policy.month_peak_w == 0.0  # the window is not complete yet
+    policy.after_block(block(t0 + 900, 60, 1e6))
+    assert policy.month_peak_w == pytest.approx((60 * 10e6 + 840 * 1e6) / 900)  # 1.6 MW, what the bill sees

@@ -103,6 +103,13 @@ class Policy:
         self._grid_next = 0
         self.safe_mode = False
         self.planner_failed = False
+        # The month's billed peak so far: the highest completed demand window (15-min average, aligned to the
+        # epoch like the bill); a block shorter than a window only adds to the window it falls in.
+        self.month_peak_w = 0.0
+        self._win_id = -1
+        self._win_sum_w = 0.0
+        self._win_n = 0
+        self._win_month = -1
 
     def controller(self) -> object | None:
         return None
@@ -112,10 +119,28 @@ class Policy:
 
     def after_block(self, block: TwinBlock) -> None:
         """Bookkeeping every policy does: the rolling demand window for :meth:`status`."""
-        g = np.asarray(block.plant.grid_power_w, dtype=np.float64)[-self._grid_ring.size :]
+        grid = np.asarray(block.plant.grid_power_w, dtype=np.float64)
+        self._add_to_windows(np.asarray(block.t_s, dtype=np.float64), grid)
+        g = grid[-self._grid_ring.size :]
         idx = (self._grid_next + np.arange(g.size)) % self._grid_ring.size
         self._grid_ring[idx] = g
         self._grid_next = int((self._grid_next + g.size) % self._grid_ring.size)
+
+    def _add_to_windows(self, t_s: F64, grid_w: F64) -> None:
+        window_s = self.site.tariff.demand_window_min * 60.0
+        ids = np.floor(t_s / window_s).astype(np.int64)
+        for w in np.unique(ids).tolist():
+            if w != self._win_id:
+                if self._win_n:
+                    self.month_peak_w = max(self.month_peak_w, self._win_sum_w / self._win_n)
+                month = dt.datetime.fromtimestamp(w * window_s, ZoneInfo(self.site.timezone)).month
+                if month != self._win_month:
+                    self.month_peak_w = 0.0  # a new billing month
+                    self._win_month = month
+                self._win_id, self._win_sum_w, self._win_n = w, 0.0, 0
+            inside = ids == w
+            self._win_sum_w += float(grid_w[inside].sum())
+            self._win_n += int(inside.sum())
 
     def status(self) -> dict[str, float]:
         """What the policy reports each cycle, for the alert engine's context (agreed keys ``safe_mode``,
@@ -187,7 +212,6 @@ class ManagedPolicy(Policy):
         self.baseline_rule = ""
         self.dr_level = DrComputeLevel(list(self.site.energy.cap_classes))
         self._applied_caps = np.full(fleet.min_cap_w.size, np.nan)
-        self.month_peak_w = 0.0
         self.active_event: tuple[float, float, float] | None = None
         self._last_kinds: frozenset[str] = frozenset({"normal"})
         self._pue = 1.3
@@ -339,8 +363,6 @@ class ManagedPolicy(Policy):
         it = float(p.it_power_w.mean())
         self._pue = float(p.facility_power_w.mean()) / max(it, 1.0)
         self._it_per_gpu_w = it / max(float(block.fleet.gpu_power_w[-1].sum()), 1.0)
-        _, win = tariff.window_average_w(block.t_s, p.grid_power_w, self.site.tariff.demand_window_min * 60.0)
-        self.month_peak_w = max(self.month_peak_w, float(win.max()) if win.size else 0.0)
         if self.active_event is not None:
             self._dr_caps(block)
         else:
