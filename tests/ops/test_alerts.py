@@ -115,6 +115,7 @@ def test_for_duration_and_hysteresis(small: Any) -> None:
     assert transitions(eng.evaluate(f.snap(), {}), "Hot") == [("pending", 3)]
     f.gpu["temp_c"][3] = 60.0
     assert transitions(eng.evaluate(f.snap(), {}), "Hot") == [("resolved", 3)]
+    assert [a["id"] for a in eng.active() if a["rule"] == "Hot"] == ["Hot:gpu:7"]  # the dropped one is gone
 
 
 def test_inhibition_ack_and_silence(small: Any) -> None:

@@ -301,7 +301,12 @@ class AlertEngine:
             a.state, a.fired_s, a.value = "firing", t, float(values[i])
             a.annotations = self._annotate(rs, a)
             changed.append(a)
-        for i in [*idx_drop.tolist(), *idx_res.tolist()]:
+        for i in idx_drop.tolist():  # pending that never fired: reported once as resolved, then forgotten
+            a = self.alerts.pop(self._id(rs, i), None)
+            if a is not None:
+                a.state, a.resolved_s, a.value = "resolved", t, float(values[i])
+                changed.append(a)
+        for i in idx_res.tolist():
             a = self.alerts.get(self._id(rs, i))
             if a is None:
                 continue
