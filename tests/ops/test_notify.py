@@ -152,3 +152,14 @@ def test_dingtalk_signature_and_payloads() -> None:
     cfg = NotifyConfig.default(25, "http://127.0.0.1:1")
     r = {x.name: x for x in cfg.receivers}
     assert render("email", [alert("A", "warning")], False, r["email"])["subject"] == "PowerPlane 1 firing: A"
+
+
+def test_the_documented_config_validates() -> None:
+    import yaml
+
+    from powerplane.ops import notify
+
+    doc = notify.__doc__ or ""
+    text = "\n".join(line[4:] for line in doc.split("::\n\n", 1)[1].splitlines())
+    cfg = NotifyConfig.model_validate(yaml.safe_load(text))
+    assert [r.kind for r in cfg.receivers] == ["email", "wecom", "dingtalk", "slack", "phone", "alertmanager"]

@@ -10,6 +10,23 @@ inhibited and acknowledged alerts are held back.
 Payload shapes: WeCom and DingTalk group robots (``msgtype: markdown``; DingTalk's optional HMAC-SHA256
 signature), Slack incoming webhooks (``text`` + ``blocks``), a phone-escalation webhook (JSON with the alerts
 and the escalation chain), Alertmanager v2 alerts (``labels``, ``annotations``, ``startsAt``, ``endsAt``).
+
+A configuration file (``powerplane alerts test --notify notify.yaml``)::
+
+    receivers:
+      - {name: ops-mail, email: {host: 127.0.0.1, port: 25, from: powerplane@site, to: [ops@site]}}
+      - {name: wecom, webhook: {kind: wecom, url: "https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=KEY"}}
+      - {name: dingtalk, webhook: {kind: dingtalk, url: "https://oapi.dingtalk.com/robot/send?access_token=T",
+                                   secret: SEC}}
+      - {name: slack, webhook: {kind: slack, url: "https://hooks.slack.com/services/X/Y/Z"}}
+      - {name: phone, webhook: {kind: phone, url: "http://127.0.0.1:9099/escalate", escalation: [primary, backup]}}
+      - {name: am, alertmanager: {url: "http://127.0.0.1:9093"}}
+    routes:
+      - {match: {}, receivers: [am], continue: true, group_wait: 0s, repeat_interval: 60s}
+      - {match: {severity: warning}, receivers: [ops-mail]}
+      - {match: {severity: critical}, receivers: [wecom, dingtalk, slack]}
+      - {match: {severity: emergency}, receivers: [phone, wecom], group_wait: 0s}
+    retry: {base_s: 2, max_s: 300, give_up_after_s: 86400}
 """
 
 from __future__ import annotations
