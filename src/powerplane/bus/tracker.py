@@ -5,7 +5,7 @@ key-value bucket whose entries expire ``lease_ttl_s`` after their last renewal);
 ``lease_ttl_s / 4`` and serves the hall, the others wait. When the holder dies (even by SIGKILL) its lease expires
 and another tracker takes the hall: it restores the accept state from the hall's last rollup and pulls from the
 durable consumer, which redelivers every frame the dead tracker had not acknowledged. Frames are acknowledged
-(ack-all, up to the newest message whose ticks are all published) only after their rollup is stored, so nothing is
+(one by one, in order, once every tick they hold is published) only after their rollup is stored, so nothing is
 lost; redelivered frames that were already published are rejected as duplicates, so nothing is counted twice.
 """
 
@@ -62,6 +62,7 @@ class HallWorker:
         self.key = subjects.token(self.name)
         self.revision = 0
         self.epoch = 0
+        self.serial = 0
         self.sub: JetStreamContext.PullSubscription | None = None
         self.pending: deque[tuple[Msg, int]] = deque()
 
@@ -110,7 +111,7 @@ class HallWorker:
         cfg = ConsumerConfig(
             durable_name=subjects.consumer_name(self.name),
             filter_subject=subjects.tel_hall_filter(site, self.name),
-            ack_policy=AckPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
             ack_wait=self.tr.ack_wait_s,
             max_ack_pending=1_000_000,
             deliver_policy=DeliverPolicy.ALL,
@@ -129,6 +130,14 @@ class HallWorker:
         self.stats.acquired_at_s = perf_counter_s()
         self.stats.events.append(f"{perf_counter_s() - self.tr.t0_s:.2f} s: took {self.name} (epoch {self.epoch})")
         log.info("tracker %s took hall %s (epoch %d)", self.tr.ident, self.name, self.epoch)
+
+    async def resync(self) -> None:
+        """Restore the accept state from the hall's last stored rollup; open frames come again by redelivery."""
+        site = self.tr.topo.site_name
+        self.stats.events.append(f"{perf_counter_s() - self.tr.t0_s:.2f} s: resync {self.name}")
+        raw = await self.tr.js.get_last_msg(subjects.rollup_stream(site), subjects.rollup_subject(site, self.name))
+        self.agg.restore(codec.HallRollup.decode(raw.data or b""))
+        self.pending.clear()
 
     async def stop_serving(self, reason: str) -> None:
         self.stats.leader = False
@@ -167,17 +176,23 @@ class HallWorker:
         subject = subjects.rollup_subject(self.tr.topo.site_name, self.name)
         for w in self.agg.due(force):
             r = self.agg.rollup(w, self.epoch)
-            msg_id = f"{self.key}.{r.tick}.{r.part}.{self.epoch}"
-            await js.publish(subject, r.encode(), timeout=5.0, headers={"Nats-Msg-Id": msg_id})
+            # The id repeats only when a publish is retried after no ack came (it may be stored): JetStream then
+            # keeps one copy. A duplicate means the stored copy may hold other frames than this retry: take the
+            # accept state from the bus again and let the open frames be redelivered.
+            msg_id = f"{self.key}.{self.epoch}.{self.serial}"
+            ack = await js.publish(subject, r.encode(), timeout=5.0, headers={"Nats-Msg-Id": msg_id})
+            self.serial += 1
+            if ack.duplicate:
+                await self.resync()
+                return
             self.agg.published(w)
             self.stats.rollups += 1
             self.stats.late_parts += int(w.late)
+        # Explicit acks, message by message: an ack-all would also acknowledge frames dropped after an outage
+        # that are still waiting for their redelivery.
         low = self.agg.open_low_tick()
-        last: Msg | None = None
         while self.pending and self.pending[0][1] < low:
-            last = self.pending.popleft()[0]
-        if last is not None:
-            await last.ack()
+            await self.pending.popleft()[0].ack()
 
 
 class Tracker:
