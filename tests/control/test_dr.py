@@ -56,6 +56,9 @@ def test_level_walks_through_the_classes_and_back() -> None:
     assert ctl.update(-4000.0, span, 2.0) == pytest.approx(0.0)  # give back all 2000 GPU W
     # A class with nothing to cut is skipped; the level never passes the last class.
     assert ctl.update(1e9, np.array([0.0, 4000.0]), 2.0) == pytest.approx(2.0)
+    # Given the block's length the gain is 1 - exp(-block / tau): the same correction per second of any cycle.
+    ctl = DrComputeLevel(["low"], tau_s=60.0)
+    assert ctl.update(1000.0, np.array([1000.0]), 1.0, block_s=60.0) == pytest.approx(1 - np.exp(-1.0))
 
 
 def test_load_history_bins_per_minute_and_forgets() -> None:

@@ -91,14 +91,18 @@ class DrComputeLevel:
     """The integral controller of the compute level during an event."""
 
     classes: list[str]
-    gain: float = 0.7  # share of the block's error corrected per block
+    gain: float = 0.7  # share of the error corrected per update when no block length is given
+    tau_s: float = 50.0  # otherwise 1 - exp(-block / tau): 0.7 for a 60-s block, 0.02 for a 1-s live cycle
     level: float = 0.0
 
-    def update(self, excess_w: float, span_gpu_w: F64, facility_per_gpu_w: float) -> float:
+    def update(
+        self, excess_w: float, span_gpu_w: F64, facility_per_gpu_w: float, block_s: float | None = None
+    ) -> float:
         """``excess_w``: facility watts the batteries gave above their sustainable share in the last block (or
         could not give: shortfall), negative when they gave less. ``span_gpu_w``: per class, the GPU watts that
         one unit of level removes at most (sum of max - min cap over the class's busy GPUs)."""
-        step = self.gain * excess_w / max(facility_per_gpu_w, 1.0)
+        gain = self.gain if block_s is None else 1.0 - float(np.exp(-block_s / self.tau_s))
+        step = gain * excess_w / max(facility_per_gpu_w, 1.0)
         level = self.level
         top = float(len(self.classes))
         # Walk the level through the classes: a class's span converts watts to level within it.

@@ -406,7 +406,7 @@ class ManagedPolicy(Policy):
                 for c in self.dr_level.classes
             ]
         )
-        level = self.dr_level.update(excess, span, self.facility_per_gpu_w(t_end))
+        level = self.dr_level.update(excess, span, self.facility_per_gpu_w(t_end), block.t_s.size * self.twin.dt_s)
         caps = caps_for_level(level, fleet.min_cap_w, fleet.max_cap_w, gpu_class, self.dr_level.classes)
         why = f"demand response: level {level:.2f}, batteries' share {share / 1e6:.2f} MW, excess {excess / 1e6:.2f} MW"
         self._set_caps(t_end, caps, why)
