@@ -87,12 +87,16 @@ def test_plans_by_bucket_and_follow_up(tmp_path: Path) -> None:
     assert ex.calls[-1] == ("undrain", 2) and not ex.drained
     h.handle([xid_alert(40, 13, "IGNORE")], T0 + 61)
     assert len(ex.calls) == 4
+    bad = xid_alert(41, 79, "RESTART_BM")
+    bad["labels"]["node_index"] = "not-a-number"
+    assert h.handle([bad, xid_alert(3, 94, "RESTART_APP")], T0 + 62)[0].kind == "restart_job"  # the next still runs
+    assert h.errors == 1 and audit.records()[-2]["action"] == "heal_error"
     recs = audit.records()
-    assert [r["action"] for r in recs] == ["restart_job", "drain_node", "reset_gpu", "undrain_node"]
+    assert [r["action"] for r in recs][:4] == ["restart_job", "drain_node", "reset_gpu", "undrain_node"]
     drain = recs[1]
     assert drain["actor"] == "self-heal" and drain["before"] == "schedulable" and drain["after"] == "drained"
     assert drain["jobs_moved"] == [101] and drain["alert_id"] == "GpuXid:gpu:17"
-    assert json.loads((tmp_path / "audit.jsonl").read_text().splitlines()[-1])["reverts"] == drain["action_id"]
+    assert json.loads((tmp_path / "audit.jsonl").read_text().splitlines()[3])["reverts"] == drain["action_id"]
 
 
 def test_drain_rate_limit_needs_approval_and_revert() -> None:

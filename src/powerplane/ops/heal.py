@@ -100,6 +100,7 @@ class Healer:
         self._follow: list[tuple[float, int, str]] = []  # (due t_s, node, drain action id): undrain when due
         self._ids = itertools.count(1)
         self._alert_id = ""  # the alert being acted on, recorded with each action
+        self.errors = 0
 
     @property
     def drain_limit(self) -> int:
@@ -145,15 +146,18 @@ class Healer:
             plan = self.plan_for(alert)
             if plan is None:
                 continue
-            labels = alert["labels"]
-            gpu = int(labels["gpu_index"]) if "gpu_index" in labels else -1
-            node = (
-                int(labels["node_index"]) if "node_index" in labels else (self.ex.node_of_gpu(gpu) if gpu >= 0 else -1)
-            )
-            reason = f"{alert['id']}: {alert.get('annotations', {}).get('summary', alert['rule'])}"
-            self._alert_id = str(alert["id"])
+            self._alert_id = str(alert.get("id", ""))
             try:
+                labels = alert["labels"]
+                gpu = int(labels["gpu_index"]) if "gpu_index" in labels else -1
+                node = int(labels["node_index"]) if "node_index" in labels else -1
+                if node < 0 and gpu >= 0:
+                    node = self.ex.node_of_gpu(gpu)
+                reason = f"{alert['id']}: {alert.get('annotations', {}).get('summary', alert.get('rule', ''))}"
                 done.extend(self._execute(plan, gpu, node, alert, reason, now_s))
+            except Exception as e:  # a bad alert or a failing executor: counted and audited, the others go on
+                self.errors += 1
+                self.audit.write(self.ACTOR, "heal_error", self._alert_id, {"plan": plan, "error": repr(e)}, t_s=now_s)
             finally:
                 self._alert_id = ""
         return done
