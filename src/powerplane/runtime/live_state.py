@@ -27,6 +27,7 @@ SITE_SERIES = (
     "price_per_kwh",
     "demand_15min_w",
     "pue",
+    "bess_soc_mean",
 )
 
 

@@ -88,6 +88,14 @@
         for (let dy = 0; dy < c; dy++) { const r = o + dy * W; for (let dx = 0; dx < c; dx++) buf[r + dx] = color; }
       }
       this.ctx.putImageData(this.img, 0, 0);
+      // Hot spots stand out: a ring around the hottest GPUs of this update.
+      const ctx = this.ctx;
+      ctx.strokeStyle = "#ffffff";
+      ctx.lineWidth = 1;
+      for (const h of doc.hot) {
+        const o = off[h.gpu];
+        ctx.strokeRect((o % W) - 1.5, Math.floor(o / W) - 1.5, L.c + 2, L.c + 2);
+      }
       const ms = performance.now() - t0;
       (window.ppFloorMs = window.ppFloorMs || []).push(ms);
       this.doc = doc;

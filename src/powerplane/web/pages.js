@@ -144,13 +144,17 @@
         { x, y: sr.grid_power_w.map((v) => v / 1e6), name: "grid actual MW", line: { color: "#4fb3ff", width: 1.3 } },
         { x, y: sr.bess_power_w.map((v) => v / 1e6), name: "batteries actual MW", line: { color: "#f5b942", width: 1.3 } },
       ];
+      tr.push({ x, y: sr.bess_soc_mean.map((v) => (v == null ? null : v * 100)), name: "mean SOC % (actual)", yaxis: "y2", line: { color: "#3ecf8e", width: 1 } });
       if (d.plan) {
         const px = d.plan.t_s.map(PP.siteDate);
-        tr.push({ x: px, y: d.plan.grid_w.map((v) => v / 1e6), name: "grid plan MW", line: { color: "#3ecf8e", shape: "hv", dash: "dash" } });
-        tr.push({ x: px, y: d.plan.bess_w.map((v) => v / 1e6), name: "batteries plan MW", line: { color: "#ffd27a", shape: "hv", dash: "dash" } });
+        tr.push({ x: px, y: d.plan.grid_w.map((v) => v / 1e6), name: "grid plan MW", line: { color: "#4fb3ff", shape: "hv", dash: "dash", width: 1 } });
+        tr.push({ x: px, y: d.plan.bess_w.map((v) => v / 1e6), name: "batteries plan MW", line: { color: "#f5b942", shape: "hv", dash: "dash", width: 1 } });
+        // The plan's SOC is at the end of each step.
+        tr.push({ x: d.plan.t_s.map((t) => PP.siteDate(t + d.plan.dt_s)), y: d.plan.soc_mean.map((v) => v * 100), name: "mean SOC % (plan)", yaxis: "y2", line: { color: "#3ecf8e", dash: "dot", width: 1 } });
       }
       const now = d.t_s, start = sr.t_s.length ? sr.t_s[0] : now - 3600;
       PP.plot("en-plan", tr, { yaxis: { title: { text: "MW" }, gridcolor: "#1f2732" },
+        yaxis2: { title: { text: "SOC %" }, overlaying: "y", side: "right", range: [0, 100], showgrid: false },
         xaxis: { type: "date", gridcolor: "#1f2732", range: [PP.siteDate(start), PP.siteDate(now + Math.max(3 * 3600, now - start))] } });
     },
   };
