@@ -19,7 +19,7 @@ import queue
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -28,9 +28,15 @@ import numpy as np
 
 from powerplane.config.loader import load_scenario
 from powerplane.core.clock import Clock, WallClock, perf_counter_s
-from powerplane.core.commands import GpuPowerCap, JobPowerCap
 from powerplane.physics import tariff
 from powerplane.runtime.energy import POLICIES, ManagedPolicy, Policy, make_policy
+from powerplane.runtime.live_commands import (
+    COMMAND_KINDS,
+    CommandRefused,
+    CommandResult,
+    OperatorCommand,
+    apply_command,
+)
 from powerplane.runtime.live_state import SITE_SERIES, CycleInfo, Ledger, LiveState, SeriesRing
 from powerplane.runtime.live_view import bess_rows, clean, dr_view, plan_view, site_view
 from powerplane.telemetry.ring import GpuRing
@@ -42,7 +48,6 @@ from powerplane.twin.twin import Twin, TwinBlock
 MAX_BLOCK_STEPS = 60
 FORECAST_EVERY_S = 60.0
 AUDIT_KEEP = 5000
-COMMAND_KINDS = ("dr_start", "dr_end", "set_policy", "cap_job", "ack_alert", "silence", "unsilence")
 JOB_FIELDS = ("kind", "priority", "n_gpus", "state", "submit_s", "start_s", "end_s", "energy_j", "deferrable")
 
 
@@ -57,38 +62,6 @@ class LiveOptions:
     history: bool = True
     ring_samples: int = 300  # recent per-GPU samples kept for drill-down (one per cycle)
     forecast_registry: Path | None = None
-
-
-@dataclass(frozen=True)
-class OperatorCommand:
-    id: str
-    kind: str
-    args: dict[str, Any]
-    actor: str
-
-
-@dataclass
-class CommandResult:
-    id: str
-    kind: str
-    status: str  # queued | applied | refused | failed
-    detail: str = ""
-    t_s: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "kind": self.kind,
-            "status": self.status,
-            "detail": self.detail,
-            "t_s": self.t_s,
-            **self.extra,
-        }
-
-
-class CommandRefused(ValueError):
-    """An operator command that cannot be applied as asked (the message says why)."""
 
 
 def _load_alert_engine(runtime: LiveRuntime) -> tuple[Any, str]:
@@ -419,7 +392,7 @@ class LiveRuntime:
                 return
             now = self.twin.now_s
             try:
-                detail, extra = self._apply(cmd)
+                detail, extra = apply_command(self, cmd)
                 status = "applied"
             except CommandRefused as exc:
                 detail, extra, status = str(exc), {}, "refused"
@@ -439,113 +412,6 @@ class LiveRuntime:
                     "why": detail,
                 }
             )
-
-    def _apply(self, cmd: OperatorCommand) -> tuple[str, dict[str, Any]]:
-        a = cmd.args
-        now = self.twin.now_s
-        if cmd.kind == "dr_start":
-            return self._dr_start(float(a.get("reduction", 0.0)), float(a.get("duration_s", 3600.0)), now)
-        if cmd.kind == "dr_end":
-            if not isinstance(self.policy, ManagedPolicy) or self.policy.active_event is None:
-                raise CommandRefused("no demand-response event is active")
-            s, _, r = self.policy.active_event
-            self.policy.events = [
-                (s0, min(e0, now) if (s0, r0) == (s, r) else e0, r0) for s0, e0, r0 in self.policy.events
-            ]
-            self.policy.before_block(now)
-            return "demand-response event ended", {}
-        if cmd.kind == "set_policy":
-            return self._set_policy(str(a.get("policy", ""))), {}
-        if cmd.kind == "cap_job":
-            return self._cap_job(a), {}
-        return self._alert_command(cmd)
-
-    def _dr_start(self, reduction: float, duration_s: float, now: float) -> tuple[str, dict[str, Any]]:
-        if not isinstance(self.policy, ManagedPolicy):
-            raise CommandRefused(f"demand response needs the mpc policy (running: {self.policy.name})")
-        if not 0.0 < reduction <= 0.5:
-            raise CommandRefused(f"reduction must be in (0, 0.5] (a share of the baseline), got {reduction:g}")
-        if not 60.0 <= duration_s <= 24 * 3600.0:
-            raise CommandRefused(f"duration must be between 60 s and 24 h, got {duration_s:g} s")
-        if self.policy.active_event is not None:
-            raise CommandRefused("a demand-response event is already active; end it first")
-        self.policy.events.append((now, now + duration_s, reduction))
-        self.policy.before_block(now)
-        if isinstance(self.policy, ManagedPolicy) and hasattr(self.policy, "_next_plan_s"):
-            self.policy._next_plan_s = -np.inf  # replan with the event in the horizon
-        base = self.policy.baseline_w or 0.0
-        return (
-            f"demand response -{reduction:.0%} for {duration_s / 60:.0f} min from baseline {base / 1e6:.2f} MW",
-            {"baseline_w": base},
-        )
-
-    def _set_policy(self, name: str) -> str:
-        if name not in ("none", "threshold", "mpc"):
-            raise CommandRefused(f"unknown live policy {name!r}; valid: none, threshold, mpc")
-        old = self.policy
-        if name == old.name:
-            return f"already running {name}"
-        if isinstance(old, ManagedPolicy):  # lift the caps the compute lever set; operator caps stay
-            lever = np.flatnonzero(np.isfinite(old.lever.caps_w))
-            operator = set()
-            for j in self.job_caps_w:
-                operator.update(self.twin.workload.jobs.gpus[j].tolist())
-            lift = np.array([g for g in lever.tolist() if g not in operator], dtype=np.int64)
-            if lift.size:
-                self.twin.apply([GpuPowerCap(lift, float("nan"))])
-        new = make_policy(name, self.twin, [])
-        new.events = list(old.events)
-        self.policy = new
-        self._controller = new.controller()
-        self._policy_audit_seen = 0
-        return f"policy {old.name} -> {name}"
-
-    def _cap_job(self, a: dict[str, Any]) -> str:
-        job = int(a["job"])
-        jobs = self.twin.workload.jobs
-        if not 0 <= job < jobs.n:
-            raise CommandRefused(f"unknown job {job}")
-        cap = a.get("cap_w")
-        if cap is None:
-            res = self.twin.apply([JobPowerCap(job, float("nan"))])[0]
-            self.job_caps_w.pop(job, None)
-            return f"cap removed from job {job}: {res.detail}"
-        cap_w = float(cap)
-        if not (np.isfinite(cap_w) and cap_w > 0):
-            raise CommandRefused(f"cap_w must be a positive number of watts per GPU, got {cap!r}")
-        if jobs.state[job] not in (State.STARTING, State.RUNNING, State.CHECKPOINT, State.STALLED, State.PAUSED):
-            raise CommandRefused(f"job {job} holds no GPUs (state {State(int(jobs.state[job])).name.lower()})")
-        res = self.twin.apply([JobPowerCap(job, cap_w)])[0]
-        if not res.applied:
-            raise CommandRefused(res.detail)
-        gpus = jobs.gpus[job]
-        applied = float(np.nanmax(self.twin.fleet.cap_w[gpus])) if len(gpus) else cap_w
-        self.job_caps_w[job] = applied
-        clipped = " (clipped to the GPUs' limits)" if res.clipped else ""
-        return f"job {job}: {res.detail}{clipped}"
-
-    def _alert_command(self, cmd: OperatorCommand) -> tuple[str, dict[str, Any]]:
-        if self.alerts is None:
-            raise CommandRefused(self.alert_status)
-        a = cmd.args
-        if cmd.kind == "ack_alert":
-            if not self.alerts.acknowledge(str(a["alert_id"]), cmd.actor):
-                raise CommandRefused(f"no alert {a['alert_id']!r} to acknowledge")
-            return f"alert {a['alert_id']} acknowledged", {}
-        if cmd.kind == "silence":
-            matchers = {str(k): str(v) for k, v in dict(a.get("matchers") or {}).items()}
-            if not matchers:
-                raise CommandRefused("a silence needs at least one label matcher")
-            duration = float(a.get("duration_s", 3600.0))
-            if not 60.0 <= duration <= 7 * 86400.0:
-                raise CommandRefused(f"silence duration must be between 60 s and 7 days, got {duration:g} s")
-            sid = self.alerts.silence(matchers, duration, cmd.actor, str(a.get("comment", "")))
-            return f"silence {sid} for {duration / 60:.0f} min on {matchers}", {"silence_id": sid}
-        if not self.alerts.unsilence(str(a["silence_id"]), cmd.actor):
-            raise CommandRefused(f"no silence {a['silence_id']!r}")
-        return f"silence {a['silence_id']} lifted", {}
-
-    # ------------------------------------------------------------------ publishing
 
     def _price_ahead(self, t_s: float) -> dict[str, list[float]]:
         key = int(t_s // 900)
