@@ -112,6 +112,12 @@ def _check_header(h: np.ndarray, offset: int) -> None:
         )
 
 
+@lru_cache(maxsize=64)
+def _probe_dtype(itemsize: int) -> np.dtype[np.void]:
+    """Two words of a frame header: magic+version+flags (bytes 0-8) and n_gpus+masks+reserved (36-44)."""
+    return np.dtype({"names": ["a", "b"], "formats": ["<u8", "<u8"], "offsets": [0, 36], "itemsize": itemsize})
+
+
 def decode_frames(data: bytes | memoryview) -> NDArray[np.void]:
     """All node frames of one message as one structured array (they must share a layout, as an agent sends them).
 
@@ -127,13 +133,10 @@ def decode_frames(data: bytes | memoryview) -> NDArray[np.void]:
         raise FrameError("malformed", f"message of {len(buf)} bytes is not a whole number of {dt.itemsize}-byte frames")
     recs = np.frombuffer(buf, dtype=dt)
     if recs.size > 1:
-        same = (
-            (recs["magic"] == MAGIC_NODE)
-            & (recs["version"] == SCHEMA_VERSION)
-            & (recs["n_gpus"] == h["n_gpus"])
-            & (recs["gpu_mask"] == h["gpu_mask"])
-            & (recs["node_mask"] == h["node_mask"])
-        )
+        # Every header of the batch must repeat the first one's magic, version, flags, sizes and masks: two
+        # 8-byte words per frame, compared at once.
+        probe = np.frombuffer(buf, dtype=_probe_dtype(dt.itemsize))
+        same = (probe["a"] == probe["a"][0]) & (probe["b"] == probe["b"][0])
         if not same.all():
             bad = int(np.argmin(same))
             _check_header(recs[bad], bad * dt.itemsize)

@@ -103,12 +103,49 @@ class HallAggregator:
 
     def add(self, recs: NDArray[np.void]) -> int:
         """Take the frames of one message; return the highest tick among the accepted ones (-2**62 if none)."""
-        top = -(2**62)
-        local_all = recs["node"].astype(np.int64) - self.node0
-        t_all = recs["t_s"]
         if recs.dtype != self.dtype:
             self.rejected["malformed"] += int(recs.size)
-            return top
+            return -(2**62)
+        local = recs["node"].astype(np.int64) - self.node0
+        t = recs["t_s"]
+        ok = (local >= 0) & (local < self.n_nodes) & np.isfinite(t)
+        if ok.all() and not self.extras:
+            ticks = np.rint(t / self.tick_s).astype(np.int64)
+            if (ticks == ticks[0]).all() and np.unique(local).size == local.size:
+                return self._add_one_tick(recs, local, int(ticks[0]))
+        return self._add_each(recs, local)
+
+    def _add_one_tick(self, recs: NDArray[np.void], local: NDArray[np.int64], tick: int) -> int:
+        """The common case, vectorized: the frames of one message share a tick (one rack at one instant)."""
+        seq = recs["seq"]
+        fresh = seq > self.contig[local]
+        n_dup = int(local.size - fresh.sum())
+        w = self.windows.get(tick)
+        if w is None:
+            w = self._open(tick, tick * self.tick_s)
+        taken = w.present[local]
+        if taken.any():
+            same = taken & (w.seq[local] == seq)
+            n_dup += int((same & fresh).sum())
+            self.rejected["replayed"] += int((taken & ~same & fresh).sum())
+            fresh &= ~taken
+        if n_dup:
+            self.rejected["duplicate"] += n_dup
+        if not fresh.any():
+            return -(2**62)
+        idx = local[fresh]
+        w.recs[idx] = recs[fresh]
+        w.present[idx] = True
+        w.seq[idx] = seq[fresh]
+        k = int(idx.size)
+        w.n += k
+        self.accepted += k
+        self.max_tick = max(self.max_tick, tick)
+        return tick
+
+    def _add_each(self, recs: NDArray[np.void], local_all: NDArray[np.int64]) -> int:
+        top = -(2**62)
+        t_all = recs["t_s"]
         for i in range(recs.size):
             local = int(local_all[i])
             if not 0 <= local < self.n_nodes:
