@@ -205,3 +205,15 @@ def test_series_ring_keeps_the_newest_rows_in_order() -> None:
     assert tail["t_s"] == [2.0, 3.0, 4.0, 5.0] and tail["a"] == [20.0, 30.0, 40.0, 50.0]
     assert ring.tail(since_s=3.5)["t_s"] == [4.0, 5.0]
     assert len(ring.tail(max_points=2)["t_s"]) == 2
+
+
+def test_audit_file_rolls_over_and_stays_bounded(tmp_path: Path) -> None:
+    rt = make(tmp_path, audit_max_bytes=2000)
+    for i in range(40):
+        rt.record_admin("test", f"record {i} " + "x" * 100)
+    cur, prev = rt.audit_path, rt.audit_path.with_name("audit.1.jsonl")
+    assert prev.exists() and cur.stat().st_size < 2000 + 400 and prev.stat().st_size < 2000 + 400
+    last = json.loads(cur.read_text().splitlines()[-1])
+    assert last["why"].startswith("record 39") and last["actor"] == "admin:test"
+    assert rt.audit(5)[0] >= 40  # in memory, nothing lost
+    rt.stop()

@@ -62,6 +62,7 @@ class LiveOptions:
     history: bool = True
     ring_samples: int = 300  # recent per-GPU samples kept for drill-down (one per cycle)
     forecast_registry: Path | None = None
+    audit_max_bytes: int = 64 * 2**20  # audit.jsonl rolls over to audit.1.jsonl past this size
 
 
 def _load_alert_engine(runtime: LiveRuntime) -> tuple[Any, str]:
@@ -377,6 +378,9 @@ class LiveRuntime:
             self._audit_total += 1
             with self.audit_path.open("a") as f:
                 f.write(line + "\n")
+                full = f.tell() >= self.opts.audit_max_bytes
+            if full:  # bounded on disk: one previous file is kept beside the current one
+                self.audit_path.replace(self.audit_path.with_name("audit.1.jsonl"))
 
     def record_admin(self, actor: str, why: str) -> None:
         """Audit an administrative action taken outside the cycle (tokens created or revoked)."""
