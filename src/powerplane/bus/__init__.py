@@ -5,3 +5,7 @@ nats-server for tests and local use), ``agent`` (publishes node frames, buffers 
 commands), ``tracker`` (a hall as a durable JetStream consumer with lease-based failover, publishing hall rollups),
 ``source`` (:class:`BusSource` and :class:`BusActuator` for the site runtime) and ``wiring`` (all of it at once).
 """
+
+from powerplane.bus.source import BusActuator, BusSource
+
+__all__ = ["BusActuator", "BusSource"]
