@@ -6,6 +6,16 @@ commands), ``tracker`` (a hall as a durable JetStream consumer with lease-based 
 ``source`` (:class:`BusSource` and :class:`BusActuator` for the site runtime) and ``wiring`` (all of it at once).
 """
 
-from powerplane.bus.source import BusActuator, BusSource
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["BusActuator", "BusSource"]
+
+
+def __getattr__(name: str) -> Any:  # lazy: `powerplane --help` should not import the NATS client
+    if name in __all__:
+        from powerplane.bus import source
+
+        return getattr(source, name)
+    raise AttributeError(name)
