@@ -150,8 +150,10 @@ def test_operator_commands_round_trip_into_the_audit_log(
     goto(page, "audit")
     page.select_option("#audit-actor", "operator")
     page.wait_for_function(
-        "document.getElementById('audit-body').innerText.includes('cap_job')"
-        " && document.getElementById('audit-body').innerText.includes('ack_alert')",
+        "(() => { const rows = [...document.querySelectorAll('#audit-body tr')];"
+        " return rows.length >= 2 && rows.every(r => r.cells[1].textContent.startsWith('operator:'))"
+        " && rows.some(r => r.textContent.includes('cap_job'))"
+        " && rows.some(r => r.textContent.includes('ack_alert')); })()",
         timeout=15_000,
     )
     text = page.inner_text("#audit-body")

@@ -250,7 +250,7 @@
       $("audit-total").textContent = `(${F.int(d.total)} records since start; newest first)`;
       $("audit-body").innerHTML = d.records.map((r) => `<tr><td>${F.time(r.t_s, true)}</td><td>${F.esc(r.actor)}</td><td>${F.esc(r.mode)}</td>
         <td>${F.esc(r.command || "")}${r.args ? ` <span class="muted">${F.esc(JSON.stringify(r.args))}</span>` : ""}</td><td>${F.esc(r.status || "")}</td>
-        <td style="white-space:normal">${F.esc(r.why || r.rule || "")}</td></tr>`).join("");
+        <td style="white-space:normal">${F.esc(r.why || [r.rule, r.transition, r.severity, r.labels ? Object.values(r.labels).join(" ") : ""].filter(Boolean).join(" · "))}</td></tr>`).join("");
       PP.markPainted("audit");
     },
   };
