@@ -218,8 +218,8 @@
       const rows = (d.alerts || []).slice().sort((a, b) => (sevRank[a.severity] ?? 3) - (sevRank[b.severity] ?? 3));
       $("alerts-body").innerHTML = rows.length ? rows.map((a) => `<tr data-id="${F.esc(a.id)}" data-rule="${F.esc(a.rule)}"><td><span class="sev ${F.esc(a.severity)}">${F.esc(a.severity)}</span></td>
         <td class="state-${F.esc(a.state)}">${F.esc(a.state)}${a.silenced ? " (silenced)" : ""}</td><td>${F.esc(a.rule)}</td>
-        <td class="muted">${F.esc(Object.entries(a.labels || {}).map(([k, v]) => `${k}=${v}`).join(" "))}</td>
-        <td>${F.esc((a.annotations || {}).summary || "")}</td><td class="num">${a.value == null ? "–" : F.num(a.value, 2)}</td>
+        <td class="muted" style="white-space:normal;max-width:380px;font-size:11px">${F.esc(Object.entries(a.labels || {}).filter(([k]) => k !== "alertname" && k !== "severity").map(([k, v]) => `${k}=${v}`).join(" "))}</td>
+        <td style="white-space:normal;max-width:520px">${F.esc((a.annotations || {}).summary || "")}</td><td class="num">${a.value == null ? "–" : F.num(a.value, 2)}</td>
         <td>${F.time(a.since_s, true)}</td><td>${a.acknowledged_by ? F.esc(a.acknowledged_by) : "–"}</td>
         <td><button class="ack op" ${op && !a.acknowledged_by ? "" : "disabled"}>Ack</button> <button class="sil op" ${op ? "" : "disabled"}>Silence 1 h</button></td></tr>`).join("")
         : `<tr><td colspan="9" class="muted">${d.available ? "No active alerts." : "—"}</td></tr>`;
