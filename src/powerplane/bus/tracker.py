@@ -300,27 +300,27 @@ class Tracker:
         except Exception:  # bus down
             return False
 
-    async def _serve_loop(self) -> None:
+    async def _serve_hall(self, w: HallWorker) -> None:
+        """One task per hall, so a hall waiting for frames never holds up another."""
         while not self._stop.is_set():
-            active = [w for w in self.workers if w.sub is not None]
-            if not active:
+            if w.sub is None:
                 await asyncio.sleep(0.05)
                 continue
-            for w in active:
-                try:
-                    await w.step(self.batch)
-                except Exception as exc:  # bus outage mid-fetch or mid-publish: open ticks are redelivered
-                    log.info("hall %s: %s; continuing", w.name, exc)
-                    w.agg.reset_open()
-                    w.pending.clear()
-                    await asyncio.sleep(0.1)
+            try:
+                await w.step(self.batch)
+            except Exception as exc:  # bus outage mid-fetch or mid-publish: open ticks are redelivered
+                log.info("hall %s: %s; continuing", w.name, exc)
+                w.agg.reset_open()
+                w.pending.clear()
+                await asyncio.sleep(0.1)
 
     async def run(self, duration_s: float | None = None) -> dict[str, Any]:
         self.nc = await connect(self.url, f"powerplane-tracker-{self.ident}")
         self._js = self.nc.jetstream()
         await ensure_streams(self._js, self.topo.site_name)
         kv = await lease_bucket(self._js, self.topo.site_name, self.lease_ttl_s)
-        tasks = [asyncio.create_task(self._lease_loop(kv)), asyncio.create_task(self._serve_loop())]
+        tasks = [asyncio.create_task(self._lease_loop(kv))]
+        tasks += [asyncio.create_task(self._serve_hall(w)) for w in self.workers]
         try:
             if duration_s is None:
                 await self._stop.wait()

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.errors import NotFoundError
 from numpy.typing import NDArray
 
 from powerplane.bus import codec, subjects
@@ -66,6 +67,23 @@ class RollupAudit:
             "duplicated": int((counts[inside] - 1).sum()),
             "unexpected": int((~inside).sum()),
         }
+
+
+async def backlog(url: str, topo: Topology) -> int:
+    """Telemetry messages the hall consumers have not yet acknowledged (waiting or in flight), over all halls."""
+    nc = await connect(url, "powerplane-bus-backlog")
+    js = nc.jetstream()
+    total = 0
+    try:
+        for hall in topo.hall_names:
+            try:
+                ci = await js.consumer_info(subjects.tel_stream(topo.site_name), subjects.consumer_name(hall))
+            except NotFoundError:
+                continue
+            total += int(ci.num_pending or 0) + int(ci.num_ack_pending or 0)
+    finally:
+        await nc.close()
+    return total
 
 
 async def audit_rollups(url: str, topo: Topology, halls: Iterable[str] | None = None) -> RollupAudit:
