@@ -38,7 +38,7 @@ from machine_info import add_table_row, machine
 from powerplane.bus import subjects
 from powerplane.bus.server import NatsServer
 from powerplane.bus.source import BusSource
-from powerplane.bus.verify import audit_rollups
+from powerplane.bus.verify import audit_rollups, backlog
 from powerplane.config.loader import load_scenario
 from powerplane.sources.base import TwinSource
 from powerplane.telemetry.tracker import Tracker as TelemetryTracker
