@@ -163,6 +163,18 @@ def test_operator_commands_round_trip_into_the_audit_log(
     page.context.close()
 
 
+def test_one_click_link_signs_in_and_leaves_the_address_bar(
+    browser: Any, small: tuple[str, dict[str, str], LiveRuntime]
+) -> None:
+    url, toks, _ = small
+    ctx = browser.new_context()
+    page = ctx.new_page()
+    page.goto(f"{url}/#token={toks['viewer']}")
+    page.wait_for_selector("body[data-painted-overview]", timeout=20_000)
+    assert "token" not in page.url and page.is_hidden("#login")
+    ctx.close()
+
+
 def test_bad_token_is_refused_with_a_message(browser: Any, small: tuple[str, dict[str, str], LiveRuntime]) -> None:
     url, _, _ = small
     ctx = browser.new_context()

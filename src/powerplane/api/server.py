@@ -66,6 +66,7 @@ def serve(live: LiveOptions, opts: ServeOptions, announce: Callable[[str], None]
         if server.started:
             announce(f"cockpit: {scheme}://{opts.host}:{opts.port}/")
             announce(f"admin token (shown once; stored hashed in {tokens_path(live.state_dir)}): {admin}")
+            announce(f"one-click sign-in: {scheme}://{opts.host}:{opts.port}/#token={admin}")
             announce(
                 f"scenario {live.scenario}, speed {live.speed:g}x, policy {live.policy}; "
                 f"state in {live.state_dir}; Ctrl-C stops"

@@ -175,6 +175,13 @@ PP.start = async () => {
 };
 
 window.addEventListener("hashchange", () => PP.token && PP.show(location.hash.slice(1)));
+// `powerplane run` prints a one-click link with the token in the fragment (never sent to the server): take it
+// into this tab's sessionStorage and drop it from the address bar.
+if (location.hash.startsWith("#token=")) {
+  PP.token = decodeURIComponent(location.hash.slice(7));
+  sessionStorage.setItem("pp_token", PP.token);
+  history.replaceState(null, "", location.pathname + "#overview");
+}
 document.addEventListener("DOMContentLoaded", () => {
   PP.$("login-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
