@@ -6,6 +6,7 @@ At an origin (minute ``i``) and horizon ``h`` the features describe what the que
 - ``end_w``, ``end_gpus``: power and GPUs of running jobs whose expected end (start + declared work + the
   median overrun of their kind among jobs already finished) falls before ``i + h``;
 - ``ckpt_w``: checkpoint dips due at ``i + h`` (from each job's observed rhythm), and current dips recovering;
+  ``level_w``: steady jobs returning from this minute's power to their level (short noise);
 - ``ramp_w``: young jobs reaching their class profile;
 - ``queued_w``: profile power of jobs submitted but not started (the queue);
 - ``arrivals_w``: profile power of jobs that arrived over the same clock window yesterday, and ``arrival_rate_w``
@@ -39,6 +40,7 @@ FEATURES = (
     "cooling_w",
     "revert_w",
     "seasonal_w",
+    "level_w",
 )
 MODEL_HORIZONS_MIN = np.array([*range(1, 61), 1440], dtype=np.int64)
 DAY_MIN = 1440
@@ -112,6 +114,7 @@ def origin_features(
     past = i + h - DAY_MIN
     sv = np.where(past >= 0, F[np.clip(past, 0, n - 1)], np.nan) - F[i]
     out[:, 9] = np.where(np.isfinite(sv), sv, 0.0)
+    out[:, 10] = pr.level_w
     out[~np.isfinite(out)] = 0.0
     return pr
 

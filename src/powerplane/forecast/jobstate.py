@@ -52,6 +52,7 @@ class Projection:
     ckpt_w: F64  # per horizon: change from checkpoint dips (due ones down, current ones back up)
     ramp_w: F64  # per horizon: young jobs moving from their current power to their profile
     fallback_w: float  # power of active jobs forecast from a class or fleet profile instead of their own
+    level_w: F64  # per horizon: steady jobs moving from this minute's power back to their level
 
 
 class JobState:
@@ -74,6 +75,7 @@ class JobState:
         self.ckpt_dur_min = np.zeros(0)  # learned checkpoint duration [min]
         self.ckpt_area_min = np.zeros(0)  # learned checkpoint area: minutes x (1 - power / level)
         self.dip_area = np.zeros(0)  # area of the current dip
+        self.last_dip_f = np.zeros(0)  # start of the last short dip, on the beat or not (-1: none)
         self.stall_end = np.zeros(0, np.int64)  # minute the last stall ended, until the next checkpoint (-1)
         self.ckpt_depth = np.zeros(0)  # learned power during a checkpoint / level (NaN: not seen yet)
         self.floor_last = np.zeros(0, np.int64)  # last minute of the current dip spent near its lowest power
@@ -111,6 +113,7 @@ class JobState:
             ("ckpt_area_min", 0.75),
             ("dip_area", 0.0),
             ("stall_end", -1),
+            ("last_dip_f", -1.0),
             ("ckpt_depth", np.nan),
             ("floor_last", -1),
             ("in_dip", False),
@@ -181,8 +184,13 @@ class JobState:
         after_ckpt = (self.anchor_f[jc] >= 0) & self.anchor_is_ckpt[jc]
         k = np.where(old_p > 0, np.maximum(np.round(gap / np.where(old_p > 0, old_p, 1.0)), 1.0), 1.0)
         on_beat = (old_p > 0) & (np.abs(gap - k * old_p) < BEAT_TOL_MIN)
-        # a dip off the beat of a known rhythm (a straggler, a partial fault) moves nothing
-        accept = ~after_ckpt | (old_p <= 0) | on_beat
+        # a dip off the beat of a known rhythm (a straggler, a partial fault) moves nothing, unless it is on the
+        # beat of the previous off-beat dip: then the rhythm itself has shifted (a restart not seen as a stall)
+        gap2 = start_f - self.last_dip_f[jc]
+        k2 = np.where(old_p > 0, np.maximum(np.round(gap2 / np.where(old_p > 0, old_p, 1.0)), 1.0), 1.0)
+        shifted = (old_p > 0) & (self.last_dip_f[jc] >= 0) & (np.abs(gap2 - k2 * old_p) < BEAT_TOL_MIN)
+        self.last_dip_f[jc] = start_f
+        accept = ~after_ckpt | (old_p <= 0) | on_beat | shifted
         learn = after_ckpt & ((old_p <= 0) | on_beat) & (gap > 0)
         self.period_min[jc] = np.where(learn, np.where(old_p > 0, 0.5 * old_p + 0.5 * gap / k, gap), old_p)
         # the first checkpoint after a restart teaches how it sits relative to the stall's end
@@ -265,7 +273,7 @@ class JobState:
         nh = h.size
         if ids.size == 0:
             z = np.zeros(nh)
-            return Projection(0.0, z, z.copy(), z.copy(), z.copy(), 0.0)
+            return Projection(0.0, z, z.copy(), z.copy(), z.copy(), 0.0, z.copy())
         now = self.last_w[ids]
         young = self.n_obs[ids] < MIN_LEVEL_MINUTES
         prof, _fb = self.profile_w(ids)
@@ -285,8 +293,8 @@ class JobState:
         t_end = t + 1.0
         k = np.floor((t_end - anchor) / safe_p)
         frac = np.zeros((ids.size, h.size))
-        for back in (0.0, 1.0):  # the latest checkpoint start before the minute ends, and the one before
-            kk = k - back
+        for shift in (0.0, 1.0):  # the latest checkpoint start before the minute ends, and the one before
+            kk = k - shift
             st = anchor + kk * safe_p
             ov = np.clip(np.minimum(st + dur, t_end) - np.maximum(st, t), 0.0, None)
             frac += np.where(known[:, None] & (kk >= 1), ov, 0.0)
@@ -296,6 +304,11 @@ class JobState:
         too_deep = now < STALL_DEPTH_SHARE * depth * self.level_w[ids]
         stalled = self.in_dip[ids] & ((m - self.dip_start[ids] >= MAX_CKPT_MINUTES) | too_deep)
         in_short = self.in_dip[ids] & ~stalled
+        # a dip in progress continues as a checkpoint only on the beat of a known rhythm (else it is a blip)
+        gap_now = self.dip_start_f[ids] - self.anchor_f[ids]
+        p_now = np.where(known, period, 1.0)
+        beat_now = np.abs(gap_now - np.maximum(np.round(gap_now / p_now), 1.0) * p_now) < BEAT_TOL_MIN
+        in_short &= ~known | beat_now
         rem = np.where(in_short, np.maximum(self.ckpt_dur_min[ids] - self.dip_frac[ids], 0.0), 0.0)[:, None]
         frac += np.clip(np.minimum(m + 1.0 + rem, t_end) - np.maximum(m + 1.0, t), 0.0, None)
         frac = np.clip(frac, 0.0, 1.0)
@@ -316,8 +329,9 @@ class JobState:
             ahead = pos[:, None] + h[None, :]
             future[js] = fl[:, None] + span[:, None] * np.clip(ahead / ramp_n, 0.0, 1.0)
         alive = ~ended
-        ckpt_w = ((future - base[:, None]) * alive).sum(axis=0) + ((base - now)[:, None] * alive * ~young[:, None]).sum(
-            axis=0
-        )
+        dipping = self.in_dip[ids]
+        back = (base - now)[:, None] * alive
+        ckpt_w = ((future - base[:, None]) * alive).sum(axis=0) + (back * (dipping & ~young)[:, None]).sum(axis=0)
+        level_w = (back * (~dipping & ~young)[:, None]).sum(axis=0)  # steady jobs back to their level
         ramp_w = ((level - now)[:, None] * alive * young[:, None]).sum(axis=0)
-        return Projection(float(now.sum()), end_w, end_gpus, ckpt_w, ramp_w, fallback_w)
+        return Projection(float(now.sum()), end_w, end_gpus, ckpt_w, ramp_w, fallback_w, level_w)
