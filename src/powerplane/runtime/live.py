@@ -242,7 +242,10 @@ class LiveRuntime:
             if wait > 0 and self._stop.wait(wait):
                 break
             self._lag_s = max(0.0, self._mono() - next_t)
-            self.step()
+            try:
+                self.step()
+            except Exception as exc:  # never let the cycle thread die: count it, show it, go on
+                self._error(f"cycle failed: {type(exc).__name__}: {exc}")
             next_t += period
             if self._mono() - next_t > 10 * period:  # far behind: do not try to catch up in a burst
                 next_t = self._mono()
