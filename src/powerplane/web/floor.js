@@ -3,7 +3,7 @@
 "use strict";
 (() => {
   const F = PP.fmt, $ = PP.$;
-  const GAP_RACK = 3, GAP_ROW = 4, GAP_HALL = 18, LABEL_H = 16, MAX_W = 1180;
+  const GAP_RACK = 3, GAP_ROW = 4, GAP_HALL = 18, LABEL_H = 16, ROW_LABEL_W = 26, MAX_W = 1180;
 
   // Inferno-like palette: dark (low) to bright yellow (high); index 255 = no valid reading (grey).
   const STOPS = [[0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212, 72, 66], [245, 125, 21], [250, 193, 39], [252, 255, 164]];
@@ -32,7 +32,7 @@
       const maxRows = Math.max(...Object.values(hallRows).map((a) => a.length));
       const maxW = Math.max(600, Math.min(MAX_W, $("floorwrap").parentElement.clientWidth - 24));
       // The arrangement (halls per line) that allows the largest cells within the width, and not too tall.
-      const hallW = (cc) => racksPerRow * (maxG * cc + GAP_RACK);
+      const hallW = (cc) => ROW_LABEL_W + racksPerRow * (maxG * cc + GAP_RACK);
       const hallHt = (cc) => LABEL_H + maxRows * (maxN * cc + GAP_ROW);
       let c = 3, perLine = halls;
       for (let per = halls; per >= 1; per--) {
@@ -46,10 +46,13 @@
       const rackXY = new Int32Array(t.racks.length * 2), labels = [];
       for (let h = 0; h < halls; h++) {
         const hx = (h % perLine) * (hallW(c) + GAP_HALL), hy = Math.floor(h / perLine) * (hallH + GAP_HALL);
-        labels.push([t.halls[h], hx, hy + 11]);
+        labels.push([t.halls[h], hx, hy + 11, "11px sans-serif", "#c9d2dc"]);
         (hallRows[h] || []).forEach((r, ri) => {
+          // Row label (the part of its name after the hall), level with the middle of the row.
+          const ry = hy + LABEL_H + ri * (maxN * c + GAP_ROW) + (maxN * c) / 2 + 3;
+          labels.push([t.rows[r].split("/").pop(), hx, ry, "9px sans-serif", "#7f8b99"]);
           (rowRacks[r] || []).forEach((k, ki) => {
-            rackXY[2 * k] = hx + ki * (maxG * c + GAP_RACK);
+            rackXY[2 * k] = hx + ROW_LABEL_W + ki * (maxG * c + GAP_RACK);
             rackXY[2 * k + 1] = hy + LABEL_H + ri * (maxN * c + GAP_ROW);
           });
         });
@@ -67,8 +70,7 @@
       $("floorwrap").style.height = H + "px";
       $("floorwrap").style.width = W + "px";
       const lc = $("floor-labels").getContext("2d");
-      lc.fillStyle = "#c9d2dc"; lc.font = "11px sans-serif";
-      for (const [name, x, y] of labels) lc.fillText(`${name}`, x, y);
+      for (const [name, x, y, font, color] of labels) { lc.font = font; lc.fillStyle = color; lc.fillText(`${name}`, x, y); }
       this.ctx = $("floor-cells").getContext("2d");
       this.img = this.ctx.createImageData(W, H);
       this.buf = new Uint32Array(this.img.data.buffer);
