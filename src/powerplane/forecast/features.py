@@ -24,7 +24,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from powerplane.forecast.data import STEP_S, RunData
-from powerplane.forecast.jobstate import JobState, Projection
+from powerplane.forecast.jobstate import N_GPU_BUCKETS, JobState, Projection, gpu_bucket
 
 F64 = NDArray[np.float64]
 I64 = NDArray[np.int64]
@@ -119,6 +119,23 @@ def origin_features(
     return pr
 
 
+def queued_gpus_by_class(submit_min: F64, start_min: F64, kind: I64, n_gpus: I64, n: int, state: JobState) -> F64:
+    """GPUs of the jobs the queue holds at each origin minute ``i`` (submitted by ``i + 1``, not started by then),
+    by profile class ``[n, classes]``: a sweep line, so the queue costs one matrix row per origin."""
+    n_cls = state.profile_w_per_gpu.size
+    cls = (np.maximum(kind, -1) + 1) * N_GPU_BUCKETS + gpu_bucket(np.maximum(n_gpus, 1))
+    first = np.ceil(submit_min - 1.0)  # first origin that knows the job
+    last = np.where(np.isfinite(start_min), np.ceil(start_min - 1.0), n)  # first origin at which it has started
+    ok = np.isfinite(first) & (last > first)
+    a = np.clip(first[ok], 0, n).astype(np.int64)
+    b = np.clip(last[ok], 0, n).astype(np.int64)
+    g = np.maximum(n_gpus[ok], 1).astype(np.float64)
+    delta = np.zeros((n + 1, n_cls))
+    np.add.at(delta, (a, cls[ok]), g)
+    np.add.at(delta, (b, cls[ok]), -g)
+    return np.cumsum(delta, axis=0)[:n]
+
+
 def build_features(
     run: RunData,
     origins: I64,
@@ -149,6 +166,7 @@ def build_features(
     now_w = np.full(origins.size, np.nan)
     stale = np.full(origins.size, np.nan)
     fb = np.zeros(origins.size)
+    queued_gpus = queued_gpus_by_class(submit_min, start_min, jobs.kind, jobs.n_gpus, n, state)
     o = 0
     described = 0
     cum_new = np.zeros(n + 1)
@@ -175,9 +193,7 @@ def build_features(
         if i != origins[o]:
             continue
         while o < origins.size and origins[o] == i:
-            known = sub_order[:described]
-            q = known[~(start_min[known] <= i + 1)]  # not started (NaN start: never started in the run)
-            queued = float(state.profile_w(q)[0].sum()) if q.size else 0.0
+            queued = float(queued_gpus[i] @ state.profile_w_per_gpu_filled().reshape(-1))
             pr = origin_features(x[o], state, i, h, F, it, temp, cum_new, np.full(h.size, queued))
             valid = (i + h) < n
             yt = np.full(h.size, np.nan)

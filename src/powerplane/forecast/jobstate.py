@@ -255,6 +255,11 @@ class JobState:
         m = self.minute if minute is None else minute
         return np.flatnonzero(self.last_min[: self._cap] == m).astype(np.int64)
 
+    def profile_w_per_gpu_filled(self) -> F64:
+        """Class profiles [W per GPU] with the fleet mean where a class has none yet (0 before any)."""
+        fleet = self.fleet_w_per_gpu if np.isfinite(self.fleet_w_per_gpu) else 0.0
+        return np.where(np.isnan(self.profile_w_per_gpu), fleet, self.profile_w_per_gpu)
+
     def profile_w(self, ids: I64) -> tuple[F64, B]:
         """Class profile power of jobs [W] and whether it came from the fleet-wide fallback."""
         k = self.kind[ids] + 1
@@ -287,17 +292,20 @@ class JobState:
         end_gpus = (self.n_gpus[ids][:, None] * ended).sum(axis=0).astype(np.float64)
         period = self.period_min[ids]
         known = (period > 0) & (self.anchor_f[ids] >= 0)
-        safe_p = np.where(known, period, 1.0)[:, None]
-        dur = np.clip(self.ckpt_dur_min[ids], 0.05, MAX_CKPT_MINUTES)[:, None]
-        anchor = self.anchor_f[ids][:, None]
         t_end = t + 1.0
-        k = np.floor((t_end - anchor) / safe_p)
         frac = np.zeros((ids.size, h.size))
-        for shift in (0.0, 1.0):  # the latest checkpoint start before the minute ends, and the one before
-            kk = k - shift
-            st = anchor + kk * safe_p
-            ov = np.clip(np.minimum(st + dur, t_end) - np.maximum(st, t), 0.0, None)
-            frac += np.where(known[:, None] & (kk >= 1), ov, 0.0)
+        rk = np.flatnonzero(known)  # only jobs with a rhythm (a few large ones) need the checkpoint arithmetic
+        if rk.size:
+            jr = ids[rk]
+            per = self.period_min[jr][:, None]
+            dur = np.clip(self.ckpt_dur_min[jr], 0.05, MAX_CKPT_MINUTES)[:, None]
+            anchor = self.anchor_f[jr][:, None]
+            k = np.floor((t_end - anchor) / per)
+            for shift in (0.0, 1.0):  # the latest checkpoint start before the minute ends, and the one before
+                kk = k - shift
+                st = anchor + kk * per
+                ov = np.clip(np.minimum(st + dur, t_end) - np.maximum(st, t), 0.0, None)
+                frac[rk] += np.where(kk >= 1, ov, 0.0)
         # a checkpoint in progress finishes its expected duration
         depth = np.where(np.isfinite(self.ckpt_depth[ids]), self.ckpt_depth[ids], DEFAULT_CKPT_DEPTH)
         # a dip that lasts too long or goes deeper than any checkpoint is a stall: flat, then a restart ramp
@@ -309,8 +317,10 @@ class JobState:
         p_now = np.where(known, period, 1.0)
         beat_now = np.abs(gap_now - np.maximum(np.round(gap_now / p_now), 1.0) * p_now) < BEAT_TOL_MIN
         in_short &= ~known | beat_now
-        rem = np.where(in_short, np.maximum(self.ckpt_dur_min[ids] - self.dip_frac[ids], 0.0), 0.0)[:, None]
-        frac += np.clip(np.minimum(m + 1.0 + rem, t_end) - np.maximum(m + 1.0, t), 0.0, None)
+        rs = np.flatnonzero(in_short)
+        if rs.size:
+            rem = np.maximum(self.ckpt_dur_min[ids[rs]] - self.dip_frac[ids[rs]], 0.0)[:, None]
+            frac[rs] += np.clip(np.minimum(m + 1.0 + rem, t_end) - np.maximum(m + 1.0, t), 0.0, None)
         frac = np.clip(frac, 0.0, 1.0)
         # a checkpoint in progress recovers to the level
         base = np.where(self.in_dip[ids], self.level_w[ids], level)
