@@ -68,7 +68,11 @@ def policies(days: float, workers: int = 2) -> tuple[list[str], dict[str, Any]]:
     order or on what runs beside it; only the wall times do)."""
     from concurrent.futures import ProcessPoolExecutor
 
-    groups = [("none", "mpc"), ("threshold", "oracle")] if workers > 1 else [("none", "threshold", "mpc", "oracle")]
+    groups: list[tuple[str, ...]] = [("none", "threshold", "mpc", "oracle")]
+    if workers >= 4:
+        groups = [("none",), ("threshold",), ("mpc",), ("oracle",)]
+    elif workers > 1:
+        groups = [("none", "mpc"), ("threshold", "oracle")]
     with ProcessPoolExecutor(max_workers=len(groups)) as pool:
         parts = list(pool.map(_run_policies, groups, [days * 24] * len(groups)))
     done = {k: v for part in parts for k, v in part.items()}
