@@ -93,6 +93,7 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=60.0, help="seconds of load in all (>= 30)")
     ap.add_argument("--record", action="store_true", help="append a row to benchmarks/BENCHMARKS.md")
     ap.add_argument("--note", default="shared machine, other jobs running")
+    ap.add_argument("--batch", default="rack", choices=("rack", "row", "node"), help="agent messages")
     args = ap.parse_args()
     duration = max(30.0, args.duration)
     site, _ = load_scenario("texas")
@@ -129,7 +130,19 @@ def main() -> None:
     time.sleep(4.0)  # trackers up before the load starts
     agent_stats = tmp / "agent.json"
     agent = spawn(
-        "agent", "agent", "--url", url, "--scenario", "texas", "--plant", "--rate", "10", "--stats", str(agent_stats)
+        "agent",
+        "agent",
+        "--url",
+        url,
+        "--scenario",
+        "texas",
+        "--plant",
+        "--rate",
+        "10",
+        "--batch",
+        args.batch,
+        "--stats",
+        str(agent_stats),
     )
     src = BusSource(url, site, topo, first_timeout_s=60.0)
     src.read()  # first rollup
@@ -199,7 +212,8 @@ def main() -> None:
         row = (
             f"| {dt.date.today().isoformat()} | {machine()} | {total_s:.0f} | {stored_fps:,.0f} | {rollup_fps:,.0f} "
             f"| {p50:.1f} | {p99:.1f} | {st['late_ticks']}/{st['ticks']} | {failover_s:.2f} | {result['lost']} "
-            f"| {result['duplicated']} | {st['frames_resent']:,} | {drain_s:.1f} | {base:,.0f} | {args.note} |"
+            f"| {result['duplicated']} | {st['frames_resent']:,} | {drain_s:.1f} | {base:,.0f} "
+            f"| {args.batch} messages; {args.note} |"
         )
         add_table_row(Path(__file__).parent / "BENCHMARKS.md", HEADING, NOTE, HEADER, row)
         print("recorded in benchmarks/BENCHMARKS.md")

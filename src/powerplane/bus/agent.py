@@ -41,7 +41,7 @@ class NodeEncoder:
     """Encodes the frames of the played nodes that have ``k`` GPUs each, one vectorized pass per tick.
 
     ``src_nodes`` are node indices in the source's topology; ``global_nodes`` the same nodes in the site's.
-    Messages are one per rack (``batch="rack"``) or one per node (``batch="node"``).
+    Messages are one per rack (``batch="rack"``), one per row (``"row"``) or one per node (``"node"``).
     """
 
     def __init__(
@@ -70,18 +70,26 @@ class NodeEncoder:
         site_name = site_topo.site_name
         rack = site_topo.node_rack[global_nodes]
         hall = site_topo.row_hall[site_topo.rack_row[rack]]
-        if batch == "rack":
-            cut = np.flatnonzero(np.diff(rack)) + 1
+        row = site_topo.rack_row[rack]
+        if batch in ("rack", "row"):
+            group = rack if batch == "rack" else row
+            cut = np.flatnonzero(np.diff(group)) + 1
             bounds = np.concatenate(([0], cut, [rack.size]))
         elif batch == "node":
             bounds = np.arange(rack.size + 1)
         else:
-            raise ValueError(f"batch must be 'rack' or 'node', got {batch!r}")
+            raise ValueError(f"batch must be 'node', 'rack' or 'row', got {batch!r}")
         self.messages: list[tuple[str, int, int]] = []
         for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
-            h, r = site_topo.hall_names[int(hall[a])], site_topo.rack_names[int(rack[a])]
-            node = subjects.RACK_BATCH if batch == "rack" else site_topo.node_names[int(global_nodes[a])]
-            self.messages.append((subjects.tel_subject(site_name, h, r, node), a, b))
+            h = site_topo.hall_names[int(hall[a])]
+            if batch == "row":
+                subject = subjects.tel_subject(site_name, h, site_topo.row_names[int(row[a])], subjects.ROW_BATCH)
+            elif batch == "rack":
+                subject = subjects.tel_subject(site_name, h, site_topo.rack_names[int(rack[a])], subjects.RACK_BATCH)
+            else:
+                node = site_topo.node_names[int(global_nodes[a])]
+                subject = subjects.tel_subject(site_name, h, site_topo.rack_names[int(rack[a])], node)
+            self.messages.append((subject, a, b))
 
     def encode(self, frame: Frame, seq: int, sent_s: float) -> list[tuple[str, bytes, int]]:
         rec = self.rec

@@ -74,7 +74,9 @@ def agent(
     fake_nvml: Annotated[bool, typer.Option(help="NVML: a fake node of 8 GPUs instead of the driver.")] = False,
     plant: Annotated[bool, typer.Option(help="Twin: also publish the plant frame and take battery commands.")] = False,
     rate: Annotated[float, typer.Option(help="Frames per second per node (1-10 Hz typical).")] = 10.0,
-    batch: Annotated[str, typer.Option(help="rack: one message per rack; node: one per node.")] = "rack",
+    batch: Annotated[
+        str, typer.Option(help="row: one message per row of racks; rack: per rack; node: per node.")
+    ] = "row",
     seed: Annotated[int, typer.Option(help="Twin seed.")] = 0,
     duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
     stats: Annotated[Path | None, typer.Option(help="Write counters as JSON here on exit.")] = None,

@@ -2,6 +2,7 @@
 
 - ``pp.tel.<site>.<hall>.<rack>.<node>``: one node's frames; ``pp.tel.<site>.<hall>.<rack>.rack``: a rack's
   node frames batched in one message (the default, 4x fewer messages for the same node frames);
+  ``pp.tel.<site>.<hall>.<row>.row``: a row's node frames in one message (a twin playing many nodes);
 - ``pp.tel.<site>.plant``: site meters, racks, halls and batteries (plant frames);
 - ``pp.rollup.<site>.<hall>``: hall rollups published by the trackers;
 - ``pp.cmd.<site>.<hall>.<device>``: commands (a device is a node name or ``bess-<unit>``), request/reply.
@@ -20,6 +21,7 @@ import re
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 RACK_BATCH = "rack"
+ROW_BATCH = "row"
 
 
 def token(name: str) -> str:
