@@ -28,7 +28,7 @@ I64 = NDArray[np.int64]
 NAME = "job-aware"
 RIDGE = 1e-3  # relative to each feature's variance
 IRLS_ITERS = 12  # reweighting rounds of the least-absolute-deviation fit
-CALIB_SHARE = 0.25  # last share of the training origins held out to calibrate the quantiles
+CALIB_FOLDS = 4  # blocks of the blocked cross-validation that calibrates the quantiles
 LONG_HORIZON_MIN = 720  # horizons from here on also use the statistical features
 QUANTILES = (0.1, 0.5, 0.9)
 FALLBACK_WIDEN = 0.5  # extra half-width per W of job power forecast from a fallback profile
@@ -93,9 +93,10 @@ class JobAwareModel:
         return coef, float(w[-1] - coef @ mu)
 
     @staticmethod
-    def fit(fs: FeatureSet, overrun_s: F64, ridge: float = RIDGE, calib_share: float = CALIB_SHARE) -> JobAwareModel:
-        """Least squares per horizon; residual quantiles from the last ``calib_share`` of the origins, held out
-        of a first fit (split conformal), then the coefficients are refitted on every origin."""
+    def fit(fs: FeatureSet, overrun_s: F64, ridge: float = RIDGE, folds: int = CALIB_FOLDS) -> JobAwareModel:
+        """Least absolute deviations per horizon on every origin; residual quantiles from blocked cross-validation
+        (each contiguous block of origins scored by a fit on the others), so the bands are calibrated on the
+        whole training window without scoring a model on its own fit."""
         h = fs.horizons_min
         nf = fs.x.shape[2]
         coef = np.zeros((h.size, nf))
@@ -106,11 +107,13 @@ class JobAwareModel:
             ok = np.flatnonzero(np.isfinite(y) & (fs.stale_min == 0))
             if ok.size < 4 * (nf + 5):
                 continue
-            cut = int(ok.size * (1.0 - calib_share))
-            fit_i, cal_i = ok[:cut], ok[cut:]
             X = fs.x[:, k, :] * horizon_mask(int(h[k]))[None, :]
-            c, b = JobAwareModel._solve(X[fit_i], y[fit_i], ridge)
-            rq[k] = np.quantile(y[cal_i] - (X[cal_i] @ c + b), QUANTILES)
+            res = []
+            for block in np.array_split(ok, folds):
+                rest = np.setdiff1d(ok, block, assume_unique=True)
+                c, b = JobAwareModel._solve(X[rest], y[rest], ridge)
+                res.append(y[block] - (X[block] @ c + b))
+            rq[k] = np.quantile(np.concatenate(res), QUANTILES)
             coef[k], icpt[k] = JobAwareModel._solve(X[ok], y[ok], ridge)
         return JobAwareModel(h, coef, icpt, rq, np.asarray(overrun_s, np.float64))
 
@@ -162,7 +165,7 @@ class JobAwareModel:
     def hyperparameters(self) -> dict[str, Any]:
         return {
             "ridge": RIDGE,
-            "calib_share": CALIB_SHARE,
+            "calib_folds": CALIB_FOLDS,
             "irls_iters": IRLS_ITERS,
             "long_horizon_min": LONG_HORIZON_MIN,
             "quantiles": list(QUANTILES),

@@ -72,7 +72,10 @@ class LiveForecaster:
     def __init__(self, site: SiteConfig, topology: Topology, registry_dir: Path | None = None) -> None:
         self.site = site
         self.topo = topology
-        self.registry = Registry(Path(registry_dir) / REGISTRY_FILE) if registry_dir is not None else None
+        self.registry: Registry | None = None
+        if registry_dir is not None:  # a folder holding registry.duckdb, or the .duckdb file itself
+            rd = Path(registry_dir)
+            self.registry = Registry(rd if rd.suffix == ".duckdb" else rd / REGISTRY_FILE)
         self.scale_w = float(site.electrical.contract_demand_kw) * 1e3
         self.model, self.version = self._load_champion()
         self.state = JobState()
