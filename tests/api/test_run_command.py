@@ -96,26 +96,12 @@ def test_run_serves_tls_and_stops_on_sigterm(tmp_path: Path) -> None:
 
 
 def test_run_refuses_bad_options(tmp_path: Path) -> None:
-    r = subprocess.run(
-        [sys.executable, "-m", "powerplane.cli", "run", "--speed", "5000", "--state-dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert r.returncode == 2 and "between 1 and 600" in r.stderr
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "powerplane.cli",
-            "run",
-            "--cert",
-            str(tmp_path / "c.pem"),
-            "--state-dir",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert r.returncode == 2 and "both --cert and --key" in r.stderr
+    from typer.testing import CliRunner
+
+    from powerplane.cli import app
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["run", "--speed", "5000", "--state-dir", str(tmp_path)])
+    assert r.exit_code == 2 and "between 1 and 600" in r.output
+    r = runner.invoke(app, ["run", "--cert", str(tmp_path / "c.pem"), "--state-dir", str(tmp_path)])
+    assert r.exit_code == 2 and "both --cert and --key" in r.output
