@@ -213,6 +213,11 @@ def server(
     except PowerPlaneError as exc:
         raise _fail(str(exc)) from exc
     console.print(f"nats-server on {srv.url}, store {store}; Ctrl-C stops it")
+
+    def _term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _term)  # stop the server with us, not leave it orphaned
     try:
         while srv.running:
             time.sleep(0.5)
