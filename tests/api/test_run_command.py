@@ -105,3 +105,25 @@ def test_run_refuses_bad_options(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "between 1 and 600" in r.output
     r = runner.invoke(app, ["run", "--cert", str(tmp_path / "c.pem"), "--state-dir", str(tmp_path)])
     assert r.exit_code == 2 and "both --cert and --key" in r.output
+
+
+def test_tokens_command_creates_lists_and_revokes(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from powerplane.api.auth import TokenStore
+    from powerplane.cli import app
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["tokens", "create", "grafana", "--role", "viewer", "--state-dir", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    token = r.output.strip()
+    store = TokenStore(tmp_path / "tokens.json")
+    p = store.verify(token)
+    assert p is not None and (p.name, p.role) == ("grafana", "viewer")
+    r = runner.invoke(app, ["tokens", "list", "--state-dir", str(tmp_path)])
+    assert re.search(r"grafana\s+viewer", r.output) and token not in r.output
+    r = runner.invoke(app, ["tokens", "create", "x", "--role", "root", "--state-dir", str(tmp_path)])
+    assert r.exit_code == 2 and "unknown role" in r.output
+    assert runner.invoke(app, ["tokens", "revoke", "grafana", "--state-dir", str(tmp_path)]).exit_code == 0
+    assert TokenStore(tmp_path / "tokens.json").verify(token) is None
+    assert runner.invoke(app, ["tokens", "revoke", "grafana", "--state-dir", str(tmp_path)]).exit_code == 1

@@ -85,7 +85,7 @@ def create(
 def list_tokens(state_dir: StateDir = Path("runs/cockpit")) -> None:
     """List token names and roles (never the secrets)."""
     for t in TokenStore(tokens_path(state_dir)).list():
-        out.print(f"{t['name']}\t{t['role']}", highlight=False)
+        out.print(f"{t['name']:<24} {t['role']}", highlight=False)
 
 
 @tokens_app.command("revoke")
