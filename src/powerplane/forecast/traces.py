@@ -66,7 +66,9 @@ def backtest_trace(y: F64) -> dict[str, Any]:
                 tr_p = np.array([ets.forward(y[: o + 1], h=h)["mean"][h - 1] for o in tr_o[::6]])
                 tr_o = tr_o[::6]
             q = np.quantile(y[tr_o + h] - tr_p, [0.1, 0.5, 0.9])
-            out[name][lab] = score(act, p + q[0], p + q[1], p + q[2], scale[lab])
+            sc = score(act, p + q[0], p + q[1], p + q[2], scale[lab])
+            # the series is a token rate, not a power: name the units
+            out[name][lab] = {(k[:-2] + "_tokens_per_s" if k.endswith("_w") else k): v for k, v in sc.items()}
     return out
 
 
