@@ -121,6 +121,7 @@
       if (this.sel != null) PP.every(3000, () => this.drill(this.sel));
     },
     leave() { PP.subscribeFloor(null); },
+    charts() { if (this.sel != null) this.drill(this.sel); },
     onUpdate(msg, visible) {
       if (visible && msg.floor && this.layout) this.draw(msg.floor);
     },
