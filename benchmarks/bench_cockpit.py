@@ -208,8 +208,8 @@ def main() -> None:
             "### Cockpit: first render per page (texas, 10,240 GPUs)",
             "`python benchmarks/bench_cockpit.py --record`: navigation start -> live data painted, and -> first chart "
             "drawn, in Debian's chromium 1600x1000; cold: a fresh context (nothing cached), warm: the same page "
-            "reloaded (HTTP and V8 code cache warm); medians of 3. Charts wait for plotly.min.js (4.8 MB) to load "
-            "and compile.",
+            "reloaded (HTTP and V8 code cache warm); medians of 3. plotly.min.js (4.8 MB) is loaded once the data "
+            "is painted, so charts follow it.",
             header,
             f"| {date} | {m} | {name} | {ms(r[0])} | {ms(r[1])} | {ms(r[2])} | {ms(r[3])} | 1000 | {args.note} |",
         )
