@@ -200,3 +200,20 @@ def test_pages_and_charts_are_served_locally(env: dict[str, object]) -> None:
     assert js.status_code == 200 and len(js.content) > 1_000_000
     for asset in ("app.js", "pages.js", "floor.js", "style.css"):
         assert c.get(f"/static/{asset}").status_code == 200
+
+
+def test_stream_closes_when_its_token_is_revoked(env: dict[str, object]) -> None:
+    from starlette.websockets import WebSocketDisconnect
+
+    c: TestClient = env["client"]  # type: ignore[assignment]
+    rt: LiveRuntime = env["rt"]  # type: ignore[assignment]
+    store: TokenStore = env["store"]  # type: ignore[assignment]
+    tok = store.create("short-lived", "viewer")
+    with c.websocket_connect(f"/api/stream?token={tok}") as ws:
+        assert json.loads(ws.receive_text())["type"] == "update"
+        store.revoke("short-lived")
+        rt.step()
+        with pytest.raises(WebSocketDisconnect) as exc:
+            for _ in range(3):
+                ws.receive_text()
+        assert exc.value.code == 4401

@@ -316,7 +316,7 @@ def create_app(runtime: LiveRuntime, tokens: TokenStore) -> FastAPI:
             await ws.close(code=4401, reason="missing or invalid token: connect with ?token=<token>")
             return
         await ws.accept()
-        await bc.serve(ws)
+        await bc.serve(ws, lambda: tokens.verify(token) is not None)
 
     # ------------------------------------------------------------------ pages
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -89,7 +90,8 @@ class Broadcaster:
 
     # ------------------------------------------------------------------ one client
 
-    async def serve(self, ws: WebSocket) -> None:
+    async def serve(self, ws: WebSocket, still_valid: Callable[[], bool] = lambda: True) -> None:
+        """Stream to one client until it leaves or its token stops being valid (revoked: closed with 4401)."""
         sub: dict[str, str | None] = {"floor": None}
         self.clients += 1
 
@@ -114,6 +116,9 @@ class Broadcaster:
         last_floor: str | None = None
         try:
             while not receiver.done():
+                if not still_valid():
+                    await ws.close(code=4401, reason="token revoked")
+                    break
                 ev = self._event
                 if self.runtime.ready:
                     state = self.runtime.state
