@@ -142,6 +142,15 @@ def test_operator_commands_round_trip_into_the_audit_log(
     page.wait_for_function("document.getElementById('toast').textContent.includes('applied')", timeout=15_000)
     gpus = rt.twin.workload.jobs.gpus[job]
     assert np.all(rt.twin.fleet.cap_w[gpus] <= 320.0)
+    # Demand response from the Energy page: start an event, see it active, end it.
+    goto(page, "energy")
+    page.fill("#dr-red", "20")
+    page.fill("#dr-min", "30")
+    page.click("#dr-start")
+    page.wait_for_function("document.getElementById('en-dr').innerText.includes('Event active')", timeout=15_000)
+    assert rt.state.dr["active"] and abs(rt.state.dr["reduction"] - 0.2) < 1e-9
+    page.click("#dr-end")
+    page.wait_for_function("document.getElementById('en-dr').innerText.includes('No demand-response')", timeout=15_000)
     # Acknowledge the live alert.
     goto(page, "alerts")
     page.wait_for_selector("#alerts-body button.ack:not([disabled])", timeout=20_000)
@@ -153,7 +162,8 @@ def test_operator_commands_round_trip_into_the_audit_log(
         "(() => { const rows = [...document.querySelectorAll('#audit-body tr')];"
         " return rows.length >= 2 && rows.every(r => r.cells[1].textContent.startsWith('operator:'))"
         " && rows.some(r => r.textContent.includes('cap_job'))"
-        " && rows.some(r => r.textContent.includes('ack_alert')); })()",
+        " && rows.some(r => r.textContent.includes('ack_alert'))"
+        " && rows.some(r => r.textContent.includes('dr_start')); })()",
         timeout=15_000,
     )
     text = page.inner_text("#audit-body")
