@@ -106,6 +106,7 @@ def _set_policy(rt: LiveRuntime, name: str) -> str:
         lift = np.array([g for g in lever.tolist() if g not in operator], dtype=np.int64)
         if lift.size:
             rt.twin.apply([GpuPowerCap(lift, float("nan"))])
+        rt.twin.workload.sched.set_power_budget(float("inf"))  # no power-aware admission without the planner
     new = make_policy(name, rt.twin, [])
     new.events = list(old.events)
     rt.policy = new
