@@ -177,3 +177,26 @@ def test_any_redelivery_order_and_takeovers_count_every_frame_once(
     out += publish_all(agg, force=True)
     pairs = sorted((int(n), int(s)) for r in out for n, s in zip(r.frames["node"], r.frames["seq"], strict=True))
     assert pairs == sorted((n, s) for s in range(1, 16) for n in range(4))
+
+
+def test_a_node_first_met_mid_run_owes_nothing_below_but_loses_nothing_out_of_order(topo: Topology) -> None:
+    agg = HallAggregator(topo, 0)
+    base = 1_796_000_000_000
+    agg.add(frames(topo, [0], base + 7, 7))  # redelivery order after a takeover: newer first
+    publish_all(agg, force=True)
+    agg.add(frames(topo, [0], base + 5, 5))
+    agg.add(frames(topo, [0], base + 6, 6))
+    out = publish_all(agg, force=True)
+    assert sorted(int(s) - base for r in out for s in r.frames["seq"]) == [5, 6]
+    assert agg.rejected["duplicate"] == 0
+
+
+def test_first_flag_starts_a_node_sequence(topo: Topology) -> None:
+    agg = HallAggregator(topo, 0)
+    rec = frames(topo, [0], 1_000, 1)
+    rec["flags"] = codec.FLAG_FIRST
+    agg.add(rec)
+    (r,) = publish_all(agg, force=True)
+    assert int(r.contig_seq[0]) == 1_000 and r.extra_seq.size == 0
+    agg.add(frames(topo, [0], 999, 2))  # older than the agent run's first frame: a replay
+    assert agg.rejected["duplicate"] == 1

@@ -91,8 +91,9 @@ class NodeEncoder:
                 subject = subjects.tel_subject(site_name, h, site_topo.rack_names[int(rack[a])], node)
             self.messages.append((subject, a, b))
 
-    def encode(self, frame: Frame, seq: int, sent_s: float) -> list[tuple[str, bytes, int]]:
+    def encode(self, frame: Frame, seq: int, sent_s: float, first: bool = False) -> list[tuple[str, bytes, int]]:
         rec = self.rec
+        rec["flags"] = codec.FLAG_FIRST if first else 0
         rec["seq"] = seq
         rec["t_s"] = frame.t_s
         rec["sent_s"] = sent_s
@@ -232,7 +233,7 @@ class Agent:
         seq = self.seq0 + self.stats.ticks + 1
         sent_s = self.clock.now_s()
         for enc in self.encoders:
-            for subject, payload, n in enc.encode(frame, seq, sent_s):
+            for subject, payload, n in enc.encode(frame, seq, sent_s, first=self.stats.ticks == 0):
                 self._enqueue(subject, payload, n)
                 self.stats.frames_produced += n
         if self.plant:

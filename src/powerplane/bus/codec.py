@@ -53,6 +53,7 @@ GPU_METRICS: tuple[tuple[str, str], ...] = (
     ("last_xid", "<f4"),
 )
 NODE_METRICS: tuple[str, ...] = ("power_w", "pdu_voltage_v", "pdu_current_a")
+FLAG_FIRST = 0x1  # header flag: the first frame an agent run sends for this node (its sequence starts here)
 FULL_GPU_MASK = (1 << len(GPU_METRICS)) - 1
 FULL_NODE_MASK = (1 << len(NODE_METRICS)) - 1
 

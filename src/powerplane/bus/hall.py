@@ -109,7 +109,7 @@ class HallAggregator:
         local = recs["node"].astype(np.int64) - self.node0
         t = recs["t_s"]
         ok = (local >= 0) & (local < self.n_nodes) & np.isfinite(t)
-        if ok.all() and not self.extras:
+        if ok.all() and not (self.extras and self.extras.keys() & set(local.tolist())):
             ticks = np.rint(t / self.tick_s).astype(np.int64)
             if (ticks == ticks[0]).all() and np.unique(local).size == local.size:
                 return self._add_one_tick(recs, local, int(ticks[0]))
@@ -243,21 +243,25 @@ class HallAggregator:
         extras = {n: set(s) for n, s in self.extras.items()}
         idx = np.flatnonzero(w.present)
         seq = w.seq[idx]
-        fresh = contig[idx] == 0
-        nxt = (seq == contig[idx] + 1) | fresh
+        # An agent's first frame of a node (flag FIRST) starts its sequence: nothing below it is owed.
+        first = (w.recs["flags"][idx] & codec.FLAG_FIRST) != 0
+        nxt = (seq == contig[idx] + 1) | first
         easy = idx[nxt & ~np.isin(idx, list(extras))] if extras else idx[nxt]
         contig[easy] = w.seq[easy]
         for n in np.setdiff1d(idx, easy).tolist():
             s = int(w.seq[n])
             ss = extras.setdefault(n, set())
+            if w.recs["flags"][n] & codec.FLAG_FIRST:
+                ss.difference_update([x for x in ss if x < s])
+                contig[n] = s - 1
             ss.add(s)
             c = int(contig[n])
             while c + 1 in ss:
                 c += 1
                 ss.discard(c)
-            if len(ss) > self.reorder_frames:  # the gap will not fill (an agent restarted): give it up, counted
+            if len(ss) > self.reorder_frames:  # the gap will not fill (an agent restarted): give it up
                 low = min(ss)
-                gaps += low - c - 1
+                gaps += low - c - 1 if c else 0  # a node first met mid-run owes no count
                 c = low
                 ss.discard(low)
                 while c + 1 in ss:

@@ -25,7 +25,7 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import KeyValueError, NotFoundError
+from nats.js.errors import APIError, KeyValueError, NotFoundError
 from nats.js.kv import KeyValue
 
 from powerplane.bus import codec, subjects
@@ -35,6 +35,7 @@ from powerplane.core.clock import perf_counter_s
 from powerplane.topology import Topology
 
 log = logging.getLogger(__name__)
+WRONG_LAST_SEQUENCE = 10071  # JetStream: Nats-Expected-Last-Subject-Sequence did not match
 
 
 @dataclass
@@ -44,6 +45,7 @@ class HallStats:
     leases_lost: int = 0
     rollups: int = 0
     late_parts: int = 0
+    resyncs: int = 0
     messages: int = 0
     acquired_at_s: float = 0.0  # perf counter when this tracker last took the hall
     events: list[str] = field(default_factory=list)
@@ -63,6 +65,7 @@ class HallWorker:
         self.revision = 0
         self.epoch = 0
         self.serial = 0
+        self.last_seq = 0  # stream sequence of the hall's last stored rollup, as this tracker knows it
         self.sub: JetStreamContext.PullSubscription | None = None
         self.pending: deque[tuple[Msg, int]] = deque()
 
@@ -101,12 +104,7 @@ class HallWorker:
         js = self.tr.js
         site = self.tr.topo.site_name
         self.agg = HallAggregator(self.tr.topo, self.hall, **self.agg_args)  # type: ignore[arg-type]
-        try:
-            raw = await js.get_last_msg(subjects.rollup_stream(site), subjects.rollup_subject(site, self.name))
-            if raw.data:
-                self.agg.restore(codec.HallRollup.decode(raw.data))
-        except NotFoundError:
-            pass
+        await self._restore_last()
         self.pending.clear()
         cfg = ConsumerConfig(
             durable_name=subjects.consumer_name(self.name),
@@ -131,12 +129,23 @@ class HallWorker:
         self.stats.events.append(f"{perf_counter_s() - self.tr.t0_s:.2f} s: took {self.name} (epoch {self.epoch})")
         log.info("tracker %s took hall %s (epoch %d)", self.tr.ident, self.name, self.epoch)
 
-    async def resync(self) -> None:
-        """Restore the accept state from the hall's last stored rollup; open frames come again by redelivery."""
+    async def _restore_last(self) -> None:
+        """Take the accept state, and the stream sequence, of the hall's last stored rollup (none: a fresh hall)."""
         site = self.tr.topo.site_name
-        self.stats.events.append(f"{perf_counter_s() - self.tr.t0_s:.2f} s: resync {self.name}")
-        raw = await self.tr.js.get_last_msg(subjects.rollup_stream(site), subjects.rollup_subject(site, self.name))
-        self.agg.restore(codec.HallRollup.decode(raw.data or b""))
+        try:
+            raw = await self.tr.js.get_last_msg(subjects.rollup_stream(site), subjects.rollup_subject(site, self.name))
+        except NotFoundError:
+            self.last_seq = 0
+            return
+        self.last_seq = int(raw.seq or 0)
+        if raw.data:
+            self.agg.restore(codec.HallRollup.decode(raw.data))
+
+    async def resync(self, why: str) -> None:
+        """Restore the accept state from the hall's last stored rollup; open frames come again by redelivery."""
+        self.stats.events.append(f"{perf_counter_s() - self.tr.t0_s:.2f} s: resync {self.name} ({why})")
+        self.stats.resyncs += 1
+        await self._restore_last()
         self.pending.clear()
 
     async def stop_serving(self, reason: str) -> None:
@@ -179,12 +188,24 @@ class HallWorker:
             # The id repeats only when a publish is retried after no ack came (it may be stored): JetStream then
             # keeps one copy. A duplicate means the stored copy may hold other frames than this retry: take the
             # accept state from the bus again and let the open frames be redelivered.
+            # Fencing: the rollup is stored only if the hall's last stored rollup is still the one this tracker
+            # built on. A tracker that lost its lease without knowing it yet (stalled past the lease) is refused
+            # here, so two trackers can never both count the same frames.
             msg_id = f"{self.key}.{self.epoch}.{self.serial}"
-            ack = await js.publish(subject, r.encode(), timeout=5.0, headers={"Nats-Msg-Id": msg_id})
+            headers = {"Nats-Msg-Id": msg_id, "Nats-Expected-Last-Subject-Sequence": str(self.last_seq)}
+            try:
+                ack = await js.publish(subject, r.encode(), timeout=5.0, headers=headers)
+            except APIError as exc:
+                if exc.err_code != WRONG_LAST_SEQUENCE:
+                    raise
+                self.serial += 1
+                await self.resync("another tracker published")
+                return
             self.serial += 1
             if ack.duplicate:
-                await self.resync()
+                await self.resync("duplicate")
                 return
+            self.last_seq = int(ack.seq)
             self.agg.published(w)
             self.stats.rollups += 1
             self.stats.late_parts += int(w.late)
@@ -261,6 +282,7 @@ class Tracker:
                     "leases_lost": w.stats.leases_lost,
                     "rollups": w.stats.rollups,
                     "late_parts": w.stats.late_parts,
+                    "resyncs": w.stats.resyncs,
                     "messages": w.stats.messages,
                     "frames_accepted": w.agg.accepted,
                     "gaps_skipped": w.agg.gaps_skipped,
