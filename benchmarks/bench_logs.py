@@ -219,6 +219,8 @@ def run(n: int, repeats: int) -> dict[str, float]:
         r["gpu_resolved"] = sum(e.gpu >= 0 for e in events)
         r["anomalous"] = sum(e.anomaly_score >= 0.5 for e in events)
 
+    index_s: list[float] = []
+
     def ours_store() -> None:
         m = LogMiner(corr, year=2024)
         with tempfile.TemporaryDirectory() as d, LogStore(os.path.join(d, "logs.duckdb")) as store:
@@ -226,10 +228,14 @@ def run(n: int, repeats: int) -> dict[str, float]:
             for i in range(0, n, batch):
                 store.add(m.process_lines(lines[i : i + batch]))
             r["stored"] = store.count()
+            t0 = time.perf_counter()
+            store.wait_indexed(600.0)  # the token index catches up (the writer indexes when it is idle)
+            index_s.append(time.perf_counter() - t0)
 
     r["raw_s"] = median_s(raw, repeats)
     r["ours_s"] = median_s(ours, repeats)
     r["store_s"] = median_s(ours_store, repeats)
+    r["index_s"] = sorted(index_s)[len(index_s) // 2]  # median catch-up after the last line (not in store_s)
     return r
 
 
@@ -250,21 +256,24 @@ def table(r: dict[str, float]) -> list[str]:
         f"| {r['raw_templates']:,.0f} | {n:,.0f} |",
         f"| LogMiner (mine + score + correlate) | {n:,.0f} | {r['ours_s']:.2f} | {n / r['ours_s']:,.0f} "
         f"| {r['templates']:,.0f} | {r['drain_calls']:,.0f} |",
-        f"| LogMiner + DuckDB store + token index | {n:,.0f} | {r['store_s']:.2f} | {n / r['store_s']:,.0f} "
-        f"| {r['templates']:,.0f} | {r['drain_calls']:,.0f} |",
+        f"| LogMiner + DuckDB store (index built when the writer is idle) | {n:,.0f} | {r['store_s']:.2f} "
+        f"| {n / r['store_s']:,.0f} | {r['templates']:,.0f} | {r['drain_calls']:,.0f} |",
+        f"| ... + waiting for the token index to catch up | {n:,.0f} | {r['store_s'] + r['index_s']:.2f} "
+        f"| {n / (r['store_s'] + r['index_s']):,.0f} | {r['templates']:,.0f} | {r['drain_calls']:,.0f} |",
     ]
 
 
 RATE_HEADING = "## Operations: log ingest rates"
 RATE_HEADER = [
-    "| date | machine | lines | drain3 raw lines/s | LogMiner lines/s | LogMiner + store lines/s | target | note |",
-    "|---|---|---|---|---|---|---|---|",
+    "| date | machine | lines | drain3 raw lines/s | LogMiner lines/s | LogMiner + store lines/s "
+    "| + index caught up lines/s | target | note |",
+    "|---|---|---|---|---|---|---|---|---|",
 ]
 RATE_NOTE = (
     "`python benchmarks/bench_logs.py --record`: the synthetic syslog mix of 1,280 `texas` hosts (see the section "
     "above); raw Drain3 on every line is the baseline, in the same run. The store (ops/logstore.py) writes from a "
-    "thread, with a hashed token index of the program tag and message words. Target: >= 50,000 lines/s with "
-    "template mining and the store."
+    "thread and indexes tokens (hashed words of the program tag and message) when idle; search scans what is not "
+    "indexed yet. Target: >= 50,000 lines/s with template mining and the store."
 )
 
 
@@ -273,7 +282,7 @@ def record(r: dict[str, float], note: str) -> Path:
     n = r["lines"]
     row = (
         f"| {day} | {machine_info()} | {n:,.0f} | {n / r['raw_s']:,.0f} | {n / r['ours_s']:,.0f} "
-        f"| {n / r['store_s']:,.0f} | >= 50,000 | {note} |"
+        f"| {n / r['store_s']:,.0f} | {n / (r['store_s'] + r['index_s']):,.0f} | >= 50,000 | {note} |"
     )
     return add_table_row(HERE / "BENCHMARKS.md", RATE_HEADING, RATE_NOTE, RATE_HEADER, row)
 

@@ -41,12 +41,33 @@ def test_a_failed_batch_is_counted_and_the_store_goes_on(tmp_path: Path) -> None
         store.add([m.process(LINES[0])])
         store.flush()
         with store._lock:
-            store.con.execute("ALTER TABLE log_terms RENAME TO log_terms_away")
+            store.con.execute("ALTER TABLE log_events RENAME TO log_events_away")
         store.add([m.process(LINES[1]), m.process(LINES[2])])
         store.flush()
-        assert store.failed_events == 2 and "log_terms" in store.errors[0]
+        assert store.failed_events == 2 and "log_events" in store.errors[0]
         with store._lock:
-            store.con.execute("ALTER TABLE log_terms_away RENAME TO log_terms")
+            store.con.execute("ALTER TABLE log_events_away RENAME TO log_events")
         store.add([m.process(LINES[3])])
         assert store.count() == 2  # the failed batch rolled back whole; the others are kept
         assert [r["id"] for r in store.search("alice")] == [3, 0]
+        assert store.wait_indexed(30) and store.unindexed == 0
+        assert [r["id"] for r in store.search("alice")] == [3, 0]
+
+
+def test_search_is_exact_before_the_index_catches_up_and_after_a_reopen(tmp_path: Path) -> None:
+    m = LogMiner(year=2024)
+    events = [m.process(line) for line in LINES]
+    with LogStore(tmp_path / "s.duckdb") as store:
+        with store._lock:  # hold the writer so nothing gets indexed yet
+            store.add(events)
+            store.add([m.process(LINES[0])])
+        store.flush()
+        found = [r["id"] for r in store.search("alice")]
+        assert found == [3, 4, 0]  # newest first, ties by id
+    with LogStore(tmp_path / "s.duckdb") as store:  # reopened: the index catches up from where it was
+        assert [r["id"] for r in store.search("alice")] == found
+        assert store.wait_indexed(30) and store.unindexed == 0
+        assert [r["id"] for r in store.search("alice")] == found
+        with store._lock:
+            terms = store.con.execute("SELECT count(DISTINCT id) FROM log_terms").fetchall()[0][0]
+        assert terms == len(LINES) + 1

@@ -10,9 +10,13 @@ matches the hash, then checks the line (so a hash collision never returns a wron
 prefixes and ``"phrases"`` scan the lines; ``host:`` filters the host column.
 
 With ``background=True`` (the default) :meth:`LogStore.add` builds the Arrow batch and hands it to a writer
-thread: DuckDB releases the GIL while it inserts and indexes, so mining the next lines and storing the last ones
-run on two cores. :meth:`LogStore.flush` waits for the writer; every read flushes first, so a search always sees
-every event added before it. A failed insert is counted, its error kept (``errors``), and the store goes on.
+thread: DuckDB releases the GIL while it inserts, so mining the next lines and storing the last ones run on two
+cores; the writer indexes tokens whenever it has nothing to write (``log_meta.indexed_upto`` says how far; an
+index left behind at close is caught up after the next open). Search is exact whatever the index's progress: the
+events not indexed yet are scanned. :meth:`LogStore.flush` waits for the writer; every read flushes first, so a
+search always sees every event added before it; :meth:`LogStore.wait_indexed` waits for the index too. Without the
+thread, events and tokens go in one transaction. A failed insert is counted, its error kept (``errors``), and the
+store goes on.
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ CREATE TABLE IF NOT EXISTS log_events (
     template_id INTEGER, template VARCHAR, severity TINYINT, anomaly_score REAL, reasons VARCHAR,
     xid INTEGER, action VARCHAR, line VARCHAR
 );
+ALTER TABLE log_events ADD COLUMN IF NOT EXISTS text_offset INTEGER DEFAULT 0;
 CREATE TABLE IF NOT EXISTS log_terms (h UBIGINT, id BIGINT);
+CREATE TABLE IF NOT EXISTS log_meta (k VARCHAR PRIMARY KEY, v BIGINT);
 """
 _COLUMNS = ("id", "t_s", "host", "gpu", "job", "pci_bus_id", "template_id", "template", "severity",
             "anomaly_score", "reasons", "xid", "action", "line")  # fmt: skip
@@ -42,9 +48,12 @@ _TOKEN = re.compile(r"[a-z0-9_]+")
 _FIELDS = {"host": "host", "gpu": "gpu", "job": "job", "xid": "xid", "action": "action", "template": "template_id"}
 _WORD = "[a-z0-9_]*[a-z_][a-z0-9_]*"  # an indexed token has a letter (or _); numbers are found by a scan
 _TERMS_SQL = (
-    f"INSERT INTO log_terms SELECT unnest(list_transform(regexp_extract_all(lower(substr(line, _off + 1)), '{_WORD}'),"
-    " lambda x: hash(x))) AS h, id FROM _log_batch"
+    "INSERT INTO log_terms SELECT unnest(list_transform(regexp_extract_all(lower(substr(line, text_offset + 1)),"
+    f" '{_WORD}'), lambda x: hash(x))) AS h, id FROM log_events WHERE id BETWEEN ? AND ?"
 )
+_META_SQL = "INSERT OR REPLACE INTO log_meta VALUES ('indexed_upto', ?)"
+_INDEXED = object()  # placeholder for the indexed-up-to id, filled in under the lock
+INDEX_CHUNK = 50_000  # events indexed per transaction by the writer thread when it is idle
 
 
 class LogStore:
@@ -58,11 +67,15 @@ class LogStore:
         self.path = str(path)
         self.con = duckdb.connect(self.path)
         # One DuckDB thread: the other core mines the next lines (measured faster than DuckDB's own parallelism on
-        # 20k-line batches); checkpoints every 256 MB of WAL rather than 16 MB (each one rewrites row groups).
+        # 20k-line batches). Checkpoints stay at DuckDB's 16 MB of WAL: they then run in the writer thread, not all
+        # at close.
         self.con.execute(f"SET threads = {int(threads)}")
-        self.con.execute("SET checkpoint_threshold = '256MB'")
         self.con.execute(_SCHEMA)
         self._next_id = int(self.con.execute("SELECT coalesce(max(id) + 1, 0) FROM log_events").fetchall()[0][0])
+        self._written_upto = self._next_id - 1  # last id stored
+        meta = self.con.execute("SELECT v FROM log_meta WHERE k = 'indexed_upto'").fetchall()
+        self._indexed_upto = int(meta[0][0]) if meta else -1  # last id whose tokens are in log_terms
+        self._indexed = threading.Condition()
         self.errors: list[str] = []
         self.failed_events = 0
         self._lock = threading.Lock()  # one DuckDB connection: the writer and readers take turns
@@ -115,33 +128,85 @@ class LogStore:
         return pa.table(cols)
 
     def _write(self, batch: Any, n: int) -> None:
+        """Insert one batch; without a writer thread its tokens are indexed in the same transaction."""
+        lo, hi = int(batch.column("id")[0].as_py()), int(batch.column("id")[-1].as_py())
+        sync = self._queue is None
         with self._lock:
             con = self.con
             con.register("_log_batch", batch)
             try:
                 con.execute("BEGIN")
-                con.execute(f"INSERT INTO log_events SELECT {', '.join(_COLUMNS)} FROM _log_batch")
-                con.execute(_TERMS_SQL)
+                con.execute(
+                    f"INSERT INTO log_events ({', '.join(_COLUMNS)}, text_offset) "
+                    f"SELECT {', '.join(_COLUMNS)}, _off FROM _log_batch"
+                )
+                if sync and self._indexed_upto == lo - 1:
+                    con.execute(_TERMS_SQL, [lo, hi])
+                    con.execute(_META_SQL, [hi])
                 con.execute("COMMIT")
             except Exception as e:
                 con.execute("ROLLBACK")
                 self.failed_events += n
                 self.errors.append(f"{type(e).__name__}: {e}")
-                if self._queue is None:
+                if sync:
                     raise
+                return
             finally:
                 con.unregister("_log_batch")
+            self._written_upto = hi
+            if sync and self._indexed_upto == lo - 1:
+                self._indexed_upto = hi
+
+    def _index_some(self) -> bool:
+        """Index the tokens of the next stored events (at most :data:`INDEX_CHUNK`); False when none are left."""
+        lo = self._indexed_upto + 1
+        hi = min(self._written_upto, lo + INDEX_CHUNK - 1)
+        if hi < lo:
+            return False
+        with self._lock:
+            try:
+                self.con.execute("BEGIN")
+                self.con.execute(_TERMS_SQL, [lo, hi])
+                self.con.execute(_META_SQL, [hi])
+                self.con.execute("COMMIT")
+            except Exception as e:
+                self.con.execute("ROLLBACK")
+                self.errors.append(f"index: {type(e).__name__}: {e}")
+                return False
+        with self._indexed:
+            self._indexed_upto = hi
+            self._indexed.notify_all()
+        return True
 
     def _run(self) -> None:
+        """Write batches as they come; index tokens whenever there is nothing to write."""
         assert self._queue is not None
+        q = self._queue
         while True:
-            item = self._queue.get()
+            try:
+                item = q.get(timeout=0.02)
+            except queue.Empty:
+                self._index_some()
+                continue
             try:
                 if item is None:
                     return
                 self._write(*item)
             finally:
-                self._queue.task_done()
+                q.task_done()
+
+    def wait_indexed(self, timeout_s: float = 60.0) -> bool:
+        """Wait until every stored event is in the token index (search is exact either way: it scans the rest)."""
+        self.flush()
+        if self._queue is None:
+            return self._indexed_upto >= self._written_upto
+        with self._indexed:
+            return self._indexed.wait_for(lambda: self._indexed_upto >= self._written_upto, timeout_s)
+
+    @property
+    def unindexed(self) -> int:
+        """Stored events whose tokens are not indexed yet."""
+        return max(self._written_upto - self._indexed_upto, 0)
 
     def flush(self) -> None:
         """Wait until every added event is written."""
@@ -187,16 +252,19 @@ class LogStore:
                     where.append("regexp_matches(lower(line), ?)")
                     params.append(f"(^|[^a-z0-9_]){tok}([^a-z0-9_]|$)")
                 else:
-                    # The hash narrows to candidate lines; the token check on the line rules out collisions.
-                    where.append("id IN (SELECT id FROM log_terms WHERE h = hash(?::VARCHAR))")
+                    # The hash narrows the indexed events to candidates (events not indexed yet are all candidates);
+                    # the token check on the line then rules out hash collisions.
+                    where.append("(id > ? OR id IN (SELECT id FROM log_terms WHERE h = hash(?::VARCHAR)))")
                     where.append("list_contains(regexp_extract_all(lower(line), '[a-z0-9_]+'), ?)")
-                    params += [tok, tok]
+                    params += [_INDEXED, tok, tok]
         sql = (
             f"SELECT {', '.join(_COLUMNS)} FROM log_events WHERE {' AND '.join(where)} "
             "ORDER BY t_s DESC NULLS LAST, id DESC LIMIT ?"
         )
         self.flush()
         with self._lock:
+            upto = self._indexed_upto
+            params = [upto if p is _INDEXED else p for p in params]
             rows = self.con.execute(sql, [*params, int(limit)]).fetchall()
         return [dict(zip(_COLUMNS, r, strict=True)) for r in rows]
 
