@@ -60,6 +60,7 @@ def analyze_file(
     if db is not None:
         with LogStore(db) as store:
             store.add(events)
+            store.wait_indexed()  # a one-shot ingest leaves the file fully indexed
 
     anomalies = sorted((e for e in events if e.anomaly_score >= threshold), key=lambda e: (-e.anomaly_score, e.seq))
     hosts: dict[str, dict[str, Any]] = defaultdict(lambda: {"lines": 0, "anomalies": 0, "xid": Counter()})
