@@ -67,7 +67,10 @@ def _write_json(path: Path | None, data: dict[str, Any]) -> None:
 def agent(
     url: UrlOpt = "nats://127.0.0.1:4222",
     scenario: ScenarioOpt = "texas",
-    source: Annotated[str, typer.Option(help="twin (plays many nodes) or nvml (this node's GPUs).")] = "twin",
+    source: Annotated[
+        str, typer.Option(help="twin (plays many nodes), nvml (this node's GPUs) or dcgm (dcgm-exporter targets).")
+    ] = "twin",
+    targets: Annotated[list[str] | None, typer.Option(help="DCGM: dcgm-exporter URLs or files (repeat).")] = None,
     nodes: Annotated[str | None, typer.Option(help="Twin: site node indices to play, e.g. 0-639.")] = None,
     hall: Annotated[list[str] | None, typer.Option(help="Twin: play every node of these halls.")] = None,
     node: Annotated[str | None, typer.Option(help="NVML: this node's name in the site.")] = None,
@@ -96,21 +99,29 @@ def agent(
         src: Source
         actuator: Any
         closers: list[Any] = []
+        played = np.arange(topo.n_nodes)
+        if nodes:
+            played = parse_nodes(nodes, topo.n_nodes)
+        if hall:
+            bad = [h for h in hall if h not in topo.hall_names]
+            if bad:
+                raise ValueError(f"unknown hall {bad[0]!r}; this site has {', '.join(topo.hall_names)}")
+            hall_of = topo.parent_index("node", "hall")
+            sel = np.flatnonzero(np.isin(hall_of, [topo.hall_names.index(h) for h in hall]))
+            played = np.intersect1d(played, sel) if nodes else sel
         if source == "twin":
             from powerplane.twin.twin import Twin
 
             twin = Twin(site, site_file, seed=seed, dt_s=1.0 / rate)
             src, actuator, node_map = TwinSource(twin), twin, None
-            played = np.arange(topo.n_nodes)
-            if nodes:
-                played = parse_nodes(nodes, topo.n_nodes)
-            if hall:
-                bad = [h for h in hall if h not in topo.hall_names]
-                if bad:
-                    raise ValueError(f"unknown hall {bad[0]!r}; this site has {', '.join(topo.hall_names)}")
-                hall_of = topo.parent_index("node", "hall")
-                sel = np.flatnonzero(np.isin(hall_of, [topo.hall_names.index(h) for h in hall]))
-                played = np.intersect1d(played, sel) if nodes else sel
+        elif source == "dcgm":
+            from powerplane.sources.dcgm import DcgmSource
+
+            if not targets:
+                raise ValueError("--source dcgm needs --targets (dcgm-exporter URLs, host:port or files)")
+            src = DcgmSource(topo, targets)
+            actuator, node_map = None, None  # dcgm-exporter is read only: caps need an NVML agent on the node
+            closers.append(src)
         elif source == "nvml":
             from powerplane.sources.fake_nvml import FakeNvml
             from powerplane.sources.nvml import NvmlSource
@@ -125,7 +136,7 @@ def agent(
             node_map = np.array([topo.node_names.index(node)])
             played = node_map
         else:
-            raise ValueError(f"--source must be twin or nvml, got {source!r}")
+            raise ValueError(f"--source must be twin, nvml or dcgm, got {source!r}")
         ag = Agent(
             url,
             topo,
