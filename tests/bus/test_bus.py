@@ -129,7 +129,7 @@ def test_agent_refuses_bad_commands_and_unreachable_bus_is_a_clear_error(nats_se
     assert all(not r["applied"] and "bad command" in str(r["detail"]) for r in replies)
     assert agent.stats.commands["rejected"] == 3
     with pytest.raises(BusError, match="cannot connect"):
-        asyncio.run(twin_agent("nats://127.0.0.1:1")[0].run(max_ticks=1))
+        asyncio.run(twin_agent("nats://127.0.0.1:1", wait_for_bus_s=0.0)[0].run(max_ticks=1))
 
 
 def test_codec_versions_are_checked_by_the_source(nats_server: NatsServer) -> None:

@@ -134,3 +134,25 @@ def test_nats_server_restart_under_load_loses_nothing(nats_server: NatsServer) -
     assert agent.stats.frames_acked == agent.stats.frames_produced
     result = asyncio.run(audit_rollups(url, topo)).compare(expected_of(agent))
     assert result["lost"] == 0 and result["duplicated"] == 0 and result["unexpected"] == 0, (result, stats)
+
+
+@pytest.mark.slow
+def test_agent_started_while_the_bus_is_down_buffers_until_it_comes(tmp_path: Path) -> None:
+    srv = NatsServer(tmp_path / "nats")  # not started yet: its port is reserved, nothing listens
+    agent, twin = twin_agent(srv.url)
+    loop = LoopThread()
+    try:
+        a_fut = loop.spawn(agent.run(duration_s=6.0))
+        time.sleep(2.5)
+        assert agent.stats.frames_produced > 0 and agent.stats.frames_acked == 0
+        srv.start()
+        tracker = Tracker(srv.url, twin.topo)
+        t_fut = loop.spawn(tracker.run(duration_s=9.0))
+        a_fut.result(40)
+        t_fut.result(40)
+        assert agent.stats.frames_acked == agent.stats.frames_produced and agent.stats.frames_dropped == 0
+        result = asyncio.run(audit_rollups(srv.url, twin.topo)).compare(expected_of(agent))
+        assert result["lost"] == 0 and result["duplicated"] == 0
+    finally:
+        loop.close()
+        srv.stop()

@@ -26,6 +26,7 @@ from numpy.typing import NDArray
 
 from powerplane.bus import codec, subjects
 from powerplane.bus.jet import connect, ensure_streams
+from powerplane.bus.server import BusError
 from powerplane.core.clock import Clock, WallClock, perf_counter_s
 from powerplane.core.commands import BessSetpoint, Command, CommandResult, GpuPowerCap
 from powerplane.core.frames import Frame
@@ -163,6 +164,7 @@ class Agent:
         max_inflight: int = 2000,
         ack_timeout_s: float = 2.0,
         clock: Clock | None = None,
+        wait_for_bus_s: float | None = None,
     ) -> None:
         if not 0.1 <= rate_hz <= 50.0:
             raise ValueError(f"rate must be within 0.1-50 Hz, got {rate_hz}")
@@ -201,6 +203,7 @@ class Agent:
         self.buffer_frames = int(buffer_frames)
         self.max_inflight = int(max_inflight)
         self.ack_timeout_s = float(ack_timeout_s)
+        self.wait_for_bus_s = wait_for_bus_s  # None: keep trying (and buffering) for as long as it takes
         self.outbox: deque[_Out] = deque()
         self.inflight: deque[_Out] = deque()
         self._buffered = 0
@@ -352,20 +355,41 @@ class Agent:
 
     # ------------------------------------------------------------------------------------------ running
 
-    async def run(self, duration_s: float | None = None, max_ticks: int | None = None) -> AgentStats:
-        """Publish until :meth:`stop`, ``duration_s`` or ``max_ticks``; then flush what is queued (up to 30 s)."""
-        self.nc = await connect(
-            self.url, "powerplane-agent", on_disconnect=self._on_disconnect, on_reconnect=self._on_reconnect
-        )
+    async def _connect_and_pump(self) -> None:
+        """Connect (retrying every second while the bus is down, up to ``wait_for_bus_s``), then send."""
+        t0 = perf_counter_s()
+        while True:
+            try:
+                self.nc = await connect(
+                    self.url, "powerplane-agent", on_disconnect=self._on_disconnect, on_reconnect=self._on_reconnect
+                )
+                break
+            except BusError:
+                if self.wait_for_bus_s is not None and perf_counter_s() - t0 >= self.wait_for_bus_s:
+                    raise
+                if self._stop.is_set():
+                    return
+                self.stats.disconnects = max(self.stats.disconnects, 1)  # the bus was down from the start
+                await asyncio.sleep(1.0)
         self.js = self.nc.jetstream()
         await ensure_streams(self.js, self.topo.site_name)
         await self.nc.subscribe(f"pp.cmd.{subjects.token(self.topo.site_name)}.>", cb=self._on_command)
+        await self._pump()
+
+    async def run(self, duration_s: float | None = None, max_ticks: int | None = None) -> AgentStats:
+        """Publish until :meth:`stop`, ``duration_s`` or ``max_ticks``; then flush what is queued (up to 30 s).
+
+        Frames are produced from the start even while the bus cannot be reached yet (they wait in the buffer);
+        :class:`BusError` when it still cannot be reached after ``wait_for_bus_s``.
+        """
         self.seq0 = int(self.clock.now_s() * 1000.0)
-        pump = asyncio.create_task(self._pump())
+        sender = asyncio.create_task(self._connect_and_pump())
         t_end = None if duration_s is None else self.clock.now_s() + duration_s
         next_t = self.clock.now_s()
         try:
             while not self._stop.is_set():
+                if sender.done():  # gave up connecting
+                    break
                 if max_ticks is not None and self.stats.ticks >= max_ticks:
                     break
                 if t_end is not None and self.clock.now_s() >= t_end:
@@ -384,9 +408,12 @@ class Agent:
         finally:
             self._stop.set()
             try:
-                await asyncio.wait_for(pump, 30.0)
+                await asyncio.wait_for(asyncio.shield(sender), 30.0)
             except TimeoutError:
                 log.warning("agent stopped with %d frames not acknowledged", self._buffered)
-            self._closing = True
-            await self.nc.close()
+                sender.cancel()
+            finally:
+                self._closing = True
+                if self.nc is not None:
+                    await self.nc.close()
         return self.stats

@@ -81,6 +81,9 @@ def agent(
         str, typer.Option(help="row: one message per row of racks; rack: per rack; node: per node.")
     ] = "row",
     seed: Annotated[int, typer.Option(help="Twin seed.")] = 0,
+    wait_for_bus: Annotated[
+        float | None, typer.Option(help="Give up when the bus is still unreachable after this many seconds.")
+    ] = None,
     duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
     stats: Annotated[Path | None, typer.Option(help="Write counters as JSON here on exit.")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
@@ -147,6 +150,7 @@ def agent(
             actuator=actuator,
             rate_hz=rate,
             batch=batch,
+            wait_for_bus_s=wait_for_bus,
         )
     except (PowerPlaneError, ValueError) as exc:
         raise _fail(str(exc)) from exc
