@@ -163,3 +163,29 @@ def test_the_documented_config_validates() -> None:
     text = "\n".join(line[4:] for line in doc.split("::\n\n", 1)[1].splitlines())
     cfg = NotifyConfig.model_validate(yaml.safe_load(text))
     assert [r.kind for r in cfg.receivers] == ["email", "wecom", "dingtalk", "slack", "phone", "alertmanager"]
+
+
+def test_rule_defaults_and_a_rules_own_repeat(tmp_path: Path, hook_server: Callable[..., Any]) -> None:
+    from powerplane.ops.rules import load_rule_file
+
+    hooks = hook_server()
+    rules = load_rule_file(text="defaults: {group_wait: 5s}\ngroups: [{name: g, rules: [{alert: A, expr: '1', "
+                           "severity: warning, repeat_interval: 100s}]}]")  # fmt: skip
+    cfg = NotifyConfig.model_validate(
+        {
+            "receivers": [{"name": "s", "webhook": {"kind": "slack", "url": f"http://127.0.0.1:{hooks.port}/s"}}],
+            "routes": [{"match": {}, "receivers": ["s"]}],
+        }
+    )
+    n = Notifier(cfg, Outbox(tmp_path / "o.sqlite"), rule_defaults=rules.defaults)
+    a = alert("A", "warning")
+    a["repeat_interval_s"] = rules.rules()[0].repeat_interval_s
+    n.step([a], T0)
+    n.step([], T0 + 4)
+    assert hooks.posts == []
+    n.step([], T0 + 5)  # the rule file's group_wait, not Alertmanager's 30 s
+    assert len(hooks.posts) == 1
+    n.step([], T0 + 104)
+    assert len(hooks.posts) == 1
+    n.step([], T0 + 105)  # the rule's own repeat interval, not 4 h
+    assert len(hooks.posts) == 2

@@ -112,6 +112,8 @@ class Alert:
     acknowledged_s: float | None = None
     silenced: bool = False
     inhibited: bool = False
+    group_by: list[str] | None = None  # the rule's own grouping and repeat, for the notifier
+    repeat_interval_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -128,6 +130,8 @@ class Alert:
             "fired_s": self.fired_s,
             "resolved_s": self.resolved_s,
             "value": self.value if np.isfinite(self.value) else None,
+            "group_by": self.group_by,
+            "repeat_interval_s": self.repeat_interval_s,
         }
 
 
@@ -320,6 +324,7 @@ class AlertEngine:
     def _open(self, rs: _RuleState, i: int, t: float, value: float, state: str) -> Alert:
         labels = self._labels(rs, i, value)
         a = Alert(self._id(rs, i), rs.spec.alert, rs.spec.severity, rs.level, i, state, t, value, labels, {})
+        a.group_by, a.repeat_interval_s = rs.spec.group_by, rs.spec.repeat_interval_s
         if state == "firing":
             a.fired_s = t
         a.annotations = self._annotate(rs, a)

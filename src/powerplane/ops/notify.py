@@ -50,7 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from powerplane.core.clock import Clock
 from powerplane.ops.outbox import DeliveryError, Message, Outbox, RetryPolicy, Sender
-from powerplane.ops.rules import Duration
+from powerplane.ops.rules import Defaults, Duration
 
 
 class _Strict(BaseModel):
@@ -324,10 +324,17 @@ class _Group:
 class Notifier:
     """Routes alert transitions into groups and puts each group's notifications in the outbox."""
 
-    def __init__(self, config: NotifyConfig, outbox: Outbox, mutes: MuteOracle | None = None) -> None:
+    def __init__(
+        self,
+        config: NotifyConfig,
+        outbox: Outbox,
+        mutes: MuteOracle | None = None,
+        rule_defaults: Defaults | None = None,
+    ) -> None:
         self.config = config
         self.outbox = outbox
         self.mutes = mutes
+        self.rule_defaults = rule_defaults  # the rule file's group_wait/group_interval/repeat_interval/group_by
         self.receivers = {r.name: r for r in config.receivers}
         self.senders = {r.name: make_sender(r) for r in config.receivers}
         self.groups: dict[tuple[int, tuple[str, ...]], _Group] = {}
@@ -345,9 +352,17 @@ class Notifier:
                     break
         return out
 
-    def _param(self, route: Route, name: str) -> Any:
+    def _param(self, route: Route, name: str, alert_value: Any = None) -> Any:
+        """A grouping setting: the route's, else the rule's (``group_by``, ``repeat_interval_s`` of the alert),
+        else the notification config's when it sets it, else the rule file's defaults, else Alertmanager's."""
         v = getattr(route, name)
-        return getattr(self.config, name) if v is None else v
+        if v is not None:
+            return v
+        if alert_value is not None:
+            return alert_value
+        if name in self.config.model_fields_set or self.rule_defaults is None:
+            return getattr(self.config, name)
+        return getattr(self.rule_defaults, name)
 
     def submit(self, transitions: list[dict[str, Any]], now_s: float) -> None:
         """Take this cycle's transitions (pending ones are not notified)."""
@@ -356,7 +371,7 @@ class Notifier:
                 continue
             for i in self._routes_for(a["labels"]):
                 route = self.config.routes[i]
-                key = tuple(a["labels"].get(k, "") for k in self._param(route, "group_by"))
+                key = tuple(a["labels"].get(k, "") for k in self._param(route, "group_by", a.get("group_by")))
                 g = self.groups.get((i, key))
                 if g is None:
                     if a["state"] == "resolved":
@@ -380,7 +395,9 @@ class Notifier:
             elif g.dirty:
                 due, repeat = now_s - g.sent_s >= self._param(route, "group_interval_s"), False
             else:
-                due, repeat = now_s - g.sent_s >= self._param(route, "repeat_interval_s"), True
+                rule_repeat = [x["repeat_interval_s"] for x in g.alerts.values() if x.get("repeat_interval_s")]
+                every = self._param(route, "repeat_interval_s", min(rule_repeat) if rule_repeat else None)
+                due, repeat = now_s - g.sent_s >= every, True
             if not due:
                 continue
             alerts = [a for a in g.alerts.values() if not self._muted(a)]

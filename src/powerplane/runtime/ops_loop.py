@@ -64,6 +64,15 @@ class TwinExecutor:
         return True
 
 
+def _attach(notifier: Notifier | None, engine: AlertEngine) -> None:
+    """The notifier holds back what the engine mutes and groups by the rule file's defaults."""
+    if notifier is not None:
+        if notifier.mutes is None:
+            notifier.mutes = engine
+        if notifier.rule_defaults is None:
+            notifier.rule_defaults = engine.rule_file.defaults
+
+
 class OpsStack:
     """The alert engine with the healer and the notifier behind it, behind the engine's own interface: a live
     runtime that takes an ``AlertEngine`` can take this instead (``evaluate``, ``active``, ``acknowledge``,
@@ -74,6 +83,7 @@ class OpsStack:
         self.healer = healer
         self.notifier = notifier
         self.heal_actions: list[dict[str, Any]] = []
+        _attach(notifier, engine)
 
     def evaluate(self, snapshot: Snapshot, context: dict[str, float]) -> list[dict[str, Any]]:
         out = self.engine.evaluate(snapshot, context)
@@ -157,6 +167,7 @@ class OpsLoop:
         self.notifier = notifier
         self.tracker = tracker or Tracker(twin.topo, twin.site)
         engine.gpu_job = twin.workload.gpu_job
+        _attach(notifier, engine)
         site = twin.site
         self.contract_w = site.electrical.contract_demand_kw * 1e3
         self.nominal_hz = float(site.grid.frequency_hz)
