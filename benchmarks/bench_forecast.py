@@ -118,14 +118,6 @@ def main() -> None:
     ap.add_argument("--note", default="shared machine, other jobs running", help="note for the recorded rows")
     args = ap.parse_args()
     runs = [load_run(p) for p in args.run]
-    if args.backtest_json:  # the accuracy of a `powerplane forecast backtest` run on these same runs
-        import json
-
-        tg = json.loads(args.backtest_json.read_text())["targets"]
-        print(f"accuracy from {args.backtest_json}")
-    else:
-        print("accuracy (rolling-origin backtests)")
-        _, tg = accuracy(runs)
     print("training time")
     ja_s, lgb_s = training_time(runs[0])
     print("latency")
@@ -133,6 +125,16 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         site_ms, racks_ms, ets_ms, n_racks = latency(runs[0], args.scenario, Path(tmp) / "registry.duckdb")
+    if args.backtest_json:  # the accuracy of a `powerplane forecast backtest` run on these same runs
+        import json
+
+        while not args.backtest_json.exists():  # a backtest of the same runs may still be writing it
+            time.sleep(10)
+        tg = json.loads(args.backtest_json.read_text())["targets"]
+        print(f"accuracy from {args.backtest_json}")
+    else:
+        print("accuracy (rolling-origin backtests)")
+        _, tg = accuracy(runs)
     print("| runs | job-aware 15-min MASE | best statsforecast MASE | reduction | coverage | 1-min events |")
     print(
         f"| {len(runs)} | {tg['mase_15min']:.3f} | {tg['best_statsforecast_mase_15min']:.3f} | "
