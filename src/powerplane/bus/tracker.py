@@ -166,7 +166,8 @@ class HallWorker:
         """Fetch one batch, aggregate it, publish what is due, acknowledge what is published."""
         assert self.sub is not None
         try:
-            msgs = await self.sub.fetch(batch, timeout=0.05)
+            # A pull request lingers until the batch is full or it expires: the expiry bounds the added latency.
+            msgs = await self.sub.fetch(batch, timeout=self.tr.fetch_timeout_s)
         except (NatsTimeoutError, TimeoutError):
             msgs = []
         for m in msgs:
@@ -232,6 +233,7 @@ class Tracker:
         close_after_ticks: int = 3,
         timeout_s: float = 1.0,
         batch: int = 1000,
+        fetch_timeout_s: float = 0.02,
         prefer: list[str] | None = None,
         standby_delay_s: float = 0.5,
     ) -> None:
@@ -245,6 +247,7 @@ class Tracker:
         self.lease_ttl_s = float(lease_ttl_s)
         self.ack_wait_s = float(ack_wait_s)
         self.batch = int(batch)
+        self.fetch_timeout_s = float(fetch_timeout_s)
         self.workers = [
             HallWorker(
                 self, topo.hall_names.index(h), tick_s=tick_s, close_after_ticks=close_after_ticks, timeout_s=timeout_s
