@@ -30,7 +30,7 @@ TENANTS = ["a", "b", "c"]
 
 # Weighted: mostly submissions and passes, so that pools fill and preemption, shrinking and requeues happen.
 KINDS = ["submit"] * 6 + ["step"] * 4 + ["finish"] * 2 + ["preempt", "cancel", "down", "up", "usage", "rebalance"]
-KINDS += ["budget", "checkpoint"]
+KINDS += ["budget", "checkpoint", "cordon", "uncordon", "evict"]
 op = st.tuples(
     st.sampled_from(KINDS),
     st.integers(0, 10_000),
@@ -59,18 +59,21 @@ def check(s: Scheduler) -> None:
         used_mem[g] += job.mem_mib
         if job.preemptible:
             pre[job.cls, g] += job.milli
-    up = pool.node_up[pool.gpu_node]
+    node_up = pool.node_up[pool.gpu_node]
+    up = node_up & ~pool.gpu_cordoned  # where capacity shows
+    assert pool.n_cordoned == int(pool.gpu_cordoned.sum())
     assert np.all(used <= MILLI_PER_GPU)  # no GPU over-allocated
     assert np.array_equal(fm[up], MILLI_PER_GPU - used[up])
     assert np.array_equal(fmem[up], pool.mem_mib_capacity[up] - used_mem[up])
-    assert np.all(fm[~up] == 0) and np.all(used[~up] == 0)
+    assert np.all(fm[~up] == 0) and np.all(fmem[~up] == 0) and np.all(used[~node_up] == 0)
     assert pool.allocated_milli == int(used.sum())
     whole = np.bincount(pool.gpu_node, weights=fm == MILLI_PER_GPU, minlength=pool.n_nodes)
     assert np.array_equal(pool.node_whole_free, whole.astype(np.int64))
     assert np.array_equal(s.pre_milli, pre)
     for c, pot in s.pot_milli.items():
         lower = [k for k, pc in enumerate(s.classes) if pc.weight < s.classes[c].weight]
-        assert np.array_equal(pot, fm + pre[lower].sum(axis=0))
+        assert np.array_equal(pot, np.where(up, fm + pre[lower].sum(axis=0), 0))
+        assert np.array_equal(s.pot_mem_mib[c][~up], np.zeros(int((~up).sum()), dtype=np.int64))
     states = [j.state for j in s.jobs]
     assert states.count(QUEUED) == s.n_queued
     assert states.count(RUNNING) == len(s.running)
@@ -91,6 +94,7 @@ def test_invariants_under_random_operations(nodes: list[int], order: str, policy
     s = Scheduler(GpuPool.build(nodes, models, nodes_per_rack=2), cfg)
     t = 0.0
     work_seen: dict[str, float] = {}
+    cordoned: dict[int, set[tuple[int, float]]] = {}
     for o in ops:
         t += 37.0
         kind = o[0]
@@ -140,6 +144,23 @@ def test_invariants_under_random_operations(nodes: list[int], order: str, policy
             s.node_up(k % s.pool.n_nodes, t)
         elif kind == "budget":
             s.set_power_budget([math.inf, 3000.0, 800.0][k % 3])
+        elif kind == "cordon":
+            g = k % s.pool.n_gpus
+            fresh = {(j.id, j.run_start_s) for j in s.running.values()}
+            s.cordon_gpu(g, t)
+            cordoned[g] = fresh  # jobs running when it was cordoned may stay; no other job may land there
+        elif kind == "uncordon":
+            g = k % s.pool.n_gpus
+            assert s.uncordon_gpu(g, t) == (g in cordoned)
+            cordoned.pop(g, None)
+        elif kind == "evict":
+            g = k % s.pool.n_gpus
+            moved = s.evict_gpu(g, t)
+            assert all(s.job(n).state == QUEUED for n in moved)
+            assert not any(np.any(j.gpus == g) for j in s.running.values())
+        for g, allowed in cordoned.items():
+            assert s.pool.gpu_cordoned[g]
+            assert all((j.id, j.run_start_s) in allowed for j in s.running.values() if np.any(j.gpus == g))
         check(s)
         for job in s.jobs:  # saved progress never goes backwards
             name = job.request.name

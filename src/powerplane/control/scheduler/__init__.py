@@ -6,7 +6,9 @@ cheap or green windows, and a replay of the Alibaba openb GPU trace against a FI
 - :mod:`.pool`: per-GPU free capacity as arrays (:class:`GpuPool`).
 - :mod:`.policy`: placement (binpack, spread, first-fit; gangs packed in a node, then a rack) and fragmentation.
 - :mod:`.queue`: queued jobs by class, tenant and shape.
-- :mod:`.scheduler`: :class:`Scheduler`, the decisions (:mod:`.config` its settings, :mod:`.job` its records).
+- :mod:`.scheduler`: :class:`Scheduler`, the decisions (:mod:`.config` its settings, :mod:`.job` its records,
+  :mod:`.fitcache` its "does not fit" caches).
+- :mod:`.isolation`: nodes down/up and single GPUs cordoned/uncordoned/evicted (self-healing).
 - :mod:`.preempt`: victim choice; :mod:`.rebalance`: the periodic pass; :mod:`.plan`: cheap/green windows;
   :mod:`.timeline`: expected start and end of every job for the forecaster.
 - :mod:`.replay`: discrete-event replay of the openb trace with metrics.

@@ -4,6 +4,11 @@ GPUs of a node are contiguous and every node holds one model, as in :class:`powe
 pool knows nothing of jobs: it only adds and subtracts capacity, keeps the per-node count of wholly free GPUs up
 to date incrementally (so a whole-GPU placement looks at nodes, not GPUs) and refuses any change that would
 over-allocate a GPU.
+
+Isolation: a down node (:meth:`GpuPool.set_node_up`) and a cordoned GPU (:meth:`GpuPool.set_gpu_cordoned`, the
+boolean mask ``gpu_cordoned[G]``) show no free capacity, so every placement (single GPUs, fractional shares, gangs)
+avoids them without a test of its own; what a job still running there releases stays hidden until the node comes
+back up or the GPU is uncordoned.
 """
 
 from __future__ import annotations
@@ -61,7 +66,8 @@ class GpuPool:
     Structure (fixed): ``gpu_node[G]``, ``node_rack[N]``, ``node_first_gpu[N]``, ``node_n_gpus[N]``,
     ``gpu_model_idx[G]`` into ``models`` (with ``vendors``), ``mem_mib_capacity[G]``, ``draw_w[G]`` (board power at
     full use, for admission estimates). State: ``free_milli[G]`` (0..1000), ``free_mem_mib[G]``, ``node_up[N]`` and
-    ``node_whole_free[N]`` (wholly free GPUs per up node, kept incrementally). A down node shows no free capacity.
+    ``node_whole_free[N]`` (wholly free GPUs per up node, kept incrementally), ``gpu_cordoned[G]``. A down node
+    and a cordoned GPU show no free capacity.
     """
 
     node_names: list[str]
@@ -78,6 +84,8 @@ class GpuPool:
     free_mem_mib: I64 = field(init=False)
     node_up: B = field(init=False)
     node_whole_free: I64 = field(init=False)
+    gpu_cordoned: B = field(init=False)
+    n_cordoned: int = field(init=False, default=0)
     allocated_milli: int = field(init=False, default=0)
     explicit_mem_allocations: int = field(init=False, default=0)
     _model_masks: dict[tuple[int, ...] | None, tuple[B, B]] = field(init=False, default_factory=dict, repr=False)
@@ -98,6 +106,7 @@ class GpuPool:
         self.free_mem_mib = self.mem_mib_capacity.copy()
         self.node_up = np.ones(self.n_nodes, dtype=bool)
         self.node_whole_free = self.node_n_gpus.copy()
+        self.gpu_cordoned = np.zeros(self.n_gpus, dtype=bool)
 
     # ------------------------------------------------------------------ construction
 
@@ -291,13 +300,14 @@ class GpuPool:
                 np.subtract.at(self.node_whole_free, self.gpu_node[gpus[lost]], 1)
 
     def release(self, gpus: I64, milli: int, mem_mib: I64, explicit_mem: bool = False) -> None:
-        """Give back what :meth:`allocate` took (also on a down node, whose capacity stays hidden)."""
+        """Give back what :meth:`allocate` took (also on a down node or a cordoned GPU, whose capacity stays
+        hidden)."""
         self.allocated_milli -= milli * int(gpus.size)
         self.explicit_mem_allocations -= int(explicit_mem)
         if gpus.size == 1:  # the common case, in scalars
             one = int(gpus[0])
             node = self.gpu_node[one]
-            if not self.node_up[node]:
+            if not self.node_up[node] or (self.n_cordoned and self.gpu_cordoned[one]):
                 return
             fm1 = int(self.free_milli[one]) + milli
             mem1 = int(self.free_mem_mib[one]) + int(mem_mib[0])
@@ -309,6 +319,8 @@ class GpuPool:
                 self.node_whole_free[node] += 1
             return
         up = self.node_up[self.gpu_node[gpus]]
+        if self.n_cordoned:
+            up &= ~self.gpu_cordoned[gpus]
         g = gpus if up.all() else gpus[up]
         if g.size == 0:
             return
@@ -339,4 +351,42 @@ class GpuPool:
         held_mem = np.zeros(gpus.size, np.int64) if held_mem_mib is None else held_mem_mib
         self.free_milli[gpus] = MILLI_PER_GPU - held
         self.free_mem_mib[gpus] = self.mem_mib_capacity[gpus] - held_mem
+        if self.n_cordoned:  # cordoned GPUs of the node stay hidden
+            hidden = gpus[self.gpu_cordoned[gpus]]
+            self.free_milli[hidden] = 0
+            self.free_mem_mib[hidden] = 0
         self.node_whole_free[node] = int(np.count_nonzero(self.free_milli[gpus] == MILLI_PER_GPU))
+
+    def set_gpu_cordoned(self, gpu: int, cordoned: bool, held_milli: int = 0, held_mem_mib: int = 0) -> bool:
+        """Cordon (hide) or uncordon (restore) one GPU's capacity; returns False when nothing changed.
+
+        Uncordoning subtracts what jobs still hold on the GPU (``held_milli``, ``held_mem_mib``); on a down node
+        only the mask changes (the node's return restores the capacity).
+        """
+        g = int(gpu)
+        if not 0 <= g < self.n_gpus:
+            raise ValueError(f"no GPU {g} in a pool of {self.n_gpus}")
+        if bool(self.gpu_cordoned[g]) == cordoned:
+            return False
+        node = int(self.gpu_node[g])
+        self.gpu_cordoned[g] = cordoned
+        self.n_cordoned += 1 if cordoned else -1
+        if not self.node_up[node]:
+            return True
+        if cordoned:
+            if self.free_milli[g] == MILLI_PER_GPU:
+                self.node_whole_free[node] -= 1
+            self.free_milli[g] = 0
+            self.free_mem_mib[g] = 0
+            return True
+        if not (0 <= held_milli <= MILLI_PER_GPU and 0 <= held_mem_mib <= self.mem_mib_capacity[g]):
+            raise ValueError(f"held capacity {held_milli} milli / {held_mem_mib} MiB out of range on GPU {g}")
+        self.free_milli[g] = MILLI_PER_GPU - held_milli
+        self.free_mem_mib[g] = int(self.mem_mib_capacity[g]) - held_mem_mib
+        if held_milli == 0:
+            self.node_whole_free[node] += 1
+        return True
+
+    def available_gpus(self) -> B:
+        """GPUs that may take work: on an up node and not cordoned (a fresh mask)."""
+        return np.repeat(self.node_up, self.node_n_gpus) & ~self.gpu_cordoned

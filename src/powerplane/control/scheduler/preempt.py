@@ -51,6 +51,9 @@ def _potential_from(sched: Scheduler, victims: list[Job]) -> tuple[I64, I64]:
     for v in victims:
         pm[v.gpus] += v.milli
         pmem[v.gpus] += v.mem_mib
+    if sched.pool.n_cordoned:  # a cordoned GPU gains nothing from its jobs leaving
+        pm[sched.pool.gpu_cordoned] = 0
+        pmem[sched.pool.gpu_cordoned] = 0
     return pm, pmem
 
 
@@ -119,6 +122,7 @@ def _greedy_on_node(
     first, size = int(g[0]), int(g.size)
     lm: list[int] = pool.free_milli[g].tolist()
     lmem: list[int] = pool.free_mem_mib[g].tolist()
+    hidden: list[bool] = pool.gpu_cordoned[g].tolist() if pool.n_cordoned else [False] * size
     need_arr = mem_need_mib(pool, shape, g)
     need: list[int] = need_arr.tolist() if isinstance(need_arr, np.ndarray) else [int(need_arr)] * size
     k, m, whole = shape.gpus, shape.milli, shape.whole
@@ -135,7 +139,7 @@ def _greedy_on_node(
     def change(v: Job, sign: int) -> None:
         for gpu, mem in spots[v.id]:
             p = gpu - first
-            if 0 <= p < size:
+            if 0 <= p < size and not hidden[p]:
                 lm[p] += sign * v.milli
                 lmem[p] += sign * mem
 

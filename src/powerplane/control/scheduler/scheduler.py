@@ -13,8 +13,10 @@ lost since the victim's last checkpoint + a restart charge)), and each victim is
 to its last checkpoint. ``order="fifo"`` is the baseline: strict submission order, the head blocks the queue.
 
 Caches: a shape that failed to fit keeps failing while capacity only shrinks. Every release marks its nodes dirty;
-before the next decision each failed shape is re-tested on the dirty nodes only. The same holds for "does not fit
-even after preempting every lower-class job", because that potential capacity also only grows on releases.
+before the next decision each failed shape is re-tested on the dirty nodes only (:mod:`.fitcache`). The same holds
+for "does not fit even after preempting every lower-class job": that potential capacity also only grows on releases.
+
+Nodes and single GPUs leave and return through :mod:`.isolation` (node down/up, GPU cordon/uncordon/evict).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from powerplane.control.scheduler import preempt, rebalance
+from powerplane.control.scheduler import fitcache, isolation, preempt, rebalance
 from powerplane.control.scheduler.config import PowerEstimate, SchedulerConfig
 from powerplane.control.scheduler.job import CANCELLED, DONE, QUEUED, RUNNING, STATE_NAMES, Job, StepResult
 from powerplane.control.scheduler.plan import EnergyPlan
@@ -87,6 +89,7 @@ class Scheduler:
         self.rejected: list[Admission] = []
         self.n_preemptions = 0
         self.n_node_requeues = 0
+        self.n_gpu_requeues = 0
         self.lost_work_gpu_s = 0.0
 
     # ------------------------------------------------------------------ submission and lifecycle
@@ -176,32 +179,30 @@ class Scheduler:
         self._requeue(job, now_s, to_back)
         return lost
 
-    # ------------------------------------------------------------------ nodes
+    # ------------------------------------------------------------------ nodes and GPUs (see .isolation)
 
     def node_index(self, node: int | str) -> int:
-        return node if isinstance(node, int) else self.pool.node_names.index(node)
+        return isolation.node_index(self, node)
 
     def node_down(self, node: int | str, now_s: float) -> list[str]:
         """A node disappeared: every job on it is stopped, keeps its checkpointed progress and is requeued."""
-        n = self.node_index(node)
-        hit = sorted(self._node_jobs[n])
-        for j in hit:
-            job = self.jobs[j]
-            self._stop(job, now_s)
-            self.n_node_requeues += 1
-            self._requeue(job, now_s, to_back=False)
-        self.pool.set_node_up(n, False)
-        self._reset_potential(n)
-        return [self.jobs[j].request.name for j in hit]
+        return isolation.node_down(self, node, now_s)
 
     def node_up(self, node: int | str, now_s: float) -> None:
-        """A node came back: its capacity returns to the pool."""
-        n = self.node_index(node)
-        if self.pool.node_up[n]:
-            return
-        self.pool.set_node_up(n, True)
-        self._reset_potential(n)
-        self._dirty_nodes.append(n)
+        """A node came back: its capacity returns to the pool (its cordoned GPUs stay out)."""
+        isolation.node_up(self, node, now_s)
+
+    def cordon_gpu(self, gpu: int, now_s: float) -> list[str]:
+        """Nothing new is placed on ``gpu``; returns the jobs still on it (moved only by :meth:`evict_gpu`)."""
+        return isolation.cordon_gpu(self, gpu, now_s)
+
+    def evict_gpu(self, gpu: int, now_s: float) -> list[str]:
+        """Requeue the jobs on ``gpu`` from their last checkpoint; returns their names."""
+        return isolation.evict_gpu(self, gpu, now_s)
+
+    def uncordon_gpu(self, gpu: int, now_s: float) -> bool:
+        """Return a cordoned GPU to placement; False when it was not cordoned."""
+        return isolation.uncordon_gpu(self, gpu, now_s)
 
     # ------------------------------------------------------------------ power and windows
 
@@ -260,7 +261,7 @@ class Scheduler:
         if not len(self.queue) and not self._fifo:
             return result
         self._release_forced(now_s)
-        self._refresh_failed()
+        fitcache.refresh_failed(self)
         if self.config.order == "fifo":
             self._step_fifo(now_s, result)
         else:
@@ -280,7 +281,7 @@ class Scheduler:
             if not counts:
                 continue
             can_preempt = self._may_preempt(c)
-            blocked = {s for s in counts if self._blocked(c, s, can_preempt)}
+            blocked = {s for s in counts if fitcache.blocked(self, c, s, can_preempt)}
             if len(blocked) == len(counts):
                 continue
             heap = [(self._tenant_share(t), t) for t in self.queue.tenants(c)]
@@ -294,26 +295,9 @@ class Scheduler:
                 if not self._try_start(job, now_s, result, can_preempt):
                     blocked.add(job.shape)
                 elif self._revived or self._previved:  # the start used capacity revived shapes counted on
-                    blocked.update(s for s in counts if s not in blocked and self._blocked(c, s, can_preempt))
+                    blocked.update(s for s in counts if s not in blocked and fitcache.blocked(self, c, s, can_preempt))
                 if tenant in self.queue.groups[c]:
                     heapq.heappush(heap, (self._tenant_share(tenant), tenant))
-
-    def _blocked(self, c: int, shape: Shape, can_preempt: bool) -> bool:
-        """True when a shape of class ``c`` cannot start now (settling pending revivals on their nodes first)."""
-        nodes = self._revived.get(shape)
-        if nodes is not None and self._subset(nodes, -1).fits(shape) is False:
-            del self._revived[shape]
-            self._failed.add(shape)
-        if shape not in self._failed:
-            return False
-        if not can_preempt:
-            return True
-        key = (c, shape)
-        nodes = self._previved.get(key)
-        if nodes is not None and self._subset(nodes, c).fits(shape) is False:
-            del self._previved[key]
-            self._pfailed.add(key)
-        return key in self._pfailed
 
     def _try_start(self, job: Job, now_s: float, result: StepResult, can_preempt: bool = False) -> bool:
         """Place and start one job, preempting if needed and allowed; False when it cannot start now (a shape
@@ -323,7 +307,7 @@ class Scheduler:
         gpus = None
         if shape not in self._failed:
             nodes = self._revived.pop(shape, None)
-            if nodes is None or self._subset(nodes, -1).fits(shape) is not False:
+            if nodes is None or fitcache.subset(self, nodes, -1).fits(shape) is not False:
                 gpus = place(pool, shape, self.config.policy)
         if gpus is None:
             self._failed.add(shape)
@@ -333,7 +317,7 @@ class Scheduler:
             if not self._power_ok(job, self._min_power_w(job)):
                 return False
             nodes = self._previved.pop(pkey, None)
-            if nodes is not None and self._subset(nodes, job.cls).fits(shape) is False:
+            if nodes is not None and fitcache.subset(self, nodes, job.cls).fits(shape) is False:
                 self._pfailed.add(pkey)
                 return False
             victims = preempt.choose_victims(self, job, now_s)
@@ -344,7 +328,7 @@ class Scheduler:
                 name = self.jobs[v].request.name
                 self.preempt(name, now_s)
                 result.preempted.append(name)
-            self._refresh_failed()
+            fitcache.refresh_failed(self)
             gpus = place(self.pool, shape, self.config.policy)
             if gpus is None:  # victims freed the room on paper only (cannot happen: choose_victims verified it)
                 raise RuntimeError(f"preemption for {job.request.name!r} did not make room")
@@ -527,20 +511,18 @@ class Scheduler:
         job.power_w = 0.0
 
     def _shift_potential(self, job: Job, gpus: I64, d_milli: int, d_mem: I64 | int) -> None:
-        """Move the potential of every preempting class the job is not a victim for (free capacity changed)."""
+        """Move the potential of every preempting class the job is not a victim for (free capacity changed);
+        cordoned GPUs keep none."""
         self._subsets.clear()
+        if self.pool.n_cordoned:
+            keep = ~self.pool.gpu_cordoned[gpus]
+            if not keep.all():
+                gpus = gpus[keep]
+                d_mem = d_mem[keep] if isinstance(d_mem, np.ndarray) else d_mem
         for c in self._preemptors:
             if not (job.preemptible and job.weight < self.classes[c].weight):
                 self.pot_milli[c][gpus] += d_milli
                 self.pot_mem_mib[c][gpus] += d_mem
-
-    def _reset_potential(self, node: int) -> None:
-        """After a node went down or up with no job on it: its potential is its free capacity."""
-        self._subsets.clear()
-        g = self.pool.node_gpus(node)
-        for c in self._preemptors:
-            self.pot_milli[c][g] = self.pool.free_milli[g]
-            self.pot_mem_mib[c][g] = self.pool.free_mem_mib[g]
 
     def _nodes_of(self, gpus: I64) -> list[int]:
         if gpus.size == 1:
@@ -559,52 +541,3 @@ class Scheduler:
         job.work_done_s = saved
         job.ckpt_work_s = saved
         return lost
-
-    def _refresh_failed(self) -> None:
-        """Re-test cached failures on the nodes whose capacity grew since the last test."""
-        if not self._dirty_nodes:
-            return
-        if not self._failed and not self._pfailed:
-            self._dirty_nodes.clear()
-            return
-        dirty = frozenset(self._dirty_nodes)
-        self._dirty_nodes.clear()
-        for shape, old in self._revived.items():  # pending revivals may now also fit on these nodes
-            self._revived[shape] = old | dirty
-        for key, old in self._previved.items():
-            self._previved[key] = old | dirty
-        if self._failed:
-            live = self._subset(dirty, -1)
-            keep_f: set[Shape] = set()
-            for shape in self._failed:
-                fits = live.fits(shape)
-                if fits is False:
-                    keep_f.add(shape)
-                elif fits:
-                    self._revived[shape] = dirty
-            self._failed = keep_f
-        if self._pfailed:
-            keep: set[tuple[int, Shape]] = set()
-            for c, shape in self._pfailed:
-                fits = self._subset(dirty, c).fits(shape)
-                if fits is False:
-                    keep.add((c, shape))
-                elif fits:
-                    self._previved[(c, shape)] = dirty
-            self._pfailed = keep
-
-    def _subset(self, nodes: frozenset[int], c: int) -> NodeSubset:
-        """Capacity of a few nodes: free (``c`` = -1) or the potential of class ``c``; cached until it changes."""
-        key = (nodes, c)
-        hit = self._subsets.get(key)
-        if hit is None:
-            pool = self.pool
-            arr = np.fromiter(sorted(nodes), dtype=np.int64, count=len(nodes))
-            gpus = pool.nodes_gpus(arr)
-            if c < 0:
-                fm, fmem = pool.free_milli[gpus], pool.free_mem_mib[gpus]
-            else:
-                fm, fmem = preempt.potential(self, c, gpus)
-            hit = NodeSubset(pool, arr, fm, fmem, gpus)
-            self._subsets[key] = hit
-        return hit

@@ -108,8 +108,7 @@ def project(sched: Scheduler, now_s: float) -> Timeline:
         row(job, "running", job.milli, job.power_w, job.run_start_s, e)
         releases.append((e, job.milli * int(job.gpus.size), job.power_w))
     heapq.heapify(releases)
-    up = np.repeat(pool.node_up, pool.node_n_gpus)
-    capacity = int(up.sum()) * MILLI_PER_GPU
+    capacity = int(pool.available_gpus().sum()) * MILLI_PER_GPU
     free = int(pool.free_milli.sum())
     headroom = sched.budget_w - sched.committed_w
     mean_draw = {}
