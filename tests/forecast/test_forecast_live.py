@@ -45,6 +45,8 @@ def test_live_forecast_on_the_twin(small: tuple[object, Path]) -> None:
     assert np.all(np.abs(p50 - now_w) < 0.5 * now_w)
     racks = fc.forecast_racks(snap.t_s)
     assert racks is not None and racks["p50_w"].shape == (twin.topo.n_racks, 5)
+    assert racks["hall_p50_w"].shape == (twin.topo.n_halls, 5) and np.all(racks["hall_p50_w"] > 0)
+    assert np.all(racks["p10_w"] <= racks["p90_w"]) and racks["site_p50_w"][0] > 0
     # a snapshot without site power is counted, not fatal; a gap widens the band, never forecasts zero
     bad = Snapshot(snap.t_s + 60, snap.seq + 1, "twin", {"site": LevelData()}, {})
     fc.observe(bad)

@@ -90,6 +90,7 @@ class LiveForecaster:
         self._job_n = np.zeros(0)
         self._last_ok_t: float | None = None
         self.rack_power_w: F64 = np.full(topology.n_racks, np.nan)
+        self.hall_power_w: F64 = np.full(topology.n_halls, np.nan)
         self.rows: list[tuple[I64, F64, int]] = []  # closed minutes' job rows (for retraining)
 
     # ------------------------------------------------------------------ model
@@ -150,6 +151,9 @@ class LiveForecaster:
         rack = snapshot.levels.get("rack")
         if rack is not None and "power_w" in rack.values and rack.values["power_w"].size == self.topo.n_racks:
             self.rack_power_w = rack.values["power_w"]
+        hall = snapshot.levels.get("hall")
+        if hall is not None and "it_power_w" in hall.values and hall.values["it_power_w"].size == self.topo.n_halls:
+            self.hall_power_w = hall.values["it_power_w"]
         ids = np.asarray(snapshot.job_ids, np.int64)
         if ids.size:
             p = np.asarray(snapshot.job_power_w, np.float64)
@@ -267,7 +271,8 @@ class LiveForecaster:
 
     def forecast_racks(self, now_s: float, timeline: object | None = None) -> dict[str, F64] | None:
         """P10/P50/P90 of every rack at 10 s, 1 min, 15 min, 1 h and 24 h [racks, 5] (W): each rack's last power
-        scaled by the site forecast's relative change (one outer product over racks)."""
+        scaled by the site forecast's relative change (one outer product over racks); halls (IT, P50) and the site
+        likewise. The 10-s step is a sixth of the way to the 1-minute forecast."""
         h = np.array([1, 15, 60, 1440], dtype=np.int64)
         res = self.predict(now_s, h, timeline)
         if res is None:
@@ -276,8 +281,13 @@ class LiveForecaster:
         now = float(self._F.a[i]) if np.isfinite(self._F.a[i]) else float(np.nanmean(self._F.a[: i + 1]))
         rel = np.stack([np.concatenate([[1.0 + (r[0] / now - 1.0) / 6.0], r / now]) for r in res])  # [3, 5]
         rack = np.nan_to_num(self.rack_power_w)
+        hall = np.nan_to_num(self.hall_power_w)
         return {
             "horizons_s": np.array([10.0, 60.0, 900.0, 3600.0, 86400.0]),
+            "site_p10_w": now * rel[0],
+            "site_p50_w": now * rel[1],
+            "site_p90_w": now * rel[2],
+            "hall_p50_w": np.outer(hall, rel[1]),
             "p10_w": np.outer(rack, rel[0]),
             "p50_w": np.outer(rack, rel[1]),
             "p90_w": np.outer(rack, rel[2]),
