@@ -1,20 +1,28 @@
 """Self-healing: act on firing alerts through the scheduler and the actuator, with guard rails and an audit trail.
 
 An alert labelled ``heal`` names what to do: ``heal: xid`` takes the Xid catalog's immediate-action bucket
-(``action`` label, see :mod:`powerplane.ops.xid`), ``heal: reset_gpu`` / ``heal: reboot_node`` /
-``heal: restart_job`` / ``heal: drain_node`` name it directly. The plans:
+(``action`` label, see :mod:`powerplane.ops.xid`), ``heal: reset_gpu`` / ``heal: check_gpu`` /
+``heal: reboot_node`` / ``heal: restart_job`` / ``heal: drain_node`` name it directly. The plans:
 
 - RESTART_APP: restart the job from its last checkpoint now (not after its restart delay);
-- RESET_GPU: drain the GPU's node (the scheduler stops placing there and moves its jobs, which restart from their
-  checkpoints elsewhere), reset the GPU, return the node to the pool after ``reset_s``;
-- RESTART_BM: the same with a node reboot (every GPU of the node reset) and ``reboot_s``;
-- CHECK_MECHANICALS, CONTACT_SUPPORT: drain the node and keep it out until an operator reverts the drain;
+- RESET_GPU, and the workflow buckets' fallback (Xid 48 double-bit ECC, 63/64 row remapping, NVLink): isolate just
+  that GPU (the scheduler cordons it and moves the jobs holding it, which restart from their checkpoints elsewhere;
+  the node's other GPUs keep working), reset it, return it to the pool after ``reset_s`` (a failed reset keeps it
+  cordoned). The ``GpuFallenOffBus`` and ``GpuEccDoubleBit`` rules ask for this too: the first fires only while
+  the node still reports, i.e. while the node stays healthy;
+- RESTART_BM (Xid 79 by the catalog, a GPU recovery action "node reboot"): drain the node, reboot it (every GPU
+  reset), return it after ``reboot_s``;
+- CHECK_MECHANICALS, CONTACT_SUPPORT: cordon the GPU (the node, ``drain_node``, when the alert names no GPU) and
+  keep it out until an operator reverts it after the hardware check;
 - IGNORE: nothing.
 
 Guard rails: at most ``max_drain_fraction`` of the nodes drained within ``drain_window_s`` (default 5 % in
-10 minutes); a drain beyond that waits for an operator's :meth:`Healer.approve`. One plan per node at a time.
+10 minutes), and, counted apart, at most ``max_isolate_fraction`` of the GPUs cordoned within
+``isolate_window_s`` (default 1 % in 10 minutes); an action beyond its limit waits for an operator's
+:meth:`Healer.approve`. One plan per node and per GPU at a time; a GPU of a drained node is left alone (the node
+is out already), while a node plan goes ahead over cordoned GPUs (they stay cordoned when the node returns).
 Every action is written to the audit log with actor, reason, before and after, and can be reverted
-(:meth:`Healer.revert`: undrain; a restart needs no inverse, the job runs from its checkpoint either way).
+(:meth:`Healer.revert`: undrain, uncordon; a restart needs no inverse, the job runs from its checkpoint either way).
 """
 
 from __future__ import annotations
@@ -35,11 +43,14 @@ class Executor(Protocol):
     """What the healer acts through (the scheduler and the device actuator of a site, or the twin's)."""
 
     n_nodes: int
+    n_gpus: int
 
     def node_of_gpu(self, gpu: int) -> int: ...
     def job_of_gpu(self, gpu: int) -> int: ...  # -1: none
     def drain_node(self, node: int, now_s: float) -> list[int]: ...  # jobs moved
     def undrain_node(self, node: int, now_s: float) -> None: ...
+    def cordon_gpu(self, gpu: int, now_s: float) -> list[int]: ...  # cordon and move its jobs; the jobs moved
+    def uncordon_gpu(self, gpu: int, now_s: float) -> None: ...
     def restart_job(self, job: int, now_s: float) -> bool: ...
     def reset_gpu(self, gpu: int, now_s: float) -> bool: ...
     def reboot_node(self, node: int, now_s: float) -> bool: ...
@@ -50,7 +61,9 @@ class HealConfig(BaseModel):
     enabled: bool = True
     max_drain_fraction: float = 0.05
     drain_window_s: float = 600.0
-    reset_s: float = 60.0  # a GPU reset, then the node returns to the pool
+    max_isolate_fraction: float = 0.01  # GPUs cordoned per isolate_window_s without an operator's approval
+    isolate_window_s: float = 600.0
+    reset_s: float = 60.0  # a GPU reset, then the GPU returns to the pool
     reboot_s: float = 300.0  # a node reboot
 
 
@@ -58,7 +71,7 @@ class HealConfig(BaseModel):
 class HealAction:
     id: str
     t_s: float
-    kind: str  # drain_node | undrain_node | restart_job | reset_gpu | reboot_node
+    kind: str  # drain_node | undrain_node | cordon_gpu | uncordon_gpu | restart_job | reset_gpu | reboot_node
     target: str
     reason: str
     status: str = "done"  # done | failed | awaiting_approval | reverted | skipped
@@ -80,10 +93,11 @@ _PLAN = {
     Action.RESTART_APP: "restart_job",
     Action.RESET_GPU: "reset_gpu",
     Action.RESTART_BM: "reboot_node",
-    Action.CHECK_MECHANICALS: "drain_node",
-    Action.CONTACT_SUPPORT: "drain_node",
+    Action.CHECK_MECHANICALS: "check_gpu",
+    Action.CONTACT_SUPPORT: "check_gpu",
 }
-_DIRECT = {"reset_gpu", "reboot_node", "restart_job", "drain_node"}
+_DIRECT = {"reset_gpu", "check_gpu", "reboot_node", "restart_job", "drain_node"}
+_GPU_PLANS = {"reset_gpu", "check_gpu"}  # isolate one GPU (a node plan when the alert names no GPU)
 
 
 class Healer:
@@ -96,8 +110,12 @@ class Healer:
         self.actions: dict[str, HealAction] = {}
         self.drained: dict[int, str] = {}  # node -> the drain action holding it out
         self.awaiting: dict[int, str] = {}  # node -> a drain waiting for an operator's approval
+        self.cordoned: dict[int, str] = {}  # GPU -> the cordon action holding it out
+        self.awaiting_gpu: dict[int, str] = {}  # GPU -> a cordon waiting for an operator's approval
         self._drains: deque[float] = deque()  # times of drains inside the window
-        self._follow: list[tuple[float, int, str]] = []  # (due t_s, node, drain action id): undrain when due
+        self._isolations: deque[float] = deque()  # times of GPU cordons inside their window
+        # (due t_s, "node" | "gpu", node or GPU, action id): undrain or uncordon when due
+        self._follow: list[tuple[float, str, int, str]] = []
         self._ids = itertools.count(1)
         self._alert_id = ""  # the alert being acted on, recorded with each action
         self.errors = 0
@@ -105,6 +123,10 @@ class Healer:
     @property
     def drain_limit(self) -> int:
         return max(1, math.floor(self.config.max_drain_fraction * self.ex.n_nodes))
+
+    @property
+    def isolate_limit(self) -> int:
+        return max(1, math.floor(self.config.max_isolate_fraction * self.ex.n_gpus))
 
     def _new(self, t: float, kind: str, target: str, reason: str, **detail: Any) -> HealAction:
         if self._alert_id:
@@ -184,6 +206,10 @@ class Healer:
             a.status = "done" if ok else "skipped"
             self._audit(a)
             return [a]
+        if plan in _GPU_PLANS and gpu >= 0:
+            return self._execute_gpu(plan, gpu, node, reason, t)
+        if plan == "check_gpu":
+            plan = "drain_node"  # no GPU named: the node waits for the hardware check
         if node < 0:
             return out
         if node in self.drained:
@@ -207,6 +233,67 @@ class Healer:
             self._audit(a)
             return [a]
         return self._drain_and_fix(plan, gpu, node, reason, t)
+
+    def _execute_gpu(self, plan: str, gpu: int, node: int, reason: str, t: float) -> list[HealAction]:
+        if not 0 <= gpu < self.ex.n_gpus:
+            raise ValueError(f"no GPU {gpu} on this site")
+        if node in self.drained or gpu in self.cordoned or gpu in self.awaiting_gpu:
+            return []  # the node is out, or this GPU already has its plan
+        self._expire(self._isolations, self.config.isolate_window_s, t)
+        if len(self._isolations) >= self.isolate_limit:
+            a = self._new(
+                t,
+                "cordon_gpu",
+                f"gpu/{gpu}",
+                reason,
+                gpu=gpu,
+                node=node,
+                plan=plan,
+                limit=f"{self.isolate_limit} GPU isolations per {self.config.isolate_window_s:.0f} s",
+            )
+            a.status = "awaiting_approval"
+            self.awaiting_gpu[gpu] = a.id
+            self._audit(a)
+            return [a]
+        return self._isolate_and_fix(plan, gpu, node, reason, t)
+
+    def _isolate_and_fix(self, plan: str, gpu: int, node: int, reason: str, t: float) -> list[HealAction]:
+        """Cordon the GPU and move its jobs; then reset it and return it after ``reset_s``, or (``check_gpu``)
+        keep it out until an operator reverts the cordon."""
+        moved = self.ex.cordon_gpu(gpu, t)
+        self._isolations.append(t)
+        c = self._new(
+            t,
+            "cordon_gpu",
+            f"gpu/{gpu}",
+            reason,
+            gpu=gpu,
+            node=node,
+            jobs_moved=moved,
+            before="schedulable",
+            after="cordoned" if plan == "reset_gpu" else "cordoned until a hardware check",
+            inverse="uncordon_gpu",
+        )
+        self.cordoned[gpu] = c.id
+        self._audit(c)
+        out = [c]
+        if plan == "reset_gpu":
+            ok = self.ex.reset_gpu(gpu, t)
+            r = self._new(
+                t,
+                "reset_gpu",
+                f"gpu/{gpu}",
+                reason,
+                gpu=gpu,
+                before="faulted",
+                after="reset" if ok else "failed: stays cordoned",
+            )
+            r.status = "done" if ok else "failed"
+            self._audit(r)
+            out.append(r)
+            if ok:
+                self._follow.append((t + self.config.reset_s, "gpu", gpu, c.id))
+        return out
 
     def _drain_and_fix(self, plan: str, gpu: int, node: int, reason: str, t: float) -> list[HealAction]:
         moved = self.ex.drain_node(node, t)
@@ -233,7 +320,7 @@ class Healer:
             r.status = "done" if ok else "failed"
             self._audit(r)
             out.append(r)
-            self._follow.append((t + self.config.reset_s, node, d.id))
+            self._follow.append((t + self.config.reset_s, "node", node, d.id))
         elif plan == "reboot_node":
             ok = self.ex.reboot_node(node, t)
             r = self._new(
@@ -248,23 +335,47 @@ class Healer:
             r.status = "done" if ok else "failed"
             self._audit(r)
             out.append(r)
-            self._follow.append((t + self.config.reboot_s, node, d.id))
+            self._follow.append((t + self.config.reboot_s, "node", node, d.id))
         # drain_node alone (hardware check): stays drained until an operator reverts it.
         return out
 
     def _expire_window(self, t: float) -> None:
-        while self._drains and t - self._drains[0] >= self.config.drain_window_s:
-            self._drains.popleft()
+        self._expire(self._drains, self.config.drain_window_s, t)
+
+    @staticmethod
+    def _expire(times: deque[float], window_s: float, t: float) -> None:
+        while times and t - times[0] >= window_s:
+            times.popleft()
 
     def tick(self, now_s: float) -> list[HealAction]:
-        """Due follow-ups: nodes whose reset or reboot is over return to the pool."""
+        """Due follow-ups: nodes and GPUs whose reset or reboot is over return to the pool."""
         due = [f for f in self._follow if f[0] <= now_s]
         self._follow = [f for f in self._follow if f[0] > now_s]
         out = []
-        for _, node, drain_id in due:
-            if self.drained.get(node) == drain_id:
-                out.append(self._undrain(node, drain_id, now_s, self.ACTOR, "repair finished"))
+        for _, what, idx, action_id in due:
+            if what == "node" and self.drained.get(idx) == action_id:
+                out.append(self._undrain(idx, action_id, now_s, self.ACTOR, "repair finished"))
+            elif what == "gpu" and self.cordoned.get(idx) == action_id:
+                out.append(self._uncordon(idx, action_id, now_s, self.ACTOR, "reset finished"))
         return out
+
+    def _uncordon(self, gpu: int, cordon_id: str, t: float, actor: str, reason: str) -> HealAction:
+        self.ex.uncordon_gpu(gpu, t)
+        self.cordoned.pop(gpu, None)
+        self.actions[cordon_id].status = "reverted"
+        u = self._new(
+            t,
+            "uncordon_gpu",
+            f"gpu/{gpu}",
+            reason,
+            gpu=gpu,
+            reverts=cordon_id,
+            before="cordoned",
+            after="schedulable",
+            inverse="cordon_gpu",
+        )
+        self._audit(u, actor=actor)
+        return u
 
     def _undrain(self, node: int, drain_id: str, t: float, actor: str, reason: str) -> HealAction:
         self.ex.undrain_node(node, t)
@@ -287,31 +398,49 @@ class Healer:
     # --------------------------------------------------------------------------------- operators
 
     def approve(self, action_id: str, by: str, now_s: float) -> list[HealAction]:
-        """An operator lets a drain past the rate limit go ahead."""
+        """An operator lets a drain or a GPU isolation past its rate limit go ahead."""
         a = self.actions.get(action_id)
         if a is None or a.status != "awaiting_approval":
             return []
         a.status = "approved"
         self.audit.write(by, "approve", a.target, {"action_id": a.id}, t_s=now_s)
         node = int(a.detail["node"])
+        if a.kind == "cordon_gpu":
+            gpu = int(a.detail["gpu"])
+            self.awaiting_gpu.pop(gpu, None)
+            if gpu in self.cordoned or node in self.drained:
+                return []
+            return self._isolate_and_fix(str(a.detail["plan"]), gpu, node, a.reason, now_s)
         self.awaiting.pop(node, None)
         if node in self.drained:
             return []
         return self._drain_and_fix(str(a.detail["plan"]), int(a.detail.get("gpu", -1)), node, a.reason, now_s)
 
     def revert(self, action_id: str, by: str, now_s: float) -> HealAction | None:
-        """Undo a drain (the node returns to the pool). Other actions have nothing to undo."""
+        """Undo a drain or a GPU cordon (the node or GPU returns to the pool). Other actions have nothing to undo."""
         a = self.actions.get(action_id)
-        if a is None or a.kind != "drain_node" or a.status != "done":
+        if a is None or a.kind not in ("drain_node", "cordon_gpu") or a.status != "done":
             return None
+        if a.kind == "cordon_gpu":
+            gpu = int(a.detail["gpu"])
+            if self.cordoned.get(gpu) != action_id:
+                return None
+            self._follow = [f for f in self._follow if f[3] != action_id]
+            return self._uncordon(gpu, action_id, now_s, by, f"operator {by} reverted {action_id}")
         node = int(a.detail["node"])
         if self.drained.get(node) != action_id:
             return None
-        self._follow = [f for f in self._follow if f[2] != action_id]
+        self._follow = [f for f in self._follow if f[3] != action_id]
         return self._undrain(node, action_id, now_s, by, f"operator {by} reverted {action_id}")
 
     def summary(self) -> dict[str, Any]:
         kinds: dict[str, int] = {}
         for a in self.actions.values():
             kinds[f"{a.kind}:{a.status}"] = kinds.get(f"{a.kind}:{a.status}", 0) + 1
-        return {"actions": kinds, "drained_nodes": sorted(self.drained), "drain_limit": self.drain_limit}
+        return {
+            "actions": kinds,
+            "drained_nodes": sorted(self.drained),
+            "drain_limit": self.drain_limit,
+            "cordoned_gpus": sorted(self.cordoned),
+            "isolate_limit": self.isolate_limit,
+        }

@@ -2,8 +2,9 @@
 
 This is the hook the ``powerplane alerts test`` command and the operations end-to-end tests run; the live
 runtime (``runtime/live.py``) calls the same :class:`~powerplane.ops.alerts.AlertEngine` on its own cycle.
-:class:`TwinExecutor` is how the healer acts on the twin: drain and undrain nodes through the twin's GPU pool
-scheduler (jobs requeued from their checkpoints and placed elsewhere), restart stalled jobs, reset GPUs.
+:class:`TwinExecutor` is how the healer acts on the twin: drain and undrain nodes, cordon and uncordon single GPUs
+through the twin's GPU pool scheduler (jobs requeued from their checkpoints and placed elsewhere), restart stalled
+jobs, reset GPUs.
 
 It measures what the issue asks: for every injected Xid fault, the time from the fault to the alert (sim time:
 the fault shows in the next reading, one step later) and the compute time from that reading to the alert; and
@@ -33,11 +34,13 @@ DETECT_RULES = ("GpuXid", "GpuFallenOffBus", "GpuEccDoubleBit")
 
 
 class TwinExecutor:
-    """The healer's hands on the twin: its scheduler (drain/undrain), its jobs and its GPUs' health."""
+    """The healer's hands on the twin: its scheduler (drain/undrain, cordon/uncordon), its jobs and its GPUs'
+    health."""
 
     def __init__(self, twin: Twin) -> None:
         self.twin = twin
         self.n_nodes = twin.topo.n_nodes
+        self.n_gpus = twin.topo.n_gpus
         self._node_gpus = [np.flatnonzero(twin.topo.gpu_node == n) for n in range(twin.topo.n_nodes)]
 
     def node_of_gpu(self, gpu: int) -> int:
@@ -51,6 +54,12 @@ class TwinExecutor:
 
     def undrain_node(self, node: int, now_s: float) -> None:
         self.twin.workload.undrain_node(node, now_s)
+
+    def cordon_gpu(self, gpu: int, now_s: float) -> list[int]:
+        return self.twin.workload.cordon_gpu(gpu, now_s)
+
+    def uncordon_gpu(self, gpu: int, now_s: float) -> None:
+        self.twin.workload.uncordon_gpu(gpu, now_s)
 
     def restart_job(self, job: int, now_s: float) -> bool:
         return self.twin.workload.restart_now(job, now_s)
@@ -439,7 +448,11 @@ def register_cli(app: Any) -> None:
                 "yes" if x["within_restart_delay"] else "no",
             )
         console.print(f)
-        console.print(f"self-healing: {out['heal']['actions']}  drain limit {out['heal']['drain_limit']} per window")
+        h = out["heal"]
+        console.print(
+            f"self-healing: {h['actions']}  limits per window: {h['drain_limit']} node drains, "
+            f"{h['isolate_limit']} GPU isolations"
+        )
         ev = out["eval_ms"]
         console.print(
             f"rule evaluation: median {ev['median']:.2f} ms, p99 {ev['p99']:.2f} ms; run took {out['wall_s']:.1f} s"

@@ -332,6 +332,26 @@ class Workload:
         self._try_queue(t)
         self._next_event_s = -np.inf
 
+    def cordon_gpu(self, gpu: int, t: float, move_jobs: bool = True) -> list[int]:
+        """Cordon one GPU in the scheduler: nothing new lands there until :meth:`uncordon_gpu`; with
+        ``move_jobs`` its jobs go back to the queue from their last checkpoint and are placed elsewhere (the rest
+        of the node keeps working). Returns the jobs moved (or still on the GPU without ``move_jobs``)."""
+        held = self.sched.cordon_gpu(gpu, t)
+        if not move_jobs:
+            return [self._job_of[name] for name in held]
+        moved = [self._job_of[name] for name in self.sched.evict_gpu(gpu, t)]
+        for j in moved:
+            if j in self.active:
+                self._preempt(j, t)
+        self._try_queue(t)
+        self._next_event_s = -np.inf
+        return moved
+
+    def uncordon_gpu(self, gpu: int, t: float) -> None:
+        self.sched.uncordon_gpu(gpu, t)
+        self._try_queue(t)
+        self._next_event_s = -np.inf
+
     def _restart(self, j: int, t: float) -> None:
         jobs = self.jobs
         jobs.state[j] = State.STARTING
