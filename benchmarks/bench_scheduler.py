@@ -7,12 +7,14 @@ Cases, in one run:
               arrivals are core and may preempt): p50 / p99 / max over --decisions events     [target: <= 50 ms]
   cold        the same with every "does not fit" cache dropped first (the worst case of a decision)
   timeline    `expected_timeline` over every queued and running job
+  cordon      (--cordon N, default 102 = 1 % of the GPUs) the decision case again with N random GPUs cordoned and
+              their jobs evicted first, as the self-healing does, against the run without (same seed, same run)
   replay      `powerplane schedule replay` on the openb trace with the default settings (pool 10 % of the node
               list, arrivals 300x), ours and the FIFO first-fit baseline in the same run       [target: <= 10 s,
               allocation rate >= 10 points above FIFO first-fit, lower core queueing delay]
   sweep       (--sweep) the same replay at other loads, including the trace as recorded (1x, whole node list)
 
-Usage: python benchmarks/bench_scheduler.py [--decisions 500] [--sweep] [--record]
+Usage: python benchmarks/bench_scheduler.py [--decisions 500] [--cordon 102] [--sweep] [--record]
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ SHAPES: list[tuple[dict[str, Any], float]] = [
 CLASSES = ["core", "normal", "low"]
 
 
-def decisions(n_decisions: int, n_queued: int = 5000, seed: int = 0) -> dict[str, float]:
+def decisions(n_decisions: int, n_queued: int = 5000, seed: int = 0, cordon: int = 0) -> dict[str, float]:
     from powerplane.config import load_scenario
     from powerplane.control.scheduler import GpuPool, JobRequest, Scheduler
     from powerplane.topology import Topology
@@ -91,6 +93,16 @@ def decisions(n_decisions: int, n_queued: int = 5000, seed: int = 0) -> dict[str
         "alloc": pool.allocated_milli / pool.total_milli,
         "fill_s": fill_s,
     }
+    iso = []
+    for g in rng.choice(pool.n_gpus, size=cordon, replace=False).tolist():
+        c0 = time.perf_counter()
+        sched.cordon_gpu(g, t)
+        sched.evict_gpu(g, t)
+        iso.append(time.perf_counter() - c0)
+    if cordon:
+        sched.schedule_step(t)
+        out["cordon_ms"] = float(np.median(iso)) * 1e3
+        out["gpu_requeues"] = sched.n_gpu_requeues
     pre0 = sched.n_preemptions
     warm, event = [], []
     for _ in range(n_decisions):
@@ -237,6 +249,7 @@ def record(lines: list[str]) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--decisions", type=int, default=500)
+    ap.add_argument("--cordon", type=int, default=102, help="GPUs cordoned for the cordon case (0: skip it)")
     ap.add_argument("--sweep", action="store_true", help="also replay at other loads, and the trace as recorded")
     ap.add_argument("--record", action="store_true", help="append a dated block to benchmarks/BENCHMARKS.md")
     args = ap.parse_args()
@@ -247,6 +260,13 @@ def main() -> None:
         f"cold p99 {dec['cold_p99_ms']:.2f} ms  ({int(dec['running'])} running, {int(dec['queued'])} queued, "
         f"{int(dec['preemptions'])} preemptions)  timeline {dec['timeline_ms']:.1f} ms"
     )
+    cordoned = decisions(args.decisions, cordon=args.cordon) if args.cordon > 0 else None
+    if cordoned is not None:
+        print(
+            f"decision with {args.cordon} GPUs cordoned: p50 {cordoned['p50_ms']:.2f} ms  p99 {cordoned['p99_ms']:.2f}"
+            f" ms  max {cordoned['max_ms']:.2f} ms  cold p99 {cordoned['cold_p99_ms']:.2f} ms  (cordon + evict one GPU"
+            f" {cordoned['cordon_ms']:.2f} ms, {int(cordoned['gpu_requeues'])} jobs requeued)"
+        )
     settings = [(300.0, 0.1, 0.01)]
     if args.sweep:
         settings += [(200.0, 0.1, 0.01), (500.0, 0.1, 0.01), (500.0, 0.15, 0.01), (100.0, 0.1, 0.01), (1.0, 1.0, 0.0)]
@@ -263,6 +283,33 @@ def main() -> None:
     print("\n".join(lines))
     if args.record:
         print(f"recorded in {record(lines)}")
+        if cordoned is not None:
+            print(f"recorded in {record_cordon(dec, cordoned, args.cordon, load)}")
+
+
+def record_cordon(dec: dict[str, float], cor: dict[str, float], n: int, load: str) -> Path:
+    """One row: decision latency with ``n`` GPUs cordoned beside the same run without."""
+    from datetime import date
+
+    from machine_info import add_table_row
+
+    note = (
+        "Decision latency on `texas` (10,240 GPUs) with N random GPUs cordoned and their jobs evicted first (as the "
+        "self-healing isolates GPUs), beside the uncordoned run of the same benchmark invocation (same seed); "
+        "`python benchmarks/bench_scheduler.py --cordon N --record`."
+    )
+    header = [
+        "| date | machine | load | cordoned GPUs | jobs requeued | cordon + evict ms | p50 ms (none / cordoned) "
+        "| p99 ms | max ms | cold p99 ms | target | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    row = (
+        f"| {date.today().isoformat()} | {machine()} | {load} | {n} | {int(cor['gpu_requeues'])} "
+        f"| {cor['cordon_ms']:.2f} | {dec['p50_ms']:.2f} / {cor['p50_ms']:.2f} | {dec['p99_ms']:.2f} / "
+        f"{cor['p99_ms']:.2f} | {dec['max_ms']:.2f} / {cor['max_ms']:.2f} | {dec['cold_p99_ms']:.2f} / "
+        f"{cor['cold_p99_ms']:.2f} | p99 <= 50 ms | shared machine, other jobs running |"
+    )
+    return add_table_row(HERE / "BENCHMARKS.md", "## Scheduler: GPU cordon", note, header, row)
 
 
 if __name__ == "__main__":
