@@ -59,6 +59,12 @@ class CapJob(BaseModel):
     cap_w: float | None = Field(default=None, gt=0, le=2000, description="per-GPU cap [W]; null removes the cap")
 
 
+class CapGpus(BaseModel):
+    kind: Literal["cap_gpus"]
+    gpus: list[int] = Field(min_length=1, max_length=20000, description="site GPU indices")
+    cap_w: float | None = Field(default=None, gt=0, le=2000, description="per-GPU cap [W]; null removes the cap")
+
+
 class AckAlert(BaseModel):
     kind: Literal["ack_alert"]
     alert_id: str = Field(min_length=1, max_length=200)
@@ -76,7 +82,9 @@ class Unsilence(BaseModel):
     silence_id: str = Field(min_length=1, max_length=200)
 
 
-Command = Annotated[DrStart | DrEnd | SetPolicy | CapJob | AckAlert | Silence | Unsilence, Field(discriminator="kind")]
+Command = Annotated[
+    DrStart | DrEnd | SetPolicy | CapJob | CapGpus | AckAlert | Silence | Unsilence, Field(discriminator="kind")
+]
 
 
 class CommandBody(BaseModel):

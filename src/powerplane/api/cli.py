@@ -31,6 +31,12 @@ def run(
     models: Annotated[
         Path, typer.Option(help="directory of the forecast model registry (registry.duckdb); the prior model if absent")
     ] = Path("runs"),
+    bus: Annotated[
+        str | None,
+        typer.Option(help="run the site over NATS: a nats:// URL, or 'local' for a nats-server of our own"),
+    ] = None,
+    agents: Annotated[int, typer.Option(help="with --bus: twin agents that play the site's nodes")] = 1,
+    trackers: Annotated[int, typer.Option(help="with --bus: hall trackers that share the halls")] = 2,
 ) -> None:
     """Run the embedded stack (twin, telemetry, energy management, alerts, forecasts) and serve the cockpit."""
     from powerplane.api.server import ServeOptions, serve
@@ -49,7 +55,7 @@ def run(
     try:
         serve(
             live,
-            ServeOptions(host=host, port=port, cert=cert, key=key),
+            ServeOptions(host=host, port=port, cert=cert, key=key, bus=bus, agents=agents, trackers=trackers),
             lambda m: out.print(m, highlight=False, soft_wrap=True),
         )
     except (PowerPlaneError, ValueError, OSError) as exc:

@@ -20,6 +20,9 @@ class ServeOptions:
     cert: Path | None = None
     key: Path | None = None
     log_level: str = "warning"
+    bus: str | None = None  # a NATS URL or "local": the site over the bus (runtime/live_bus.py)
+    agents: int = 1
+    trackers: int = 2
 
 
 def serve(live: LiveOptions, opts: ServeOptions, announce: Callable[[str], None]) -> None:
@@ -34,7 +37,12 @@ def serve(live: LiveOptions, opts: ServeOptions, announce: Callable[[str], None]
         if p is not None and not p.is_file():
             raise ValueError(f"{p}: no such file")
     tokens = TokenStore(tokens_path(live.state_dir))
-    runtime = LiveRuntime(live)
+    if opts.bus is None:
+        runtime = LiveRuntime(live)
+    else:
+        from powerplane.runtime.live_bus import open_bus_runtime
+
+        runtime = open_bus_runtime(live, opts.bus, agents=opts.agents, trackers=opts.trackers, announce=announce)
     admin = tokens.create("admin", "admin")
     runtime.record_admin("powerplane-run", "admin token created at start")
     app = create_app(runtime, tokens)

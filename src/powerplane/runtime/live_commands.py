@@ -18,7 +18,7 @@ from powerplane.twin.jobs import State
 if TYPE_CHECKING:
     from powerplane.runtime.live import LiveRuntime
 
-COMMAND_KINDS = ("dr_start", "dr_end", "set_policy", "cap_job", "ack_alert", "silence", "unsilence")
+COMMAND_KINDS = ("dr_start", "dr_end", "set_policy", "cap_job", "cap_gpus", "ack_alert", "silence", "unsilence")
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,25 @@ def apply_command(rt: LiveRuntime, cmd: OperatorCommand) -> tuple[str, dict[str,
         return _set_policy(rt, str(a.get("policy", ""))), {}
     if cmd.kind == "cap_job":
         return _cap_job(rt, a), {}
+    if cmd.kind == "cap_gpus":
+        return _cap_gpus(rt, a), {}
     return _alert_command(rt, cmd)
+
+
+def _cap_gpus(rt: LiveRuntime, a: dict[str, Any]) -> str:
+    """Cap GPUs by site index (``cap_w`` None: back to the default limit); the twin clips to the GPUs' limits."""
+    gpus = np.unique(np.asarray(a.get("gpus", []), dtype=np.int64).reshape(-1))
+    n = rt.topology.n_gpus
+    if gpus.size == 0 or gpus.min() < 0 or gpus.max() >= n:
+        raise CommandRefused(f"gpus must be a non-empty list of GPU indices within 0-{n - 1}")
+    cap = a.get("cap_w")
+    cap_w = float("nan") if cap is None else float(cap)
+    if cap is not None and not (np.isfinite(cap_w) and cap_w > 0):
+        raise CommandRefused(f"cap_w must be a positive number of watts per GPU, got {cap!r}")
+    res = rt.twin.apply([GpuPowerCap(gpus, cap_w)])[0]
+    if not res.applied:
+        raise CommandRefused(res.detail)
+    return f"{gpus.size} GPUs: {res.detail}" + (" (clipped to the GPUs' limits)" if res.clipped else "")
 
 
 def _dr_start(rt: LiveRuntime, reduction: float, duration_s: float, now: float) -> tuple[str, dict[str, Any]]:

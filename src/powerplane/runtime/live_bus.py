@@ -1,0 +1,671 @@
+"""The live runtime over the NATS bus: `powerplane run --bus nats://...` (or ``--bus local``).
+
+The site runs elsewhere: twin agents (or real node agents) publish node frames, hall trackers roll them up, the
+first agent publishes the plant (meters, batteries). :class:`BusLiveRuntime` shares
+:class:`~powerplane.runtime.live.LiveRuntime`'s interface (state, ready, subscribe, submit, result, audit, start,
+stop, step, record_admin), so the API and the cockpit work unchanged on top. One cycle (every ``period_s``, at
+speed 1: the agents play the site in real time):
+
+apply the operator commands queued since the last cycle (GPU caps go to the nodes' agents through the bus) ->
+read the :class:`~powerplane.bus.source.BusSource` frame and ingest it into the Tracker -> the energy fast loop
+on the meter readings (``runtime/live_bus_energy.py``), its battery setpoints sent as ``BessSetpoint`` commands
+-> money and demand window from the grid meter -> alerts -> forecasts -> publish one LiveState.
+
+What the bus does not carry is said, not guessed: job placement (the jobs page is empty and says why, job
+commands are refused), the planner and demand response (need the embedded twin's workload and plant models).
+:meth:`stop` also closes the bus site it was given (agents, trackers, and a local nats-server).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import queue
+import shutil
+import tempfile
+import threading
+from collections import Counter, deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+from zoneinfo import ZoneInfo
+
+import numpy as np
+
+from powerplane.control.fast import Measurements
+from powerplane.core.clock import Clock, WallClock, perf_counter_s
+from powerplane.core.commands import BessSetpoint, GpuPowerCap
+from powerplane.core.frames import Frame
+from powerplane.physics import gpu_power, tariff
+from powerplane.runtime.live import (
+    AUDIT_KEEP,
+    FORECAST_EVERY_S,
+    JOB_FIELDS,
+    LiveOptions,
+    LiveRuntime,
+    _load_alert_engine,
+    _load_forecaster,
+)
+from powerplane.runtime.live_bus_energy import BUS_POLICIES, PLANNER_STATUS, BusEnergy
+from powerplane.runtime.live_commands import (
+    COMMAND_KINDS,
+    CommandRefused,
+    CommandResult,
+    OperatorCommand,
+    _alert_command,
+)
+from powerplane.runtime.live_state import SITE_SERIES, CycleInfo, Ledger, LiveState, SeriesRing
+from powerplane.runtime.live_view import FLOW_FIELDS, clean
+from powerplane.telemetry.ring import GpuRing
+from powerplane.telemetry.snapshot import Snapshot
+from powerplane.telemetry.tracker import Tracker
+
+if TYPE_CHECKING:
+    from powerplane.bus.wiring import BusSite
+
+BUS_COMMAND_KINDS = tuple(dict.fromkeys((*COMMAND_KINDS, "cap_gpus")))
+JOBS_NOTE = (
+    "job data is not available over the bus: agents report GPUs, nodes and the plant, not job placement "
+    "(cap GPUs instead of jobs)"
+)
+SITE_FIELDS = {  # plant frame site metric -> site view field
+    "meter_power_w": "grid_power_w",
+    "facility_power_w": "facility_power_w",
+    "it_power_w": "it_power_w",
+    "renewable_power_w": "renewable_power_w",
+    "frequency_hz": "frequency_hz",
+    "outdoor_temp_c": "outdoor_temp_c",
+}
+JOB_DTYPES = {"kind": np.int64, "priority": np.int64, "n_gpus": np.int64, "state": np.int64, "deferrable": bool}
+
+
+class BusSiteClock:
+    """What the shared runtime code and the API read of ``rt.twin`` in bus mode: the site's time (that of the
+    newest reading, advancing in real time between readings) and the GPUs' jobs (none known: -1)."""
+
+    def __init__(self, n_gpus: int, monotonic_s: Callable[[], float]) -> None:
+        self._mono = monotonic_s
+        self._t_s = float("nan")
+        self._at = 0.0
+        self.workload = type("BusWorkload", (), {"gpu_job": np.full(n_gpus, -1, dtype=np.int64)})()
+
+    def seen(self, t_s: float) -> None:
+        if np.isfinite(t_s) and not t_s <= self._t_s:
+            self._t_s, self._at = float(t_s), self._mono()
+
+    @property
+    def now_s(self) -> float:
+        return self._t_s + (self._mono() - self._at) if np.isfinite(self._t_s) else float("nan")
+
+
+def _scalar(level: dict[str, Any], name: str) -> float:
+    v = level.get(name)
+    return float(np.asarray(v, dtype=np.float64).reshape(-1)[0]) if v is not None and np.size(v) else float("nan")
+
+
+def _units(level: dict[str, Any], name: str, n: int) -> np.ndarray:
+    v = level.get(name)
+    a = np.asarray(v, dtype=np.float64).reshape(-1) if v is not None else np.zeros(0)
+    return a if a.size == n else np.full(n, np.nan)
+
+
+def _f(x: float, nd: int = 3) -> float | None:
+    return round(float(x), nd) if np.isfinite(x) else None
+
+
+class BusLiveRuntime(LiveRuntime):
+    """:class:`LiveRuntime` on a :class:`~powerplane.bus.wiring.BusSite` instead of an embedded twin."""
+
+    def __init__(
+        self,
+        opts: LiveOptions,
+        bus: BusSite,
+        *,
+        owns_bus: bool = True,
+        monotonic_s: Callable[[], float] = perf_counter_s,
+        wall: Clock | None = None,
+        alert_engine: Any = "auto",
+        forecaster: Any = "auto",
+    ) -> None:
+        if opts.speed != 1.0:
+            raise ValueError("--speed does not apply over the bus: the agents play the site in real time (speed 1)")
+        if not opts.period_s > 0:
+            raise ValueError("the cycle period must be positive")
+        if opts.policy not in BUS_POLICIES:
+            raise ValueError(f"unknown live policy {opts.policy!r} over the bus; valid: {', '.join(BUS_POLICIES)}")
+        self.opts = opts
+        self._mono = monotonic_s
+        self._wall = wall or WallClock()
+        self.bus = bus
+        self._owns_bus = owns_bus
+        self._bus_closed = False
+        self.site = bus.site
+        self.topology = bus.topology
+        self.clock = BusSiteClock(self.topology.n_gpus, monotonic_s)
+        self.twin = cast(Any, self.clock)  # the site's time and (unknown) jobs where shared code reads rt.twin
+        self.steps_per_cycle = 1
+        opts.state_dir.mkdir(parents=True, exist_ok=True)
+        self.ring = GpuRing(self.topology.n_gpus, max(2, opts.ring_samples))
+        self.history: Any = None
+        if opts.history:
+            from powerplane.store.history import HistoryStore
+
+            path = opts.state_dir / "history.duckdb"
+            if path.exists():
+                path.replace(path.with_name("history.prev.duckdb"))
+                path.with_name("history.duckdb.wal").unlink(missing_ok=True)
+            self.history = HistoryStore(path, self.topology)
+        self.tracker = Tracker(self.topology, self.site, ring=self.ring, history=self.history)
+        self.energy = BusEnergy(self.site, self.topology, opts.policy)
+        self.policy = cast(Any, self.energy)
+        self._controller = None
+        self._policy_audit_seen = 0
+        self.series = SeriesRing(SITE_SERIES)
+        self.ledger = Ledger()
+        self._tz = ZoneInfo(self.site.timezone)
+        win = max(1, round(self.site.tariff.demand_window_min * 60.0 / opts.period_s))
+        self._grid_window = np.full(win, np.nan)
+        self._grid_next = 0
+        self._last_block = None
+        self._last_price = float("nan")
+        self._prices: dict[str, list[float]] = {"t_s": [], "price_per_kwh": []}
+        self._prices_key = -1
+        self._commands: queue.SimpleQueue[OperatorCommand] = queue.SimpleQueue()
+        self._results: dict[str, CommandResult] = {}
+        self._result_order: deque[str] = deque()
+        self._results_lock = threading.Lock()
+        self._seq = 0
+        self.job_caps_w: dict[int, float] = {}
+        self.audit_path = opts.state_dir / "audit.jsonl"
+        self._audit: deque[dict[str, Any]] = deque(maxlen=AUDIT_KEEP)
+        self._audit_total = 0
+        self._audit_lock = threading.Lock()
+        self.alerts, self.alert_status = _load_alert_engine(self) if alert_engine == "auto" else (alert_engine, "ok")
+        if self.alerts is None and alert_engine is None:
+            self.alert_status = "no alert engine"
+        self.forecaster, self.forecast_status = (
+            _load_forecaster(self, opts.forecast_registry) if forecaster == "auto" else (forecaster, "ok")
+        )
+        if self.forecaster is None and forecaster is None:
+            self.forecast_status = "no forecaster"
+        self._forecast: dict[str, Any] | None = None
+        self._next_forecast_s = -np.inf
+        self.cycles = 0
+        self.errors = 0
+        self.last_error = ""
+        self._cycle_ms: deque[float] = deque(maxlen=300)
+        self._lag_s = 0.0
+        self._state: LiveState | None = None
+        self._listeners: list[Callable[[LiveState], None]] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        # Bus mode: the newest frame, the batteries' commanded setpoints and what became of the commands.
+        n = self.energy.n_units
+        self._frame: Frame | None = None
+        self._source_rejected: Counter[str] = Counter()
+        self._last_control_t = float("nan")
+        self._last_account_t = float("nan")
+        self.bess_setpoint_w = np.full(n, np.nan)
+        self.bess_commands: Counter[str] = Counter()
+        self._bess_failing = np.zeros(n, dtype=bool)
+        self._gpu_cap = _cap_limits(self.topology)
+
+    # ------------------------------------------------------------------ public interface
+
+    def submit(self, kind: str, args: dict[str, Any], actor: str) -> str:
+        if kind not in BUS_COMMAND_KINDS:
+            raise CommandRefused(f"unknown command {kind!r}; valid: {', '.join(BUS_COMMAND_KINDS)}")
+        with self._results_lock:
+            self._seq += 1
+            cid = f"cmd-{self._seq}"
+            self._results[cid] = CommandResult(cid, kind, "queued")
+            self._result_order.append(cid)
+            while len(self._result_order) > 1000:
+                self._results.pop(self._result_order.popleft(), None)
+        self._commands.put(OperatorCommand(cid, kind, dict(args), actor))
+        return cid
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop the cycle, close the history, then the bus site (agents, trackers, a local server)."""
+        super().stop(timeout_s)
+        if self._owns_bus and not self._bus_closed:
+            self._bus_closed = True
+            self.bus.close()
+
+    # ------------------------------------------------------------------ the cycle
+
+    def step(self) -> LiveState:
+        t0 = self._mono()
+        self._apply_commands()
+        try:
+            frame = self.bus.source.read()
+            rejected = Counter(self.bus.source.rejected)
+            delta = rejected - self._source_rejected
+            self._source_rejected = rejected
+            snap = self.tracker.ingest(frame, None, delta)
+            self._frame = frame
+            self.clock.seen(frame.t_s)
+            self.clock.seen(self._plant_t())
+            self._control(frame)
+        except Exception as exc:
+            self._error(f"cycle failed: {type(exc).__name__}: {exc}")
+            if self._state is None:
+                raise
+            return self._state
+        self._collect_policy_audit()
+        context = self._context(snap, t0)
+        alerts = self._evaluate_alerts(snap, context)
+        self._run_forecast(snap)
+        self.cycles += 1
+        self._cycle_ms.append((self._mono() - t0) * 1e3)
+        state = self._publish(snap, alerts)
+        for listener in list(self._listeners):
+            try:
+                listener(state)
+            except Exception as exc:
+                self._error(f"listener failed: {exc}")
+        return state
+
+    def _plant_t(self) -> float:
+        return float(getattr(self.bus.source, "_plant_t", float("nan")))
+
+    def _readings(self, frame: Frame) -> Measurements:
+        site = frame.levels.get("site", {})
+        bess = frame.levels.get("bess", {})
+        n = self.energy.n_units
+        grid = _scalar(site, "meter_power_w")
+        freq = _scalar(site, "frequency_hz")
+        bess_w, soc = _units(bess, "power_w", n), _units(bess, "soc", n)
+        hall = frame.levels.get("hall", {}).get("it_power_w")
+        hall_w = np.asarray(hall, dtype=np.float64) if hall is not None else None
+        if hall_w is not None and (hall_w.shape != (self.topology.n_halls,) or not np.isfinite(hall_w).all()):
+            hall_w = None
+        valid = bool(np.isfinite(grid) and np.isfinite(bess_w).all() and np.isfinite(soc).all())
+        if not np.isfinite(freq):
+            freq = float(self.site.grid.frequency_hz)
+        plant_t = self._plant_t()
+        return Measurements(
+            self.clock.now_s,
+            grid,
+            np.nan_to_num(bess_w),
+            np.nan_to_num(soc, nan=0.5),
+            freq,
+            False,
+            hall_w,
+            reading_t_s=plant_t if np.isfinite(plant_t) else None,
+            valid=valid and np.isfinite(plant_t),
+        )
+
+    def _control(self, frame: Frame) -> None:
+        """The energy fast loop on the meter readings; its setpoints go to the batteries over the bus."""
+        m = self._readings(frame)
+        now = m.t_s
+        dt_s = now - self._last_control_t if np.isfinite(self._last_control_t) else self.opts.period_s
+        self._last_control_t = now
+        dt_s = float(np.clip(dt_s, 0.05, 10.0))
+        if m.valid:
+            self.energy.observe_grid(now, m.grid_w)
+            self._account_reading(now, m.grid_w, float(m.bess_w.sum()))
+        unit = self.energy.decide(m, dt_s)
+        if unit is None:
+            return
+        cmds = [BessSetpoint(i, float(w)) for i, w in enumerate(np.asarray(unit, dtype=np.float64).tolist())]
+        results = self.bus.actuator.apply(cmds)
+        for i, r in enumerate(results):
+            self.bess_commands["sent"] += 1
+            self.bess_commands["applied" if r.applied else "refused"] += 1
+            self.bess_commands["clipped"] += bool(r.clipped)
+            if r.applied:
+                self.bess_setpoint_w[i] = cmds[i].power_w
+            if r.applied == self._bess_failing[i]:  # audit when a unit stops (or starts again) taking setpoints
+                self._bess_failing[i] = not r.applied
+                self._record(
+                    {
+                        "t_s": now,
+                        "actor": "fast-loop",
+                        "mode": "bess",
+                        "unit": self.site.bess[i].name,
+                        "setpoint_w": cmds[i].power_w,
+                        "applied": r.applied,
+                        "why": r.detail if not r.applied else f"battery takes setpoints again: {r.detail}",
+                    }
+                )
+
+    def _account_reading(self, t_s: float, grid_w: float, bess_w: float) -> None:
+        """Money and the rolling demand window from one meter reading (the interval since the last one)."""
+        dt_s = t_s - self._last_account_t if np.isfinite(self._last_account_t) else 0.0
+        self._last_account_t = t_s
+        price = tariff.price_per_kwh(np.array([t_s]), self.site.tariff, self.site.timezone)
+        self._last_price = float(price[0])
+        if 0.0 < dt_s <= 60.0:
+            day = dt.datetime.fromtimestamp(t_s, self._tz).toordinal()
+            self.ledger.add(
+                day, np.array([grid_w]), np.array([bess_w]), price, self.site.tariff.export_price_per_kwh, dt_s
+            )
+        self._grid_window[self._grid_next] = grid_w
+        self._grid_next = (self._grid_next + 1) % self._grid_window.size
+
+    def _context(self, snap: Snapshot, t0: float) -> dict[str, float]:
+        ctx: dict[str, float] = {
+            "t_s": snap.t_s,
+            "cycle_lag_s": self._lag_s,
+            "cycle_ms": (self._mono() - t0) * 1e3,
+            "source_age_s": max(0.0, self.clock.now_s - snap.t_s),
+            "planner_failed": 0.0,
+            "safe_mode": float(self.energy.safe_mode),
+            "demand_15min_w": self.demand_15min_w(),
+            "contract_w": self.site.electrical.contract_demand_kw * 1e3,
+            "nominal_frequency_hz": float(self.site.grid.frequency_hz),
+        }
+        if self._frame is not None:
+            site = self._frame.levels.get("site", {})
+            grid, freq = _scalar(site, "meter_power_w"), _scalar(site, "frequency_hz")
+            if np.isfinite(grid):
+                ctx["grid_power_w"] = grid
+                ctx["islanded"] = 0.0
+            if np.isfinite(freq):
+                ctx["frequency_hz"] = freq
+        return ctx
+
+    def _run_forecast(self, snap: Snapshot) -> None:
+        if self.forecaster is None:
+            return
+        try:
+            self.forecaster.observe(snap)
+            if snap.t_s >= self._next_forecast_s:
+                self._next_forecast_s = snap.t_s + FORECAST_EVERY_S
+                self._forecast = self.forecaster.forecast(snap.t_s, None)  # no job timeline over the bus
+                self.forecast_status = "ok"
+        except Exception as exc:
+            self.forecast_status = f"forecast failed: {exc}"
+            self._error(self.forecast_status)
+
+    # ------------------------------------------------------------------ operator commands
+
+    def _apply_commands(self) -> None:
+        while True:
+            try:
+                cmd = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            now = self.clock.now_s
+            try:
+                detail, extra = self._apply_bus_command(cmd)
+                status = "applied"
+            except CommandRefused as exc:
+                detail, extra, status = str(exc), {}, "refused"
+            except Exception as exc:
+                detail, extra, status = f"{type(exc).__name__}: {exc}", {}, "failed"
+            with self._results_lock:
+                self._results[cmd.id] = CommandResult(cmd.id, cmd.kind, status, detail, now, extra)
+            self._record(
+                {
+                    "t_s": now,
+                    "actor": f"operator:{cmd.actor}",
+                    "mode": "command",
+                    "command": cmd.kind,
+                    "command_id": cmd.id,
+                    "args": cmd.args,
+                    "status": status,
+                    "why": detail,
+                }
+            )
+
+    def _apply_bus_command(self, cmd: OperatorCommand) -> tuple[str, dict[str, Any]]:
+        a = cmd.args
+        if cmd.kind == "cap_gpus":
+            return self._cap_gpus(a)
+        if cmd.kind == "set_policy":
+            name = str(a.get("policy", ""))
+            if name not in BUS_POLICIES:
+                raise CommandRefused(f"unknown live policy {name!r}; valid: {', '.join(BUS_POLICIES)}")
+            old = self.energy.name
+            if name == old:
+                return f"already running {name}", {}
+            self.energy = BusEnergy(self.site, self.topology, name)
+            self.policy = cast(Any, self.energy)
+            self._policy_audit_seen = 0
+            return f"policy {old} -> {name} (batteries follow it from this cycle)", {}
+        if cmd.kind == "cap_job":
+            raise CommandRefused(f"{JOBS_NOTE}; the runtime does not know which GPUs job {a.get('job')} holds")
+        if cmd.kind in ("dr_start", "dr_end"):
+            raise CommandRefused(
+                "demand response needs the planner and the job scheduler of an embedded twin: "
+                "not available over the bus"
+            )
+        return _alert_command(self, cmd)
+
+    def _cap_gpus(self, a: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """Cap GPUs (site indices) to ``cap_w`` watts each (None: the default limit), through the nodes' agents;
+        the cap is clipped to each GPU model's accepted range before it is sent."""
+        try:
+            gpus = np.unique(np.asarray(a.get("gpus", []), dtype=np.int64).reshape(-1))
+        except (TypeError, ValueError) as exc:
+            raise CommandRefused(f"gpus must be a list of GPU indices: {exc}") from None
+        n = self.topology.n_gpus
+        if gpus.size == 0:
+            raise CommandRefused("cap_gpus needs at least one GPU index")
+        if gpus.min() < 0 or gpus.max() >= n:
+            raise CommandRefused(f"GPU indices must be within 0-{n - 1}")
+        cap = a.get("cap_w")
+        lo, hi = self._gpu_cap[0][gpus], self._gpu_cap[1][gpus]
+        clipped = False
+        if cap is None:
+            want = np.full(gpus.size, np.nan)
+        else:
+            cap_w = float(cap)
+            if not (np.isfinite(cap_w) and cap_w > 0):
+                raise CommandRefused(f"cap_w must be a positive number of watts per GPU, got {cap!r}")
+            want = np.clip(np.full(gpus.size, cap_w), lo, hi)
+            clipped = bool(np.any(want != cap_w))
+        res = self.bus.actuator.apply([GpuPowerCap(gpus, want)])[0]
+        if not res.applied:
+            raise CommandRefused(f"not applied over the bus: {res.detail}")
+        what = "default limit restored" if cap is None else f"capped at {float(np.nanmax(want)):.0f} W"
+        note = " (clipped to the GPUs' limits)" if clipped or res.clipped else ""
+        return f"{gpus.size} GPUs {what}{note} through the bus: {res.detail}", {"gpus": int(gpus.size)}
+
+    # ------------------------------------------------------------------ publishing
+
+    def _jobs_arrays(self) -> tuple[dict[str, Any], list[str]]:
+        out: dict[str, Any] = {"job": np.zeros(0, dtype=np.int64)}
+        for f in JOB_FIELDS:
+            out[f] = np.zeros(0, dtype=JOB_DTYPES.get(f, np.float64))
+        return out, []
+
+    def _site_view(self, snap: Snapshot) -> dict[str, Any]:
+        lv = self._frame.levels if self._frame is not None else {}
+        site = lv.get("site", {})
+        out: dict[str, Any] = {k: None for k in FLOW_FIELDS}
+        for src, dst in SITE_FIELDS.items():
+            out[dst] = _f(_scalar(site, src))
+        bess = _units(lv.get("bess", {}), "power_w", self.energy.n_units)
+        out["bess_power_w"] = _f(float(bess.sum()))
+        it, fac = _scalar(site, "it_power_w"), _scalar(site, "facility_power_w")
+        out["pue"] = _f(fac / it, 4) if it > 0 and np.isfinite(fac) else None
+        out["islanded"] = False
+        out["price_per_kwh"] = _f(self._last_price, 5)
+        out["contract_w"] = self.site.electrical.contract_demand_kw * 1e3
+        out["demand_15min_w"] = _f(self.demand_15min_w())
+        out["month_peak_w"] = _f(self.energy.month_peak_w)
+        out["nominal_frequency_hz"] = float(self.site.grid.frequency_hz)
+        soc = _units(lv.get("bess", {}), "soc", self.energy.n_units)
+        out["bess_soc_mean"] = _f(float(soc.mean()), 4) if soc.size else None
+        roll = snap.rollups.get("site", {})
+        if "gpu.power_w" in roll:
+            r = roll["gpu.power_w"]
+            out["gpu_power_w"] = _f(r.sum[0])
+            out["gpu_coverage"] = _f(r.coverage[0], 4)
+        if "gpu.temp_c" in roll:
+            out["gpu_temp_max_c"] = _f(roll["gpu.temp_c"].max[0], 2)
+        if "gpu.util_pct" in roll:
+            out["gpu_util_mean_pct"] = _f(roll["gpu.util_pct"].mean[0], 2)
+        out["rejected_total"] = int(sum(snap.rejected_total.values()))
+        out["source"] = "bus"
+        out["planner"] = self.energy.planner_status
+        return out
+
+    def _bess_rows(self) -> list[dict[str, Any]]:
+        lv = self._frame.levels if self._frame is not None else {}
+        n = self.energy.n_units
+        power, soc = _units(lv.get("bess", {}), "power_w", n), _units(lv.get("bess", {}), "soc", n)
+        p = self.energy.params
+        return [
+            {
+                "unit": unit.name,
+                "hall": unit.hall,
+                "power_w": _f(power[i]),
+                "soc": _f(soc[i], 4),
+                "power_max_w": _f(p.power_max_w[i]),
+                "energy_kwh": _f(p.energy_j[i] / 3.6e6, 1),
+                "soc_min": _f(max(float(p.soc_min[i]), float(unit.backup_reserve)), 3),
+                "soc_max": _f(p.soc_max[i], 3),
+                "setpoint_w": _f(self.bess_setpoint_w[i]),
+                "taking_setpoints": not bool(self._bess_failing[i]),
+            }
+            for i, unit in enumerate(self.site.bess)
+        ]
+
+    def _bus_status(self) -> dict[str, Any]:
+        src = self.bus.source
+        return clean(
+            {
+                "url": self.bus.url,
+                "reported_share": round(src.reported_share(), 4),
+                "rollups": src.rollups,
+                "frames": src.frames,
+                "rejected": dict(src.rejected),
+                "processes": {name: p.poll() is None for name, p in self.bus.processes.items()},
+                "bess_commands": dict(self.bess_commands),
+                "command_audit": str(self.bus.actuator.audit_path) if self.bus.actuator.audit_path else None,
+                "log_dir": str(self.bus.log_dir) if self.bus.log_dir else None,
+            }
+        )
+
+    def _publish(self, snap: Snapshot, alerts: list[dict[str, Any]] | None) -> LiveState:
+        site = self._site_view(snap)
+        self.series.push(snap.t_s, site)
+        jobs, names = self._jobs_arrays()
+        cms = np.array(self._cycle_ms) if self._cycle_ms else np.zeros(1)
+        version = (self._state.version + 1) if self._state is not None else 1
+        with self._audit_lock:
+            audit_total = self._audit_total
+        state = LiveState(
+            version=version,
+            t_s=snap.t_s,
+            scenario=self.site.name,
+            policy=self.energy.name,
+            currency=self.site.tariff.currency,
+            timezone=self.site.timezone,
+            snapshot=snap,
+            site=site,
+            money={
+                "currency": self.site.tariff.currency,
+                "spent_today": round(self.ledger.spent, 2),
+                "saved_today": round(self.ledger.saved, 2),
+                "grid_import_today_mwh": round(self.ledger.energy_mwh, 3),
+                "note": "energy at the tariff's price since local midnight, from the grid meter read each cycle "
+                "over the bus; saved: against the same load without batteries (demand charge not included)",
+            },
+            prices=self._price_ahead(snap.t_s),
+            bess=self._bess_rows(),
+            plan=None,
+            dr={
+                "supported": False,
+                "active": False,
+                "events": [],
+                "note": "demand response: not available over the bus",
+            },
+            jobs=jobs,
+            job_names=names,
+            job_caps_w={},
+            alerts=alerts,
+            alert_status=self.alert_status,
+            forecast=self._forecast,
+            forecast_status=self.forecast_status,
+            cycle=CycleInfo(
+                cycles=self.cycles,
+                cycle_ms=float(cms[-1]),
+                cycle_ms_p95=float(np.percentile(cms, 95)),
+                lag_s=self._lag_s,
+                period_s=self.opts.period_s,
+                speed=1.0,
+                steps_per_cycle=1,
+                errors=self.errors,
+                last_error=self.last_error,
+            ),
+            audit_count=audit_total,
+            extra={"source": "bus", "bus": self._bus_status(), "planner": PLANNER_STATUS, "jobs_note": JOBS_NOTE},
+        )
+        self._state = state
+        return state
+
+
+def _cap_limits(topology: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Each GPU's accepted power-cap range [W] from its model's profile (the widest range when unknown)."""
+    models = list(topology.gpu_models)
+    lo = np.array([gpu_power.GPU_PROFILES[m].min_cap_w if m in gpu_power.GPU_PROFILES else 1.0 for m in models])
+    hi = np.array([gpu_power.GPU_PROFILES[m].max_cap_w if m in gpu_power.GPU_PROFILES else 2000.0 for m in models])
+    idx = np.asarray(topology.gpu_model_idx, dtype=np.int64)
+    return lo[idx], hi[idx]
+
+
+def open_bus_runtime(
+    opts: LiveOptions,
+    url: str,
+    *,
+    agents: int = 1,
+    trackers: int = 2,
+    rate_hz: float = 10.0,
+    ready_timeout_s: float = 60.0,
+    announce: Callable[[str], None] | None = None,
+) -> BusLiveRuntime:
+    """Start the site on the bus at ``url`` (``local``: a nats-server of our own on a free loopback port), wait
+    until every GPU has reported, and return the runtime on it (its ``stop`` closes the whole bus site).
+
+    Agents and trackers run as subprocesses logging to ``<state_dir>/bus``; every bus command is appended to
+    ``<state_dir>/bus/bus_audit.jsonl``."""
+    from powerplane.bus.wiring import run_site_over_bus
+
+    if url != "local" and not url.startswith(("nats://", "tls://")):
+        raise ValueError(f"--bus takes a NATS URL (nats://host:port) or 'local', got {url!r}")
+    if opts.speed != 1.0:
+        raise ValueError("--speed does not apply over the bus: the agents play the site in real time (speed 1)")
+    if opts.policy not in BUS_POLICIES:
+        raise ValueError(f"unknown live policy {opts.policy!r} over the bus; valid: {', '.join(BUS_POLICIES)}")
+    log_dir = opts.state_dir / "bus"
+    store: Path | None = None
+    if url == "local":  # a fresh JetStream store: an old run's rollups would come back as the newest picture
+        log_dir.mkdir(parents=True, exist_ok=True)
+        store = Path(tempfile.mkdtemp(prefix="nats-", dir=log_dir))
+    bus = run_site_over_bus(
+        None if url == "local" else url,
+        opts.scenario,
+        agents=agents,
+        trackers=trackers,
+        rate_hz=rate_hz,
+        seed=opts.seed,
+        log_dir=log_dir,
+        store_dir=store,
+    )
+    if store is not None:
+        _remove_store_on_close(bus, store)
+    try:
+        if announce is not None:
+            announce(f"bus: {bus.url}, {agents} agents and {trackers} trackers started (logs in {log_dir})")
+        bus.wait_ready(ready_timeout_s)
+        return BusLiveRuntime(opts, bus)
+    except BaseException:
+        bus.close()
+        raise
+
+
+def _remove_store_on_close(bus: BusSite, store: Path) -> None:
+    close = bus.close
+
+    def close_and_remove() -> None:
+        try:
+            close()
+        finally:
+            shutil.rmtree(store, ignore_errors=True)
+
+    bus.close = close_and_remove  # type: ignore[method-assign]
