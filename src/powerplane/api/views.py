@@ -218,6 +218,7 @@ def jobs_doc(state: LiveState, status: str = "all", limit: int = 200, offset: in
             "offset": offset,
             "jobs": rows,
             "power_w_total": float(np.nansum(power[running])),
+            "note": state.extra.get("jobs_note"),  # e.g. over the bus: why there is no job data
         }
     )
 

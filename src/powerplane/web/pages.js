@@ -179,7 +179,7 @@
         PP.tile("Capped", F.int(c.capped), "jobs", "by operators"),
         PP.tile("Job power", F.mw(d.power_w_total), "MW", "GPU power of running jobs"),
       ].join("");
-      $("jobs-info").textContent = `${F.int(d.total)} jobs; showing ${d.jobs.length}`;
+      $("jobs-info").textContent = d.note ? d.note : `${F.int(d.total)} jobs; showing ${d.jobs.length}`;
       const op = PP.canOperate();
       $("jobs-body").innerHTML = d.jobs.map((j) => `<tr data-job="${j.job}"><td class="num">${j.job}</td><td>${F.esc(j.name)}</td><td>${j.kind}</td><td>${j.priority}</td><td>${j.state}</td>
         <td class="num">${F.int(j.gpus)}</td><td class="num">${F.kw(j.power_w)}</td><td class="num">${F.num(j.energy_kwh / 1000, 2)}</td><td class="num">${j.cost == null ? "–" : F.num(j.cost, 2) + " " + cur}</td>
