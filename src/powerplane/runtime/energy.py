@@ -33,19 +33,20 @@ from powerplane.control.dr import (
     marginal_facility_per_gpu_w,
     sustainable_discharge_w,
 )
-from powerplane.control.fast import Decision, FastLoop, FastSettings, Measurements, allocate
+from powerplane.control.fast import Decision, FastLoop, Measurements, allocate
 from powerplane.control.levers import CLASS_ORDER, ComputeLever
-from powerplane.control.planner import Plan, PlanError, PlanInputs, solve_plan
+from powerplane.control.planner import Plan, PlanError, solve_plan
 from powerplane.core.commands import DeferJob, GpuPowerCap
-from powerplane.physics import aging, cooling, tariff, weather
+from powerplane.physics import cooling
 from powerplane.physics.battery import BessParams
+from powerplane.runtime.energy_inputs import BESS_CELL_TEMP_C, _settings, planner_inputs
 from powerplane.twin.twin import Twin, TwinBlock
 
 F64 = NDArray[np.float64]
+__all__ = ["BESS_CELL_TEMP_C", "POLICIES", "make_policy", "planner_inputs"]
 POLICIES = ("none", "threshold", "mpc", "oracle")
 IT_HISTORY_BLOCKS = 60  # blocks of IT load kept for the simple forecast (an hour at 1 s steps)
 IT_FORECAST_QUANTILE = 0.9
-BESS_CELL_TEMP_C = 25.0  # cell temperature for wear pricing, in the planner and in the bill
 # Demand-response revenue per kWh delivered below the baseline during an event (site currency; an estimate in the
 # range of US economic demand-response energy payments). Policies carry it as ``dr_credit_per_kwh``.
 DR_CREDIT_PER_KWH = 0.5
@@ -532,109 +533,6 @@ class MpcPolicy(ManagedPolicy):
 def _finite_mean(x: F64) -> float | None:
     f = x[np.isfinite(x)]
     return float(f.mean()) if f.size else None
-
-
-def planner_inputs(
-    twin: Twin,
-    t: F64,
-    it_w: F64,
-    hall_it_w: F64,
-    peak_so_far_w: float,
-    events: list[tuple[float, float, float]],
-    baseline_w: float | None,
-    demand_rate_scale: float = 1.0,
-    dr_credit_per_kwh: float = 0.0,
-    dr_shed_max_w: float = 0.0,
-) -> PlanInputs:
-    """Planner inputs from an IT-load forecast: facility load via the cooling model and the weather, renewables
-    from the weather year, prices from the tariff, battery state from the plant. Demand-response events become
-    commitments (grid at most baseline x (1 - reduction)), a credit per kWh below the baseline, and compute that
-    may be shed during them (``dr_shed_max_w`` facility watts, at ``shed_cost_per_kwh``)."""
-    site = twin.site
-    plant = twin.plant
-    mid = t + 0.5 * (t[1] - t[0] if t.size > 1 else 900.0)
-    temp = plant.outdoor_temp_c(mid)
-    cop = cooling.cop(temp, plant.cop_curve)
-    aux = float(plant.bess.aux_power_w.sum())
-    load = it_w * (1.0 + plant.other_fraction) + it_w / np.maximum(cop, 0.5) + aux
-    hour = weather.hour_of_year(mid, site.timezone)
-    renew = weather.interpolate_hourly(plant.solar_hourly, hour) + weather.interpolate_hourly(plant.wind_hourly, hour)
-    price = tariff.price_per_kwh(mid, site.tariff, site.timezone)
-    b = plant.bess
-    reserve = np.array([u.backup_reserve for u in site.bess])
-    step = float(t[1] - t[0]) if t.size > 1 else site.energy.planner_step_min * 60.0
-    dr = np.full(t.size, np.inf)
-    dr_base = np.full(t.size, np.nan)
-    for start, end, red in events:
-        inside = (mid >= start) & (mid < end)
-        if inside.any():
-            base = baseline_w if baseline_w is not None else float(np.mean(load[inside]))
-            dr[inside] = base * (1.0 - red)
-            dr_base[inside] = base
-    in_event = np.isfinite(dr)
-    tar = site.tariff
-    contract = site.electrical.contract_demand_kw * 1e3
-    over_rate = (
-        (tar.contract_billing.over_multiplier - 1.0) * tar.demand_charge_per_kw_month if tar.contract_billing else 0.0
-    )
-    return PlanInputs(
-        t_s=t,
-        dt_s=step,
-        load_w=load,
-        renewable_w=renew,
-        price_per_kwh=price,
-        hall_load_w=hall_it_w,
-        busbar_w=twin.topo.hall_busbar_limit_w,
-        unit_hall=plant.bess_unit_hall,
-        power_max_w=b.power_max_w,
-        energy_j=b.energy_j,
-        soc0=plant.bess_soc.copy(),
-        soc_min=np.maximum(b.soc_min, reserve),
-        soc_max=b.soc_max,
-        eta_charge=b.eta_charge,
-        eta_discharge=b.eta_discharge,
-        soc_final=None,
-        export_price_per_kwh=tar.export_price_per_kwh,
-        export_limit_w=plant.export_limit_w,
-        import_limit_w=(site.electrical.poi_limit_kw or np.inf) * 1e3,
-        demand_rate_per_kw=tar.demand_charge_per_kw_month * demand_rate_scale,
-        demand_window_s=tar.demand_window_min * 60.0,
-        peak_so_far_w=peak_so_far_w,
-        contract_w=contract,
-        contract_threshold=(tar.contract_billing.threshold if tar.contract_billing else 1.05),
-        contract_over_rate_per_kw=over_rate * demand_rate_scale,
-        # Wear at the cell temperature the bill prices it at (the batteries sit in conditioned enclosures).
-        degradation_cost_per_kwh=aging.throughput_cost_per_kwh(site.energy.battery_capex_per_kwh, BESS_CELL_TEMP_C),
-        shed_max_w=np.where(in_event, dr_shed_max_w, 0.0) if dr_shed_max_w > 0 and in_event.any() else None,
-        shed_cost_per_kwh=site.energy.shed_cost_per_kwh,
-        # Plan below the fast loop's contract limit, so that following the plan never forces compute shedding.
-        grid_cap_w=contract * (site.energy.contract_margin - 0.02),
-        dr_limit_w=dr if in_event.any() else None,
-        dr_baseline_w=dr_base if in_event.any() else None,
-        dr_credit_per_kwh=dr_credit_per_kwh,
-    )
-
-
-def _settings(site: SiteConfig, damping: bool) -> FastSettings:
-    e = site.energy
-    el = site.electrical
-    return FastSettings(
-        contract_w=el.contract_demand_kw * 1e3,
-        contract_margin=e.contract_margin,
-        contract_instant_factor=e.contract_instant_factor,
-        demand_window_s=site.tariff.demand_window_min * 60.0,
-        poi_limit_w=(el.poi_limit_kw or np.inf) * 1e3,
-        ramp_limit_w_per_s=e.ramp_limit_mw_per_s * 1e6,
-        damping_tau_s=e.damping_time_constant_s,
-        damping=damping,
-        nominal_hz=float(site.grid.frequency_hz),
-        deadband_hz=e.frequency_deadband_hz,
-        droop=e.frequency_droop,
-        frequency_share=e.frequency_response_share,
-        backup_reserve=np.array([u.backup_reserve for u in site.bess]),
-        stale_after_s=e.stale_after_s,
-        safe_hold_s=e.safe_hold_s,
-    )
 
 
 def make_policy(name: str, twin: Twin, events: list[DemandResponseEvent]) -> Policy:
