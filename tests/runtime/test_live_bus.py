@@ -1,0 +1,151 @@
+"""The live runtime over a real NATS bus: agents and trackers as processes, a real nats-server, the cockpit API on
+top; and `powerplane run --bus` as a real process that starts the site and stops it on Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from powerplane.api.app import create_app
+from powerplane.api.auth import TokenStore
+from powerplane.bus.server import NatsServer
+from powerplane.bus.wiring import run_site_over_bus
+from powerplane.runtime.live import LiveOptions
+from powerplane.runtime.live_bus import BusLiveRuntime
+from powerplane.telemetry.snapshot import Quality
+
+pytestmark = pytest.mark.slow
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    """Command lines of live processes that name ``text`` (the agents and trackers name their log directory)."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            status = (d / "status").read_text()
+        except OSError:
+            continue
+        if text in cmd and "\nState:\tZ" not in status:
+            found.append(cmd)
+    return found
+
+
+def test_runtime_over_the_bus_serves_the_cockpit_and_sends_commands(tmp_path: Path) -> None:
+    bus = run_site_over_bus(None, "small", agents=2, trackers=2, rate_hz=5.0, log_dir=tmp_path / "bus")
+    rt: BusLiveRuntime | None = None
+    try:
+        bus.wait_ready(60)
+        rt = BusLiveRuntime(LiveOptions(scenario="small", state_dir=tmp_path / "state", history=False), bus)
+        for _ in range(3):
+            state = rt.step()
+            time.sleep(0.4)
+        snap = state.snapshot
+        n = bus.topology.n_gpus
+        assert n == 256
+        power = snap.levels["gpu"].values["power_w"]
+        ok = snap.levels["gpu"].quality["power_w"] == Quality.OK
+        assert ok.all() and np.isfinite(power).all()  # every GPU, read through the trackers' rollups
+        assert snap.rollups["site"]["gpu.power_w"].coverage[0] == 1.0
+        assert state.site["source"] == "bus" and state.site["grid_power_w"] is not None
+        assert "not available over the bus" in state.site["planner"] and state.plan is None
+        # The fast loop sent the battery its setpoints through the bus, and the plant agent took them.
+        sent = [r for r in bus.actuator.audit if r["command"] == "bess_setpoint"]
+        assert len(sent) >= 3 and all(r["applied"] for r in sent), sent
+        assert rt.bess_commands["applied"] >= 3 and state.bess[0]["setpoint_w"] is not None
+
+        tokens = TokenStore(tmp_path / "state" / "tokens.json")
+        op = {"Authorization": f"Bearer {tokens.create('op-1', 'operator')}"}
+        with TestClient(create_app(rt, tokens)) as client:
+            doc = client.get("/api/snapshot?level=gpu&limit=20000", headers=op).json()
+            assert doc["total"] == n and len(doc["rows"]) == n
+            assert all(r["power_w"] is not None for r in doc["rows"])
+            ov = client.get("/api/overview", headers=op).json()
+            assert ov["site"]["source"] == "bus" and ov["site"]["gpu_coverage"] == 1.0
+            jobs = client.get("/api/jobs", headers=op).json()
+            assert jobs["total"] == 0 and "not available over the bus" in jobs["note"]
+            # An operator GPU cap goes to the owning agent (the second one plays the last nodes) and back.
+            gpus = list(range(n - 8, n))
+            r = client.post(
+                "/api/commands", json={"command": {"kind": "cap_gpus", "gpus": gpus, "cap_w": 300}}, headers=op
+            )
+            cap_id = r.json()["id"]
+            r = client.post("/api/commands", json={"command": {"kind": "cap_job", "job": 3, "cap_w": 300}}, headers=op)
+            job_id = r.json()["id"]
+            rt.step()
+            res = client.get(f"/api/commands/{cap_id}", headers=op).json()
+            assert res["status"] == "applied", res
+            refused = client.get(f"/api/commands/{job_id}", headers=op).json()
+            assert refused["status"] == "refused" and "not available over the bus" in refused["detail"]
+            audit = client.get("/api/audit?actor=operator", headers=op).json()["records"]
+            assert {(a["command"], a["status"]) for a in audit} == {("cap_gpus", "applied"), ("cap_job", "refused")}
+            caps = [a for a in bus.actuator.audit if a["command"] == "gpu_power_cap"]
+            assert len(caps) == 1 and caps[0]["applied"]
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:  # the agent's next frames report the new cap
+                time.sleep(0.5)
+                cap = rt.step().snapshot.levels["gpu"].values["power_cap_w"]
+                if np.all(cap[n - 8 :] == 300.0):
+                    break
+            assert np.all(cap[n - 8 :] == 300.0) and np.all(cap[: n - 8] > 300.0)
+    finally:
+        if rt is not None:
+            rt.stop()
+        else:
+            bus.close()
+    assert all(p.poll() is not None for p in bus.processes.values())
+    assert bus.server is not None and bus.server.proc is None
+    assert not _processes_mentioning(str(tmp_path))
+    assert (tmp_path / "bus" / "bus_audit.jsonl").read_text().count("gpu_power_cap") == 1
+
+
+def test_powerplane_run_over_the_bus_starts_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    srv = NatsServer(tmp_path / "nats").start()
+    try:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        state = tmp_path / "state"
+        cmd = [sys.executable, "-m", "powerplane.cli", "run", "--scenario", "small", "--bus", srv.url]
+        cmd += ["--agents", "1", "--trackers", "1", "--port", str(port), "--state-dir", str(state), "--no-history"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert proc.stdout is not None
+        lines: list[str] = []
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "Ctrl-C stops" in line:
+                break
+        text = "".join(lines)
+        try:
+            url = re.search(r"cockpit: (\S+)", text)
+            token = re.search(r"admin token .*: (pp_\S+)", text)
+            assert url and token and f"bus: {srv.url}" in text, text
+            hdr = {"Authorization": f"Bearer {token.group(1)}"}
+            ov = httpx.get(f"{url.group(1)}api/overview", headers=hdr, timeout=10).json()
+            assert ov["site"]["source"] == "bus" and ov["site"]["gpu_coverage"] == 1.0
+            assert _processes_mentioning(str(state / "bus"))  # the agent and the tracker run
+        finally:
+            proc.send_signal(signal.SIGINT)
+            out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, text + out
+        assert "stopped" in out
+        assert not _processes_mentioning(str(state / "bus"))
+    finally:
+        srv.stop()
