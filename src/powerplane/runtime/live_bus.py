@@ -46,6 +46,7 @@ from powerplane.runtime.live import (
     _load_forecaster,
 )
 from powerplane.runtime.live_bus_energy import BUS_POLICIES, PLANNER_STATUS, BusEnergy
+from powerplane.runtime.live_bus_view import bus_bess_rows, bus_site_view, bus_status, reading, unit_readings
 from powerplane.runtime.live_commands import (
     COMMAND_KINDS,
     CommandRefused,
@@ -54,7 +55,6 @@ from powerplane.runtime.live_commands import (
     _alert_command,
 )
 from powerplane.runtime.live_state import SITE_SERIES, CycleInfo, Ledger, LiveState, SeriesRing
-from powerplane.runtime.live_view import FLOW_FIELDS, clean
 from powerplane.telemetry.ring import GpuRing
 from powerplane.telemetry.snapshot import Snapshot
 from powerplane.telemetry.tracker import Tracker
@@ -67,14 +67,6 @@ JOBS_NOTE = (
     "job data is not available over the bus: agents report GPUs, nodes and the plant, not job placement "
     "(cap GPUs instead of jobs)"
 )
-SITE_FIELDS = {  # plant frame site metric -> site view field
-    "meter_power_w": "grid_power_w",
-    "facility_power_w": "facility_power_w",
-    "it_power_w": "it_power_w",
-    "renewable_power_w": "renewable_power_w",
-    "frequency_hz": "frequency_hz",
-    "outdoor_temp_c": "outdoor_temp_c",
-}
 JOB_DTYPES = {"kind": np.int64, "priority": np.int64, "n_gpus": np.int64, "state": np.int64, "deferrable": bool}
 
 
@@ -95,21 +87,6 @@ class BusSiteClock:
     @property
     def now_s(self) -> float:
         return self._t_s + (self._mono() - self._at) if np.isfinite(self._t_s) else float("nan")
-
-
-def _scalar(level: dict[str, Any], name: str) -> float:
-    v = level.get(name)
-    return float(np.asarray(v, dtype=np.float64).reshape(-1)[0]) if v is not None and np.size(v) else float("nan")
-
-
-def _units(level: dict[str, Any], name: str, n: int) -> np.ndarray:
-    v = level.get(name)
-    a = np.asarray(v, dtype=np.float64).reshape(-1) if v is not None else np.zeros(0)
-    return a if a.size == n else np.full(n, np.nan)
-
-
-def _f(x: float, nd: int = 3) -> float | None:
-    return round(float(x), nd) if np.isfinite(x) else None
 
 
 class BusLiveRuntime(LiveRuntime):
@@ -272,9 +249,9 @@ class BusLiveRuntime(LiveRuntime):
         site = frame.levels.get("site", {})
         bess = frame.levels.get("bess", {})
         n = self.energy.n_units
-        grid = _scalar(site, "meter_power_w")
-        freq = _scalar(site, "frequency_hz")
-        bess_w, soc = _units(bess, "power_w", n), _units(bess, "soc", n)
+        grid = reading(site, "meter_power_w")
+        freq = reading(site, "frequency_hz")
+        bess_w, soc = unit_readings(bess, "power_w", n), unit_readings(bess, "soc", n)
         hall = frame.levels.get("hall", {}).get("it_power_w")
         hall_w = np.asarray(hall, dtype=np.float64) if hall is not None else None
         if hall_w is not None and (hall_w.shape != (self.topology.n_halls,) or not np.isfinite(hall_w).all()):
@@ -358,7 +335,7 @@ class BusLiveRuntime(LiveRuntime):
         }
         if self._frame is not None:
             site = self._frame.levels.get("site", {})
-            grid, freq = _scalar(site, "meter_power_w"), _scalar(site, "frequency_hz")
+            grid, freq = reading(site, "meter_power_w"), reading(site, "frequency_hz")
             if np.isfinite(grid):
                 ctx["grid_power_w"] = grid
                 ctx["islanded"] = 0.0
@@ -472,77 +449,8 @@ class BusLiveRuntime(LiveRuntime):
             out[f] = np.zeros(0, dtype=JOB_DTYPES.get(f, np.float64))
         return out, []
 
-    def _site_view(self, snap: Snapshot) -> dict[str, Any]:
-        lv = self._frame.levels if self._frame is not None else {}
-        site = lv.get("site", {})
-        out: dict[str, Any] = {k: None for k in FLOW_FIELDS}
-        for src, dst in SITE_FIELDS.items():
-            out[dst] = _f(_scalar(site, src))
-        bess = _units(lv.get("bess", {}), "power_w", self.energy.n_units)
-        out["bess_power_w"] = _f(float(bess.sum()))
-        it, fac = _scalar(site, "it_power_w"), _scalar(site, "facility_power_w")
-        out["pue"] = _f(fac / it, 4) if it > 0 and np.isfinite(fac) else None
-        out["islanded"] = False
-        out["price_per_kwh"] = _f(self._last_price, 5)
-        out["contract_w"] = self.site.electrical.contract_demand_kw * 1e3
-        out["demand_15min_w"] = _f(self.demand_15min_w())
-        out["month_peak_w"] = _f(self.energy.month_peak_w)
-        out["nominal_frequency_hz"] = float(self.site.grid.frequency_hz)
-        soc = _units(lv.get("bess", {}), "soc", self.energy.n_units)
-        out["bess_soc_mean"] = _f(float(soc.mean()), 4) if soc.size else None
-        roll = snap.rollups.get("site", {})
-        if "gpu.power_w" in roll:
-            r = roll["gpu.power_w"]
-            out["gpu_power_w"] = _f(r.sum[0])
-            out["gpu_coverage"] = _f(r.coverage[0], 4)
-        if "gpu.temp_c" in roll:
-            out["gpu_temp_max_c"] = _f(roll["gpu.temp_c"].max[0], 2)
-        if "gpu.util_pct" in roll:
-            out["gpu_util_mean_pct"] = _f(roll["gpu.util_pct"].mean[0], 2)
-        out["rejected_total"] = int(sum(snap.rejected_total.values()))
-        out["source"] = "bus"
-        out["planner"] = self.energy.planner_status
-        return out
-
-    def _bess_rows(self) -> list[dict[str, Any]]:
-        lv = self._frame.levels if self._frame is not None else {}
-        n = self.energy.n_units
-        power, soc = _units(lv.get("bess", {}), "power_w", n), _units(lv.get("bess", {}), "soc", n)
-        p = self.energy.params
-        return [
-            {
-                "unit": unit.name,
-                "hall": unit.hall,
-                "power_w": _f(power[i]),
-                "soc": _f(soc[i], 4),
-                "power_max_w": _f(p.power_max_w[i]),
-                "energy_kwh": _f(p.energy_j[i] / 3.6e6, 1),
-                "soc_min": _f(max(float(p.soc_min[i]), float(unit.backup_reserve)), 3),
-                "soc_max": _f(p.soc_max[i], 3),
-                "setpoint_w": _f(self.bess_setpoint_w[i]),
-                "taking_setpoints": not bool(self._bess_failing[i]),
-            }
-            for i, unit in enumerate(self.site.bess)
-        ]
-
-    def _bus_status(self) -> dict[str, Any]:
-        src = self.bus.source
-        return clean(
-            {
-                "url": self.bus.url,
-                "reported_share": round(src.reported_share(), 4),
-                "rollups": src.rollups,
-                "frames": src.frames,
-                "rejected": dict(src.rejected),
-                "processes": {name: p.poll() is None for name, p in self.bus.processes.items()},
-                "bess_commands": dict(self.bess_commands),
-                "command_audit": str(self.bus.actuator.audit_path) if self.bus.actuator.audit_path else None,
-                "log_dir": str(self.bus.log_dir) if self.bus.log_dir else None,
-            }
-        )
-
     def _publish(self, snap: Snapshot, alerts: list[dict[str, Any]] | None) -> LiveState:
-        site = self._site_view(snap)
+        site = bus_site_view(self, snap)
         self.series.push(snap.t_s, site)
         jobs, names = self._jobs_arrays()
         cms = np.array(self._cycle_ms) if self._cycle_ms else np.zeros(1)
@@ -567,7 +475,7 @@ class BusLiveRuntime(LiveRuntime):
                 "over the bus; saved: against the same load without batteries (demand charge not included)",
             },
             prices=self._price_ahead(snap.t_s),
-            bess=self._bess_rows(),
+            bess=bus_bess_rows(self),
             plan=None,
             dr={
                 "supported": False,
@@ -594,7 +502,7 @@ class BusLiveRuntime(LiveRuntime):
                 last_error=self.last_error,
             ),
             audit_count=audit_total,
-            extra={"source": "bus", "bus": self._bus_status(), "planner": PLANNER_STATUS, "jobs_note": JOBS_NOTE},
+            extra={"source": "bus", "bus": bus_status(self), "planner": PLANNER_STATUS, "jobs_note": JOBS_NOTE},
         )
         self._state = state
         return state
