@@ -21,11 +21,9 @@ from powerplane.api.app import create_app
 from powerplane.api.auth import TokenStore
 from powerplane.bus.server import NatsServer
 from powerplane.bus.wiring import run_site_over_bus
-from powerplane.runtime.live import LiveOptions
+from powerplane.runtime.live import LiveOptions, LiveRuntime
 from powerplane.runtime.live_bus import BusLiveRuntime
 from powerplane.telemetry.snapshot import Quality
-
-pytestmark = pytest.mark.slow
 
 
 def _processes_mentioning(text: str) -> list[str]:
@@ -44,6 +42,7 @@ def _processes_mentioning(text: str) -> list[str]:
     return found
 
 
+@pytest.mark.slow
 def test_runtime_over_the_bus_serves_the_cockpit_and_sends_commands(tmp_path: Path) -> None:
     bus = run_site_over_bus(None, "small", agents=2, trackers=2, rate_hz=5.0, log_dir=tmp_path / "bus")
     rt: BusLiveRuntime | None = None
@@ -112,6 +111,7 @@ def test_runtime_over_the_bus_serves_the_cockpit_and_sends_commands(tmp_path: Pa
     assert (tmp_path / "bus" / "bus_audit.jsonl").read_text().count("gpu_power_cap") == 1
 
 
+@pytest.mark.slow
 def test_powerplane_run_over_the_bus_starts_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     srv = NatsServer(tmp_path / "nats").start()
     try:
@@ -149,3 +149,19 @@ def test_powerplane_run_over_the_bus_starts_and_stops_on_ctrl_c(tmp_path: Path) 
         assert not _processes_mentioning(str(state / "bus"))
     finally:
         srv.stop()
+
+
+def test_cap_gpus_in_the_embedded_runtime_and_bad_arguments(tmp_path: Path) -> None:
+    rt = LiveRuntime(LiveOptions(scenario="small", speed=10, state_dir=tmp_path, history=False, policy="none"))
+    try:
+        rt.step()
+        ok = rt.submit("cap_gpus", {"gpus": [0, 1, 2], "cap_w": 250.0}, "op-1")
+        bad = rt.submit("cap_gpus", {"gpus": [999], "cap_w": 250.0}, "op-1")
+        rt.step()
+        assert rt.result(ok)["status"] == "applied"  # type: ignore[index]
+        assert rt.result(bad)["status"] == "refused"  # type: ignore[index]
+        assert np.all(rt.twin.fleet.cap_w[:3] == 250.0) and rt.twin.fleet.cap_w[3] > 250.0
+        _, audit = rt.audit(10, "operator")
+        assert [a["status"] for a in audit] == ["refused", "applied"]
+    finally:
+        rt.stop()
