@@ -12,7 +12,8 @@ on the meter readings (``runtime/live_bus_energy.py``), its battery setpoints se
 -> money and demand window from the grid meter -> alerts -> forecasts -> publish one LiveState.
 
 What the bus does not carry is said, not guessed: job placement (the jobs page is empty and says why, job
-commands are refused), the planner and demand response (need the embedded twin's workload and plant models).
+commands are refused) and demand response (it needs the embedded twin's scheduler). The planner runs on a model of
+the site with the SOC and IT load read over the bus (``live_bus_energy.py``).
 :meth:`stop` also closes the bus site it was given (agents, trackers, and a local nats-server).
 """
 
@@ -45,7 +46,7 @@ from powerplane.runtime.live import (
     _load_alert_engine,
     _load_forecaster,
 )
-from powerplane.runtime.live_bus_energy import BUS_POLICIES, PLANNER_STATUS, BusEnergy
+from powerplane.runtime.live_bus_energy import BUS_POLICIES, BusEnergy
 from powerplane.runtime.live_bus_view import bus_bess_rows, bus_site_view, bus_status, reading, unit_readings
 from powerplane.runtime.live_commands import (
     COMMAND_KINDS,
@@ -55,6 +56,7 @@ from powerplane.runtime.live_commands import (
     _alert_command,
 )
 from powerplane.runtime.live_state import SITE_SERIES, CycleInfo, Ledger, LiveState, SeriesRing
+from powerplane.runtime.live_view import plan_view
 from powerplane.telemetry.ring import GpuRing
 from powerplane.telemetry.snapshot import Snapshot
 from powerplane.telemetry.tracker import Tracker
@@ -132,7 +134,12 @@ class BusLiveRuntime(LiveRuntime):
                 path.with_name("history.duckdb.wal").unlink(missing_ok=True)
             self.history = HistoryStore(path, self.topology)
         self.tracker = Tracker(self.topology, self.site, ring=self.ring, history=self.history)
-        self.energy = BusEnergy(self.site, self.topology, opts.policy)
+        from powerplane.config.loader import load_scenario
+        from powerplane.twin.twin import Twin
+
+        # The planner's model of the site (weather, cooling, renewables, batteries); never advanced.
+        self.site_model = Twin(self.site, load_scenario(opts.scenario)[1], seed=opts.seed, dt_s=1.0)
+        self.energy = BusEnergy(self.site, self.topology, opts.policy, self.site_model)
         self.policy = cast(Any, self.energy)
         self._controller = None
         self._policy_audit_seen = 0
@@ -280,7 +287,8 @@ class BusLiveRuntime(LiveRuntime):
         self._last_control_t = now
         dt_s = float(np.clip(dt_s, 0.05, 10.0))
         if m.valid:
-            self.energy.observe_grid(now, m.grid_w)
+            it_w = reading(frame.levels.get("site", {}), "it_power_w")
+            self.energy.observe(now, m.grid_w, it_w, m.hall_it_w)
             self._account_reading(now, m.grid_w, float(m.bess_w.sum()))
         unit = self.energy.decide(m, dt_s)
         if unit is None:
@@ -327,7 +335,7 @@ class BusLiveRuntime(LiveRuntime):
             "cycle_lag_s": self._lag_s,
             "cycle_ms": (self._mono() - t0) * 1e3,
             "source_age_s": max(0.0, self.clock.now_s - snap.t_s),
-            "planner_failed": 0.0,
+            "planner_failed": float(self.energy.planner_failed),
             "safe_mode": float(self.energy.safe_mode),
             "demand_15min_w": self.demand_15min_w(),
             "contract_w": self.site.electrical.contract_demand_kw * 1e3,
@@ -398,7 +406,7 @@ class BusLiveRuntime(LiveRuntime):
             old = self.energy.name
             if name == old:
                 return f"already running {name}", {}
-            self.energy = BusEnergy(self.site, self.topology, name)
+            self.energy = BusEnergy(self.site, self.topology, name, self.site_model)
             self.policy = cast(Any, self.energy)
             self._policy_audit_seen = 0
             return f"policy {old} -> {name} (batteries follow it from this cycle)", {}
@@ -406,7 +414,7 @@ class BusLiveRuntime(LiveRuntime):
             raise CommandRefused(f"{JOBS_NOTE}; the runtime does not know which GPUs job {a.get('job')} holds")
         if cmd.kind in ("dr_start", "dr_end"):
             raise CommandRefused(
-                "demand response needs the planner and the job scheduler of an embedded twin: "
+                "demand response needs the job scheduler of an embedded twin (deferral, compute caps by class): "
                 "not available over the bus"
             )
         return _alert_command(self, cmd)
@@ -476,7 +484,7 @@ class BusLiveRuntime(LiveRuntime):
             },
             prices=self._price_ahead(snap.t_s),
             bess=bus_bess_rows(self),
-            plan=None,
+            plan=plan_view(cast(Any, self.energy), snap.t_s),
             dr={
                 "supported": False,
                 "active": False,
@@ -502,7 +510,12 @@ class BusLiveRuntime(LiveRuntime):
                 last_error=self.last_error,
             ),
             audit_count=audit_total,
-            extra={"source": "bus", "bus": bus_status(self), "planner": PLANNER_STATUS, "jobs_note": JOBS_NOTE},
+            extra={
+                "source": "bus",
+                "bus": bus_status(self),
+                "planner": self.energy.planner_status,
+                "jobs_note": JOBS_NOTE,
+            },
         )
         self._state = state
         return state
