@@ -76,6 +76,12 @@ def test_runtime_over_the_bus_serves_the_cockpit_and_sends_commands(tmp_path: Pa
             assert all(r["power_w"] is not None for r in doc["rows"])
             ov = client.get("/api/overview", headers=op).json()
             assert ov["site"]["source"] == "bus" and ov["site"]["gpu_coverage"] == 1.0
+            gpu = client.get(f"/api/entity/gpu/{n - 1}", headers=op).json()
+            assert gpu["gpu"]["power_w"] is not None and gpu["gpu"]["job"] is None  # no job placement over the bus
+            assert client.get("/api/floor", headers=op).json()["n"] == n
+            energy = client.get("/api/energy", headers=op).json()
+            assert energy["plan"]["solves"] == 1 and energy["bess"][0]["soc"] is not None
+            assert client.get("/api/alerts", headers=op).status_code == 200
             jobs = client.get("/api/jobs", headers=op).json()
             assert jobs["total"] == 0 and "not available over the bus" in jobs["note"]
             # An operator GPU cap goes to the owning agent (the second one plays the last nodes) and back.
