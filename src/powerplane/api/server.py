@@ -36,6 +36,15 @@ def serve(live: LiveOptions, opts: ServeOptions, announce: Callable[[str], None]
     for p in (opts.cert, opts.key):
         if p is not None and not p.is_file():
             raise ValueError(f"{p}: no such file")
+
+    def terminate(signum: int, frame: object) -> None:
+        raise SystemExit(0)
+
+    # uvicorn stops gracefully on SIGINT/SIGTERM and then re-raises the signal to the handler it found: make
+    # SIGTERM end like Ctrl-C, through the ``finally`` below that stops the runtime and closes the history (and,
+    # set before the runtime starts, through the bus site's cleanup while it is starting).
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, terminate)
     tokens = TokenStore(tokens_path(live.state_dir))
     if opts.bus is None:
         runtime = LiveRuntime(live)
@@ -58,14 +67,11 @@ def serve(live: LiveOptions, opts: ServeOptions, announce: Callable[[str], None]
     )
     server = uvicorn.Server(config)
 
-    def terminate(signum: int, frame: object) -> None:
-        raise SystemExit(0)
-
-    # uvicorn stops gracefully on SIGINT/SIGTERM and then re-raises the signal to the handler it found: make
-    # SIGTERM end like Ctrl-C, through the ``finally`` below that stops the runtime and closes the history.
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, terminate)
-    runtime.start()
+    try:
+        runtime.start()
+    except BaseException:  # a first cycle that fails: still stop what the runtime started (the bus site)
+        runtime.stop()
+        raise
     scheme = "https" if opts.cert else "http"
 
     def announce_when_listening() -> None:
