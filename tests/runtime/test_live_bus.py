@@ -173,3 +173,24 @@ def test_cap_gpus_in_the_embedded_runtime_and_bad_arguments(tmp_path: Path) -> N
         assert [a["status"] for a in audit] == ["refused", "applied"]
     finally:
         rt.stop()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--bus", "local", "--speed", "60"], "--speed does not apply over the bus"),
+        (["--bus", "http://127.0.0.1:4222"], "--bus takes a NATS URL"),
+        (["--bus", "local", "--policy", "oracle"], "unknown live policy 'oracle' over the bus"),
+    ],
+)
+def test_run_over_the_bus_refuses_bad_options_before_starting_anything(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from powerplane.cli import app
+
+    res = CliRunner().invoke(app, ["run", "--scenario", "small", "--state-dir", str(tmp_path), *args])
+    assert res.exit_code == 2, res.output
+    assert message in " ".join(res.output.split())
+    assert not (tmp_path / "bus").exists()
