@@ -98,6 +98,11 @@ _PLAN = {
 }
 _DIRECT = {"reset_gpu", "check_gpu", "reboot_node", "restart_job", "drain_node"}
 _GPU_PLANS = {"reset_gpu", "check_gpu"}  # isolate one GPU (a node plan when the alert names no GPU)
+# returning a GPU or a node to the pool: (action kind, state before, the inverse, the reason when a repair is over)
+_RELEASE = {
+    "gpu": ("uncordon_gpu", "cordoned", "cordon_gpu", "reset finished"),
+    "node": ("undrain_node", "drained", "drain_node", "repair finished"),
+}
 
 
 class Healer:
@@ -353,44 +358,30 @@ class Healer:
         self._follow = [f for f in self._follow if f[0] > now_s]
         out = []
         for _, what, idx, action_id in due:
-            if what == "node" and self.drained.get(idx) == action_id:
-                out.append(self._undrain(idx, action_id, now_s, self.ACTOR, "repair finished"))
-            elif what == "gpu" and self.cordoned.get(idx) == action_id:
-                out.append(self._uncordon(idx, action_id, now_s, self.ACTOR, "reset finished"))
+            if self._held(what).get(idx) == action_id:
+                out.append(self._release(what, idx, action_id, now_s, self.ACTOR, _RELEASE[what][3]))
         return out
 
-    def _uncordon(self, gpu: int, cordon_id: str, t: float, actor: str, reason: str) -> HealAction:
-        self.ex.uncordon_gpu(gpu, t)
-        self.cordoned.pop(gpu, None)
-        self.actions[cordon_id].status = "reverted"
-        u = self._new(
-            t,
-            "uncordon_gpu",
-            f"gpu/{gpu}",
-            reason,
-            gpu=gpu,
-            reverts=cordon_id,
-            before="cordoned",
-            after="schedulable",
-            inverse="cordon_gpu",
-        )
-        self._audit(u, actor=actor)
-        return u
+    def _held(self, what: str) -> dict[int, str]:
+        """The GPUs cordoned (``what == "gpu"``) or the nodes drained (``"node"``): index -> the holding action."""
+        return self.cordoned if what == "gpu" else self.drained
 
-    def _undrain(self, node: int, drain_id: str, t: float, actor: str, reason: str) -> HealAction:
-        self.ex.undrain_node(node, t)
-        self.drained.pop(node, None)
-        self.actions[drain_id].status = "reverted"
+    def _release(self, what: str, idx: int, hold_id: str, t: float, actor: str, reason: str) -> HealAction:
+        """Return a cordoned GPU or a drained node to the pool, reverting the action ``hold_id`` that held it out."""
+        kind, held, inverse, _ = _RELEASE[what]
+        (self.ex.uncordon_gpu if what == "gpu" else self.ex.undrain_node)(idx, t)
+        self._held(what).pop(idx, None)
+        self.actions[hold_id].status = "reverted"
         u = self._new(
             t,
-            "undrain_node",
-            f"node/{node}",
+            kind,
+            f"{what}/{idx}",
             reason,
-            node=node,
-            reverts=drain_id,
-            before="drained",
+            **{what: idx},
+            reverts=hold_id,
+            before=held,
             after="schedulable",
-            inverse="drain_node",
+            inverse=inverse,
         )
         self._audit(u, actor=actor)
         return u
@@ -421,17 +412,12 @@ class Healer:
         a = self.actions.get(action_id)
         if a is None or a.kind not in ("drain_node", "cordon_gpu") or a.status != "done":
             return None
-        if a.kind == "cordon_gpu":
-            gpu = int(a.detail["gpu"])
-            if self.cordoned.get(gpu) != action_id:
-                return None
-            self._follow = [f for f in self._follow if f[3] != action_id]
-            return self._uncordon(gpu, action_id, now_s, by, f"operator {by} reverted {action_id}")
-        node = int(a.detail["node"])
-        if self.drained.get(node) != action_id:
+        what = "gpu" if a.kind == "cordon_gpu" else "node"
+        idx = int(a.detail[what])
+        if self._held(what).get(idx) != action_id:
             return None
         self._follow = [f for f in self._follow if f[3] != action_id]
-        return self._undrain(node, action_id, now_s, by, f"operator {by} reverted {action_id}")
+        return self._release(what, idx, action_id, now_s, by, f"operator {by} reverted {action_id}")
 
     def summary(self) -> dict[str, Any]:
         kinds: dict[str, int] = {}
