@@ -21,6 +21,9 @@ bus_app = typer.Typer(no_args_is_help=True, help="The NATS JetStream bus: a loca
 
 UrlOpt = Annotated[str, typer.Option("--url", help="NATS server URL.")]
 ScenarioOpt = Annotated[str, typer.Option("--scenario", help="Site scenario name or YAML file.")]
+DurationOpt = Annotated[float | None, typer.Option(help="Stop after this many seconds.")]
+StatsOpt = Annotated[Path | None, typer.Option(help="Write counters as JSON here on exit.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v")]
 
 
 def _fail(message: str) -> typer.Exit:
@@ -56,6 +59,14 @@ async def _run_with_signals(stop: Any, coro: Any) -> Any:
     return await coro
 
 
+def _serve(stop: Any, coro: Any) -> Any:
+    """Run ``coro`` until it ends (SIGINT/SIGTERM call ``stop``); a bus error ends the command with its message."""
+    try:
+        return asyncio.run(_run_with_signals(stop, coro))
+    except PowerPlaneError as exc:
+        raise _fail(str(exc)) from exc
+
+
 def _write_json(path: Path | None, data: dict[str, Any]) -> None:
     if path is None:
         return
@@ -84,9 +95,9 @@ def agent(
     wait_for_bus: Annotated[
         float | None, typer.Option(help="Give up when the bus is still unreachable after this many seconds.")
     ] = None,
-    duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
-    stats: Annotated[Path | None, typer.Option(help="Write counters as JSON here on exit.")] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    duration: DurationOpt = None,
+    stats: StatsOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Publish node frames to the bus (buffering while it is down) and apply the nodes' commands."""
     from powerplane.bus.agent import Agent
@@ -156,9 +167,7 @@ def agent(
         raise _fail(str(exc)) from exc
     console.print(f"agent: {played.size} nodes of {topo.site_name} at {rate:g} Hz to {url} ({batch} messages)")
     try:
-        st = asyncio.run(_run_with_signals(ag.stop, ag.run(duration_s=duration)))
-    except PowerPlaneError as exc:
-        raise _fail(str(exc)) from exc
+        st = _serve(ag.stop, ag.run(duration_s=duration))
     finally:
         for c in closers:
             c.close()
@@ -179,9 +188,9 @@ def tracker(
     lease_ttl: Annotated[float, typer.Option(help="Seconds a dead tracker's lease lasts.")] = 2.0,
     ack_wait: Annotated[float, typer.Option(help="Seconds before JetStream redelivers unacknowledged frames.")] = 2.0,
     tick: Annotated[float, typer.Option(help="Rollup tick [s] (the agents' period).")] = 0.1,
-    duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
-    stats: Annotated[Path | None, typer.Option(help="Write counters as JSON here on exit.")] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    duration: DurationOpt = None,
+    stats: StatsOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Aggregate halls from the bus as durable JetStream consumers and publish hall rollups."""
     from powerplane.bus.tracker import Tracker
@@ -204,10 +213,7 @@ def tracker(
     except (PowerPlaneError, ValueError) as exc:
         raise _fail(str(exc)) from exc
     console.print(f"tracker {tr.ident}: halls {', '.join(w.name for w in tr.workers)} on {url}")
-    try:
-        out = asyncio.run(_run_with_signals(tr.stop, tr.run(duration_s=duration)))
-    except PowerPlaneError as exc:
-        raise _fail(str(exc)) from exc
+    out = _serve(tr.stop, tr.run(duration_s=duration))
     _write_json(stats, out)
     for name, h in out["halls"].items():
         console.print(f"  {name}: {h['rollups']} rollups, {h['frames_accepted']} frames, rejected {h['rejected']}")
