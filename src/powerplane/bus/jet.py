@@ -70,32 +70,23 @@ async def _add_stream(js: JetStreamContext, config: StreamConfig) -> None:
 
 async def ensure_streams(js: JetStreamContext, site: str) -> None:
     """The telemetry stream (``pp.tel.<site>.>``, file storage) and the rollup stream (``pp.rollup.<site>.>``)."""
-    await _add_stream(
-        js,
-        StreamConfig(
-            name=subjects.tel_stream(site),
-            subjects=[f"pp.tel.{subjects.token(site)}.>"],
-            retention=RetentionPolicy.LIMITS,
-            storage=StorageType.FILE,
-            max_age=TEL_MAX_AGE_S,
-            max_bytes=8 * 1024**3,
-            discard=DiscardPolicy.OLD,
-            duplicate_window=DUPLICATE_WINDOW_S,
-        ),
-    )
-    await _add_stream(
-        js,
-        StreamConfig(
-            name=subjects.rollup_stream(site),
-            subjects=[f"pp.rollup.{subjects.token(site)}.>"],
-            retention=RetentionPolicy.LIMITS,
-            storage=StorageType.FILE,
-            max_age=ROLLUP_MAX_AGE_S,
-            max_bytes=8 * 1024**3,
-            discard=DiscardPolicy.OLD,
-            duplicate_window=DUPLICATE_WINDOW_S,
-        ),
-    )
+    for name, kind, max_age_s in (
+        (subjects.tel_stream(site), "tel", TEL_MAX_AGE_S),
+        (subjects.rollup_stream(site), "rollup", ROLLUP_MAX_AGE_S),
+    ):
+        await _add_stream(
+            js,
+            StreamConfig(
+                name=name,
+                subjects=[f"pp.{kind}.{subjects.token(site)}.>"],
+                retention=RetentionPolicy.LIMITS,
+                storage=StorageType.FILE,
+                max_age=max_age_s,
+                max_bytes=8 * 1024**3,
+                discard=DiscardPolicy.OLD,
+                duplicate_window=DUPLICATE_WINDOW_S,
+            ),
+        )
 
 
 async def lease_bucket(js: JetStreamContext, site: str, ttl_s: float) -> KeyValue:
