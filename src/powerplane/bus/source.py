@@ -60,14 +60,38 @@ class BusLink:
             self._thread.join(10.0)
 
 
-class BusSource:
+class _OnBus:
+    """What :class:`BusSource` and :class:`BusActuator` share: the site, its topology, a clock and a bus link,
+    their own (named ``client``, closed by :meth:`close`) unless one is given."""
+
+    name = "bus"
+
+    def __init__(
+        self,
+        url: str,
+        site: SiteConfig,
+        topology: Topology | None,
+        clock: Clock | None,
+        link: BusLink | None,
+        client: str,
+    ) -> None:
+        self.site = site
+        self.topo = topology or Topology.from_site(site)
+        self.clock: Clock = clock or WallClock()
+        self._own_link = link is None
+        self.link = link or BusLink(url, client)
+
+    def close(self) -> None:
+        if self._own_link:
+            self.link.close()
+
+
+class BusSource(_OnBus):
     """The site as seen through the hall trackers' rollups (per-GPU and node readings) and the plant frames.
 
     ``latency`` keeps the last ``keep_latency`` publish-to-receive delays [s] of the node frames (agent clock to
     this clock, same host or synchronized clocks), for benchmarks and ``source_age`` checks.
     """
-
-    name = "bus"
 
     def __init__(
         self,
@@ -80,9 +104,7 @@ class BusSource:
         keep_latency: int = 200_000,
         link: BusLink | None = None,
     ) -> None:
-        self.site = site
-        self.topo = topology or Topology.from_site(site)
-        self.clock: Clock = clock or WallClock()
+        super().__init__(url, site, topology, clock, link, "powerplane-bus-source")
         self.first_timeout_s = float(first_timeout_s)
         topo = self.topo
         self._lock = threading.Lock()
@@ -100,8 +122,6 @@ class BusSource:
         self.latency_s: deque[float] = deque(maxlen=keep_latency)
         self.epochs: dict[int, int] = {}  # hall -> epoch (lease revision) of the tracker serving it
         self.epoch_change_s: dict[int, float] = {}  # hall -> perf counter when a new tracker's rollup came
-        self._own_link = link is None
-        self.link = link or BusLink(url, "powerplane-bus-source")
         self.link.call(self._start())
 
     @property
@@ -196,12 +216,8 @@ class BusSource:
                     lv[m] = np.where(np.isfinite(lv[m]), lv[m], 0).astype(np.int64)
         return Frame(t_s=float(t_s), source="bus", levels=levels)
 
-    def close(self) -> None:
-        if self._own_link:
-            self.link.close()
 
-
-class BusActuator:
+class BusActuator(_OnBus):
     """Sends commands to the devices' agents (request/reply on ``pp.cmd.<site>.<hall>.<device>``).
 
     GPU caps are split per node (the node's agent applies them through NVML, clipped to the card's limits);
@@ -209,8 +225,6 @@ class BusActuator:
     ``timeout_s`` is reported as not applied. Every command and its result is appended to ``audit`` (and to
     ``audit_path`` as JSON lines when given).
     """
-
-    name = "bus"
 
     def __init__(
         self,
@@ -223,14 +237,10 @@ class BusActuator:
         audit_path: Path | None = None,
         link: BusLink | None = None,
     ) -> None:
-        self.site = site
-        self.topo = topology or Topology.from_site(site)
+        super().__init__(url, site, topology, clock, link, "powerplane-bus-actuator")
         self.timeout_s = float(timeout_s)
-        self.clock: Clock = clock or WallClock()
         self.audit: deque[dict[str, Any]] = deque(maxlen=10_000)
         self.audit_path = audit_path
-        self._own_link = link is None
-        self.link = link or BusLink(url, "powerplane-bus-actuator")
         self._bess_hall = [b.hall for b in site.bess]
 
     def apply(self, commands: Sequence[Command]) -> list[CommandResult]:
