@@ -7,6 +7,7 @@ expression; events are handled at step boundaries. The GPU pool scheduler (its o
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -319,18 +320,11 @@ class Workload:
     def drain_node(self, node: int, t: float) -> list[int]:
         """Cordon a node in the scheduler: its jobs go back to the queue from their last checkpoint and are
         placed elsewhere; nothing new lands there until :meth:`undrain_node`. Returns the jobs moved."""
-        moved = [self._job_of[name] for name in self.sched.node_down(node, t)]
-        for j in moved:
-            if j in self.active:
-                self._preempt(j, t)
-        self._try_queue(t)
-        self._next_event_s = -np.inf
-        return moved
+        return self._requeue(self.sched.node_down(node, t), t)
 
     def undrain_node(self, node: int, t: float) -> None:
         self.sched.node_up(node, t)
-        self._try_queue(t)
-        self._next_event_s = -np.inf
+        self._requeue([], t)
 
     def cordon_gpu(self, gpu: int, t: float, move_jobs: bool = True) -> list[int]:
         """Cordon one GPU in the scheduler: nothing new lands there until :meth:`uncordon_gpu`; with
@@ -339,18 +333,23 @@ class Workload:
         held = self.sched.cordon_gpu(gpu, t)
         if not move_jobs:
             return [self._job_of[name] for name in held]
-        moved = [self._job_of[name] for name in self.sched.evict_gpu(gpu, t)]
+        return self._requeue(self.sched.evict_gpu(gpu, t), t)
+
+    def uncordon_gpu(self, gpu: int, t: float) -> None:
+        self.sched.uncordon_gpu(gpu, t)
+        self._requeue([], t)
+
+    def _requeue(self, evicted: Iterable[str], t: float) -> list[int]:
+        """The jobs the scheduler evicted (by name) go back to the queue from their last checkpoint; the queue is
+        then placed again (on what a drain or cordon left, or what an undrain or uncordon gave back). Returns the
+        jobs moved."""
+        moved = [self._job_of[name] for name in evicted]
         for j in moved:
             if j in self.active:
                 self._preempt(j, t)
         self._try_queue(t)
         self._next_event_s = -np.inf
         return moved
-
-    def uncordon_gpu(self, gpu: int, t: float) -> None:
-        self.sched.uncordon_gpu(gpu, t)
-        self._try_queue(t)
-        self._next_event_s = -np.inf
 
     def _restart(self, j: int, t: float) -> None:
         jobs = self.jobs
