@@ -37,6 +37,10 @@ _out = Console()
 _err = Console(stderr=True)
 DEFAULT_CACHE = Path("runs/forecast-cache")
 RegistryOpt = Annotated[Path, typer.Option("--registry", help="registry file (DuckDB)")]
+# an alias move (promote, rollback): which alias, why and who, kept in the audit history
+AliasOpt = Annotated[str, typer.Option(help="champion or challenger")]
+ReasonOpt = Annotated[str, typer.Option(help="why (kept in the history)")]
+ByOpt = Annotated[str, typer.Option(help="who")]
 
 
 @app.callback()
@@ -213,9 +217,9 @@ def models_show(
 @models_app.command("promote")
 def models_promote(
     version: str,
-    alias: Annotated[str, typer.Option(help="champion or challenger")] = "champion",
-    reason: Annotated[str, typer.Option(help="why (kept in the history)")] = "",
-    by: Annotated[str, typer.Option(help="who")] = "cli",
+    alias: AliasOpt = "champion",
+    reason: ReasonOpt = "",
+    by: ByOpt = "cli",
     registry: RegistryOpt = DEFAULT_PATH,
 ) -> None:
     """Point an alias at a version (the move is kept in the audit history)."""
@@ -228,9 +232,9 @@ def models_promote(
 
 @models_app.command("rollback")
 def models_rollback(
-    alias: Annotated[str, typer.Option(help="champion or challenger")] = "champion",
-    reason: Annotated[str, typer.Option(help="why (kept in the history)")] = "",
-    by: Annotated[str, typer.Option(help="who")] = "cli",
+    alias: AliasOpt = "champion",
+    reason: ReasonOpt = "",
+    by: ByOpt = "cli",
     registry: RegistryOpt = DEFAULT_PATH,
 ) -> None:
     """Restore the alias's previous holder; says what it rolled back from."""
