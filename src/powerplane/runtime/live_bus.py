@@ -20,11 +20,9 @@ the site with the SOC and IT load read over the bus (``live_bus_energy.py``).
 from __future__ import annotations
 
 import datetime as dt
-import queue
 import shutil
 import tempfile
-import threading
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -33,33 +31,16 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from powerplane.control.fast import Measurements
-from powerplane.core.clock import Clock, WallClock, perf_counter_s
+from powerplane.core.clock import Clock, perf_counter_s
 from powerplane.core.commands import BessSetpoint, GpuPowerCap
 from powerplane.core.frames import Frame
 from powerplane.physics import gpu_power, tariff
-from powerplane.runtime.live import (
-    AUDIT_KEEP,
-    FORECAST_EVERY_S,
-    JOB_FIELDS,
-    LiveOptions,
-    LiveRuntime,
-    _load_alert_engine,
-    _load_forecaster,
-)
+from powerplane.runtime.live import LiveRuntime
 from powerplane.runtime.live_bus_energy import BUS_POLICIES, BusEnergy
 from powerplane.runtime.live_bus_view import bus_bess_rows, bus_site_view, bus_status, reading, unit_readings
-from powerplane.runtime.live_commands import (
-    COMMAND_KINDS,
-    CommandRefused,
-    CommandResult,
-    OperatorCommand,
-    _alert_command,
-)
-from powerplane.runtime.live_state import SITE_SERIES, CycleInfo, Ledger, LiveState, SeriesRing
-from powerplane.runtime.live_view import plan_view
-from powerplane.telemetry.ring import GpuRing
+from powerplane.runtime.live_commands import COMMAND_KINDS, CommandRefused, OperatorCommand, _alert_command
+from powerplane.runtime.live_core import JOB_FIELDS, LiveCore, LiveOptions, check_period
 from powerplane.telemetry.snapshot import Snapshot
-from powerplane.telemetry.tracker import Tracker
 
 if TYPE_CHECKING:
     from powerplane.bus.wiring import BusSite
@@ -94,6 +75,12 @@ class BusSiteClock:
 class BusLiveRuntime(LiveRuntime):
     """:class:`LiveRuntime` on a :class:`~powerplane.bus.wiring.BusSite` instead of an embedded twin."""
 
+    command_kinds = BUS_COMMAND_KINDS
+    money_note = (
+        "energy at the tariff's price since local midnight, from the grid meter read each cycle "
+        "over the bus; saved: against the same load without batteries (demand charge not included)"
+    )
+
     def __init__(
         self,
         opts: LiveOptions,
@@ -107,33 +94,19 @@ class BusLiveRuntime(LiveRuntime):
     ) -> None:
         if opts.speed != 1.0:
             raise ValueError("--speed does not apply over the bus: the agents play the site in real time (speed 1)")
-        if not opts.period_s > 0:
-            raise ValueError("the cycle period must be positive")
+        check_period(opts)
         if opts.policy not in BUS_POLICIES:
             raise ValueError(f"unknown live policy {opts.policy!r} over the bus; valid: {', '.join(BUS_POLICIES)}")
-        self.opts = opts
-        self._mono = monotonic_s
-        self._wall = wall or WallClock()
         self.bus = bus
         self._owns_bus = owns_bus
         self._bus_closed = False
-        self.site = bus.site
-        self.topology = bus.topology
-        self.clock = BusSiteClock(self.topology.n_gpus, monotonic_s)
+        self.clock = BusSiteClock(bus.topology.n_gpus, monotonic_s)
         self.twin = cast(Any, self.clock)  # the site's time and (unknown) jobs where shared code reads rt.twin
         self.steps_per_cycle = 1
-        opts.state_dir.mkdir(parents=True, exist_ok=True)
-        self.ring = GpuRing(self.topology.n_gpus, max(2, opts.ring_samples))
-        self.history: Any = None
-        if opts.history:
-            from powerplane.store.history import HistoryStore
-
-            path = opts.state_dir / "history.duckdb"
-            if path.exists():
-                path.replace(path.with_name("history.prev.duckdb"))
-                path.with_name("history.duckdb.wal").unlink(missing_ok=True)
-            self.history = HistoryStore(path, self.topology)
-        self.tracker = Tracker(self.topology, self.site, ring=self.ring, history=self.history)
+        # The shared core only: LiveRuntime.__init__ would build and drive an embedded twin.
+        LiveCore.__init__(
+            self, opts, bus.site, bus.topology, monotonic_s, wall, alert_engine, forecaster, opts.period_s
+        )
         from powerplane.config.loader import load_scenario
         from powerplane.twin.twin import Twin
 
@@ -142,46 +115,8 @@ class BusLiveRuntime(LiveRuntime):
         self.energy = BusEnergy(self.site, self.topology, opts.policy, self.site_model)
         self.policy = cast(Any, self.energy)
         self._controller = None
-        self._policy_audit_seen = 0
-        self.series = SeriesRing(SITE_SERIES)
-        self.ledger = Ledger()
         self._tz = ZoneInfo(self.site.timezone)
-        win = max(1, round(self.site.tariff.demand_window_min * 60.0 / opts.period_s))
-        self._grid_window = np.full(win, np.nan)
-        self._grid_next = 0
         self._last_block = None
-        self._last_price = float("nan")
-        self._prices: dict[str, list[float]] = {"t_s": [], "price_per_kwh": []}
-        self._prices_key = -1
-        self._commands: queue.SimpleQueue[OperatorCommand] = queue.SimpleQueue()
-        self._results: dict[str, CommandResult] = {}
-        self._result_order: deque[str] = deque()
-        self._results_lock = threading.Lock()
-        self._seq = 0
-        self.job_caps_w: dict[int, float] = {}
-        self.audit_path = opts.state_dir / "audit.jsonl"
-        self._audit: deque[dict[str, Any]] = deque(maxlen=AUDIT_KEEP)
-        self._audit_total = 0
-        self._audit_lock = threading.Lock()
-        self.alerts, self.alert_status = _load_alert_engine(self) if alert_engine == "auto" else (alert_engine, "ok")
-        if self.alerts is None and alert_engine is None:
-            self.alert_status = "no alert engine"
-        self.forecaster, self.forecast_status = (
-            _load_forecaster(self, opts.forecast_registry) if forecaster == "auto" else (forecaster, "ok")
-        )
-        if self.forecaster is None and forecaster is None:
-            self.forecast_status = "no forecaster"
-        self._forecast: dict[str, Any] | None = None
-        self._next_forecast_s = -np.inf
-        self.cycles = 0
-        self.errors = 0
-        self.last_error = ""
-        self._cycle_ms: deque[float] = deque(maxlen=300)
-        self._lag_s = 0.0
-        self._state: LiveState | None = None
-        self._listeners: list[Callable[[LiveState], None]] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         # Bus mode: the newest frame, the batteries' commanded setpoints and what became of the commands.
         n = self.energy.n_units
         self._frame: Frame | None = None
@@ -193,21 +128,6 @@ class BusLiveRuntime(LiveRuntime):
         self._bess_failing = np.zeros(n, dtype=bool)
         self._gpu_cap = _cap_limits(self.topology)
 
-    # ------------------------------------------------------------------ public interface
-
-    def submit(self, kind: str, args: dict[str, Any], actor: str) -> str:
-        if kind not in BUS_COMMAND_KINDS:
-            raise CommandRefused(f"unknown command {kind!r}; valid: {', '.join(BUS_COMMAND_KINDS)}")
-        with self._results_lock:
-            self._seq += 1
-            cid = f"cmd-{self._seq}"
-            self._results[cid] = CommandResult(cid, kind, "queued")
-            self._result_order.append(cid)
-            while len(self._result_order) > 1000:
-                self._results.pop(self._result_order.popleft(), None)
-        self._commands.put(OperatorCommand(cid, kind, dict(args), actor))
-        return cid
-
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop the cycle, close the history, then the bus site (agents, trackers, a local server)."""
         super().stop(timeout_s)
@@ -217,37 +137,18 @@ class BusLiveRuntime(LiveRuntime):
 
     # ------------------------------------------------------------------ the cycle
 
-    def step(self) -> LiveState:
-        t0 = self._mono()
-        self._apply_commands()
-        try:
-            frame = self.bus.source.read()
-            rejected = Counter(self.bus.source.rejected)
-            delta = rejected - self._source_rejected
-            self._source_rejected = rejected
-            snap = self.tracker.ingest(frame, None, delta)
-            self._frame = frame
-            self.clock.seen(frame.t_s)
-            self.clock.seen(self._plant_t())
-            self._control(frame)
-        except Exception as exc:
-            self._error(f"cycle failed: {type(exc).__name__}: {exc}")
-            if self._state is None:
-                raise
-            return self._state
-        self._collect_policy_audit()
-        context = self._context(snap, t0)
-        alerts = self._evaluate_alerts(snap, context)
-        self._run_forecast(snap)
-        self.cycles += 1
-        self._cycle_ms.append((self._mono() - t0) * 1e3)
-        state = self._publish(snap, alerts)
-        for listener in list(self._listeners):
-            try:
-                listener(state)
-            except Exception as exc:
-                self._error(f"listener failed: {exc}")
-        return state
+    def _advance(self) -> Snapshot:
+        """Read the bus frame, ingest it, and run the energy fast loop on its meter readings."""
+        frame = self.bus.source.read()
+        rejected = Counter(self.bus.source.rejected)
+        delta = rejected - self._source_rejected
+        self._source_rejected = rejected
+        snap = self.tracker.ingest(frame, None, delta)
+        self._frame = frame
+        self.clock.seen(frame.t_s)
+        self.clock.seen(self._plant_t())
+        self._control(frame)
+        return snap
 
     def _plant_t(self) -> float:
         return float(getattr(self.bus.source, "_plant_t", float("nan")))
@@ -329,18 +230,14 @@ class BusLiveRuntime(LiveRuntime):
         self._grid_window[self._grid_next] = grid_w
         self._grid_next = (self._grid_next + 1) % self._grid_window.size
 
-    def _context(self, snap: Snapshot, t0: float) -> dict[str, float]:
-        ctx: dict[str, float] = {
-            "t_s": snap.t_s,
-            "cycle_lag_s": self._lag_s,
-            "cycle_ms": (self._mono() - t0) * 1e3,
-            "source_age_s": max(0.0, self.clock.now_s - snap.t_s),
-            "planner_failed": float(self.energy.planner_failed),
-            "safe_mode": float(self.energy.safe_mode),
-            "demand_15min_w": self.demand_15min_w(),
-            "contract_w": self.site.electrical.contract_demand_kw * 1e3,
-            "nominal_frequency_hz": float(self.site.grid.frequency_hz),
-        }
+    def _planner_failed(self) -> bool:
+        return bool(self.energy.planner_failed)
+
+    def _safe_mode(self) -> bool:
+        return bool(self.energy.safe_mode)
+
+    def _plant_context(self) -> dict[str, float]:
+        ctx: dict[str, float] = {}
         if self._frame is not None:
             site = self._frame.levels.get("site", {})
             grid, freq = reading(site, "meter_power_w"), reading(site, "frequency_hz")
@@ -351,51 +248,12 @@ class BusLiveRuntime(LiveRuntime):
                 ctx["frequency_hz"] = freq
         return ctx
 
-    def _run_forecast(self, snap: Snapshot) -> None:
-        if self.forecaster is None:
-            return
-        try:
-            self.forecaster.observe(snap)
-            if snap.t_s >= self._next_forecast_s:
-                self._next_forecast_s = snap.t_s + FORECAST_EVERY_S
-                self._forecast = self.forecaster.forecast(snap.t_s, None)  # no job timeline over the bus
-                self.forecast_status = "ok"
-        except Exception as exc:
-            self.forecast_status = f"forecast failed: {exc}"
-            self._error(self.forecast_status)
+    def _job_timeline(self, t_s: float) -> Any:
+        return None  # no job timeline over the bus
 
     # ------------------------------------------------------------------ operator commands
 
-    def _apply_commands(self) -> None:
-        while True:
-            try:
-                cmd = self._commands.get_nowait()
-            except queue.Empty:
-                return
-            now = self.clock.now_s
-            try:
-                detail, extra = self._apply_bus_command(cmd)
-                status = "applied"
-            except CommandRefused as exc:
-                detail, extra, status = str(exc), {}, "refused"
-            except Exception as exc:
-                detail, extra, status = f"{type(exc).__name__}: {exc}", {}, "failed"
-            with self._results_lock:
-                self._results[cmd.id] = CommandResult(cmd.id, cmd.kind, status, detail, now, extra)
-            self._record(
-                {
-                    "t_s": now,
-                    "actor": f"operator:{cmd.actor}",
-                    "mode": "command",
-                    "command": cmd.kind,
-                    "command_id": cmd.id,
-                    "args": cmd.args,
-                    "status": status,
-                    "why": detail,
-                }
-            )
-
-    def _apply_bus_command(self, cmd: OperatorCommand) -> tuple[str, dict[str, Any]]:
+    def _execute(self, cmd: OperatorCommand) -> tuple[str, dict[str, Any]]:
         a = cmd.args
         if cmd.kind == "cap_gpus":
             return self._cap_gpus(a)
@@ -457,68 +315,22 @@ class BusLiveRuntime(LiveRuntime):
             out[f] = np.zeros(0, dtype=JOB_DTYPES.get(f, np.float64))
         return out, []
 
-    def _publish(self, snap: Snapshot, alerts: list[dict[str, Any]] | None) -> LiveState:
-        site = bus_site_view(self, snap)
-        self.series.push(snap.t_s, site)
-        jobs, names = self._jobs_arrays()
-        cms = np.array(self._cycle_ms) if self._cycle_ms else np.zeros(1)
-        version = (self._state.version + 1) if self._state is not None else 1
-        with self._audit_lock:
-            audit_total = self._audit_total
-        state = LiveState(
-            version=version,
-            t_s=snap.t_s,
-            scenario=self.site.name,
-            policy=self.energy.name,
-            currency=self.site.tariff.currency,
-            timezone=self.site.timezone,
-            snapshot=snap,
-            site=site,
-            money={
-                "currency": self.site.tariff.currency,
-                "spent_today": round(self.ledger.spent, 2),
-                "saved_today": round(self.ledger.saved, 2),
-                "grid_import_today_mwh": round(self.ledger.energy_mwh, 3),
-                "note": "energy at the tariff's price since local midnight, from the grid meter read each cycle "
-                "over the bus; saved: against the same load without batteries (demand charge not included)",
-            },
-            prices=self._price_ahead(snap.t_s),
-            bess=bus_bess_rows(self),
-            plan=plan_view(cast(Any, self.energy), snap.t_s),
-            dr={
-                "supported": False,
-                "active": False,
-                "events": [],
-                "note": "demand response: not available over the bus",
-            },
-            jobs=jobs,
-            job_names=names,
-            job_caps_w={},
-            alerts=alerts,
-            alert_status=self.alert_status,
-            forecast=self._forecast,
-            forecast_status=self.forecast_status,
-            cycle=CycleInfo(
-                cycles=self.cycles,
-                cycle_ms=float(cms[-1]),
-                cycle_ms_p95=float(np.percentile(cms, 95)),
-                lag_s=self._lag_s,
-                period_s=self.opts.period_s,
-                speed=1.0,
-                steps_per_cycle=1,
-                errors=self.errors,
-                last_error=self.last_error,
-            ),
-            audit_count=audit_total,
-            extra={
-                "source": "bus",
-                "bus": bus_status(self),
-                "planner": self.energy.planner_status,
-                "jobs_note": JOBS_NOTE,
-            },
-        )
-        self._state = state
-        return state
+    def _site_view(self, snap: Snapshot) -> dict[str, Any]:
+        return bus_site_view(self, snap)
+
+    def _bess_rows(self) -> list[dict[str, Any]]:
+        return bus_bess_rows(self)
+
+    def _dr_view(self, t_s: float, site: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "supported": False,
+            "active": False,
+            "events": [],
+            "note": "demand response: not available over the bus",
+        }
+
+    def _extra(self) -> dict[str, Any]:
+        return {"source": "bus", "bus": bus_status(self), "planner": self.energy.planner_status, "jobs_note": JOBS_NOTE}
 
 
 def _cap_limits(topology: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from powerplane.runtime.live_view import FLOW_FIELDS, clean
+from powerplane.runtime.live_view import FLOW_FIELDS, _f, clean, site_tail
 from powerplane.telemetry.snapshot import Snapshot
 
 if TYPE_CHECKING:
@@ -36,10 +36,6 @@ def unit_readings(level: dict[str, Any], name: str, n: int) -> np.ndarray:
     return a if a.size == n else np.full(n, np.nan)
 
 
-def _f(x: float, nd: int = 3) -> float | None:
-    return round(float(x), nd) if np.isfinite(x) else None
-
-
 def bus_site_view(rt: BusLiveRuntime, snap: Snapshot) -> dict[str, Any]:
     lv = rt._frame.levels if rt._frame is not None else {}
     site = lv.get("site", {})
@@ -49,25 +45,16 @@ def bus_site_view(rt: BusLiveRuntime, snap: Snapshot) -> dict[str, Any]:
     bess = unit_readings(lv.get("bess", {}), "power_w", rt.energy.n_units)
     out["bess_power_w"] = _f(float(bess.sum()))
     it, fac = reading(site, "it_power_w"), reading(site, "facility_power_w")
-    out["pue"] = _f(fac / it, 4) if it > 0 and np.isfinite(fac) else None
-    out["islanded"] = False
-    out["price_per_kwh"] = _f(rt._last_price, 5)
-    out["contract_w"] = rt.site.electrical.contract_demand_kw * 1e3
-    out["demand_15min_w"] = _f(rt.demand_15min_w())
-    out["month_peak_w"] = _f(rt.energy.month_peak_w)
-    out["nominal_frequency_hz"] = float(rt.site.grid.frequency_hz)
     soc = unit_readings(lv.get("bess", {}), "soc", rt.energy.n_units)
-    out["bess_soc_mean"] = _f(float(soc.mean()), 4) if soc.size else None
-    roll = snap.rollups.get("site", {})
-    if "gpu.power_w" in roll:
-        r = roll["gpu.power_w"]
-        out["gpu_power_w"] = _f(r.sum[0])
-        out["gpu_coverage"] = _f(r.coverage[0], 4)
-    if "gpu.temp_c" in roll:
-        out["gpu_temp_max_c"] = _f(roll["gpu.temp_c"].max[0], 2)
-    if "gpu.util_pct" in roll:
-        out["gpu_util_mean_pct"] = _f(roll["gpu.util_pct"].mean[0], 2)
-    out["rejected_total"] = int(sum(snap.rejected_total.values()))
+    site_tail(
+        out,
+        rt,
+        snap,
+        pue=_f(fac / it, 4) if it > 0 and np.isfinite(fac) else None,
+        islanded=False,
+        month_peak_w=rt.energy.month_peak_w,
+        soc_mean=float(soc.mean()) if soc.size else float("nan"),
+    )
     out["source"] = "bus"
     out["planner"] = rt.energy.planner_status
     return out

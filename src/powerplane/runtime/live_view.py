@@ -16,6 +16,7 @@ from powerplane.twin.twin import TwinBlock
 
 if TYPE_CHECKING:
     from powerplane.runtime.live import LiveRuntime
+    from powerplane.runtime.live_core import LiveCore
 
 FLOW_FIELDS = (
     "grid_power_w",
@@ -62,14 +63,38 @@ def site_view(rt: LiveRuntime, snap: Snapshot, block: TwinBlock) -> dict[str, An
     p = block.plant
     out: dict[str, Any] = {k: _f(getattr(p, k)[-1]) for k in FLOW_FIELDS}
     it = float(p.it_power_w[-1])
-    out["pue"] = _f(float(p.facility_power_w[-1]) / it, 4) if it > 0 else None
-    out["islanded"] = bool(p.islanded[-1])
+    soc = float(np.mean(p.bess_soc[-1])) if p.bess_soc.shape[1] else float("nan")
+    return site_tail(
+        out,
+        rt,
+        snap,
+        pue=_f(float(p.facility_power_w[-1]) / it, 4) if it > 0 else None,
+        islanded=bool(p.islanded[-1]),
+        month_peak_w=getattr(rt.policy, "month_peak_w", float("nan")),
+        soc_mean=soc,
+    )
+
+
+def site_tail(
+    out: dict[str, Any],
+    rt: LiveCore,
+    snap: Snapshot,
+    *,
+    pue: float | None,
+    islanded: bool,
+    month_peak_w: float,
+    soc_mean: float,
+) -> dict[str, Any]:
+    """The site view's fields after the power flow, the same for every runtime: PUE, price, contract, demand
+    window, peak, SOC and the GPU rollups of the snapshot (filled into ``out``, which is returned)."""
+    out["pue"] = pue
+    out["islanded"] = islanded
     out["price_per_kwh"] = _f(getattr(rt, "_last_price", float("nan")), 5)
     out["contract_w"] = rt.site.electrical.contract_demand_kw * 1e3
     out["demand_15min_w"] = _f(rt.demand_15min_w())
-    out["month_peak_w"] = _f(getattr(rt.policy, "month_peak_w", float("nan")))
+    out["month_peak_w"] = _f(month_peak_w)
     out["nominal_frequency_hz"] = float(rt.site.grid.frequency_hz)
-    out["bess_soc_mean"] = _f(float(np.mean(p.bess_soc[-1])) if p.bess_soc.shape[1] else float("nan"), 4)
+    out["bess_soc_mean"] = _f(soc_mean, 4)
     roll = snap.rollups.get("site", {})
     if "gpu.power_w" in roll:
         r = roll["gpu.power_w"]
