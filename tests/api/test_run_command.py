@@ -6,12 +6,10 @@ from __future__ import annotations
 import re
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
-import sys
-import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -19,32 +17,9 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start(tmp: Path, *extra: str) -> tuple[subprocess.Popen[str], str, str]:
-    port = free_port()
-    cmd = [sys.executable, "-m", "powerplane.cli", "run", "--scenario", "small", "--speed", "30"]
-    cmd += ["--port", str(port), "--state-dir", str(tmp / "state"), *extra]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    lines: list[str] = []
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if "Ctrl-C stops" in line:
-            break
-    text = "".join(lines)
-    url = re.search(r"cockpit: (\S+)", text)
-    token = re.search(r"admin token .*: (pp_\S+)", text)
-    assert url and token, text
-    return proc, url.group(1), token.group(1)
+def start(powerplane_run: Any, tmp: Path, *extra: str) -> tuple[subprocess.Popen[str], str, str]:
+    r = powerplane_run(["--scenario", "small", "--speed", "30", "--state-dir", str(tmp / "state"), *extra])
+    return r.proc, r.url, r.token
 
 
 def stop(proc: subprocess.Popen[str], sig: int) -> str:
@@ -54,8 +29,8 @@ def stop(proc: subprocess.Popen[str], sig: int) -> str:
     return out
 
 
-def test_run_prints_url_and_token_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    proc, url, token = start(tmp_path)
+def test_run_prints_url_and_token_and_stops_on_ctrl_c(tmp_path: Path, powerplane_run: Any) -> None:
+    proc, url, token = start(powerplane_run, tmp_path)
     try:
         assert url.startswith("http://127.0.0.1:")
         r = httpx.get(f"{url}api/whoami", headers={"Authorization": f"Bearer {token}"}, timeout=10)
@@ -69,7 +44,7 @@ def test_run_prints_url_and_token_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     assert "admin token created at start" in audit
 
 
-def test_run_serves_tls_and_stops_on_sigterm(tmp_path: Path) -> None:
+def test_run_serves_tls_and_stops_on_sigterm(tmp_path: Path, powerplane_run: Any) -> None:
     openssl = shutil.which("openssl")
     if openssl is None:
         pytest.fail("openssl is needed to make the test certificate (apt-get install -y openssl)")
@@ -80,7 +55,7 @@ def test_run_serves_tls_and_stops_on_sigterm(tmp_path: Path) -> None:
         check=True,
         capture_output=True,
     )  # fmt: skip
-    proc, url, token = start(tmp_path, "--cert", str(cert), "--key", str(key))
+    proc, url, token = start(powerplane_run, tmp_path, "--cert", str(cert), "--key", str(key))
     try:
         assert url.startswith("https://")
         r = httpx.get(

@@ -4,13 +4,10 @@ top; and `powerplane run --bus` as a real process that starts the site and stops
 from __future__ import annotations
 
 import os
-import re
 import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -120,33 +117,17 @@ def test_runtime_over_the_bus_serves_the_cockpit_and_sends_commands(tmp_path: Pa
 
 
 @pytest.mark.slow
-def test_powerplane_run_over_the_bus_starts_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+def test_powerplane_run_over_the_bus_starts_and_stops_on_ctrl_c(tmp_path: Path, powerplane_run: Any) -> None:
     srv = NatsServer(tmp_path / "nats").start()
     try:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
         state = tmp_path / "state"
-        cmd = [sys.executable, "-m", "powerplane.cli", "run", "--scenario", "small", "--bus", srv.url]
-        cmd += ["--agents", "1", "--trackers", "1", "--port", str(port), "--state-dir", str(state), "--no-history"]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        assert proc.stdout is not None
-        lines: list[str] = []
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if "Ctrl-C stops" in line:
-                break
-        text = "".join(lines)
+        args = ["--scenario", "small", "--bus", srv.url, "--agents", "1", "--trackers", "1"]
+        run = powerplane_run([*args, "--state-dir", str(state), "--no-history"], wait_s=90)
+        proc, text = run.proc, run.text
         try:
-            url = re.search(r"cockpit: (\S+)", text)
-            token = re.search(r"admin token .*: (pp_\S+)", text)
-            assert url and token and f"bus: {srv.url}" in text, text
-            hdr = {"Authorization": f"Bearer {token.group(1)}"}
-            ov = httpx.get(f"{url.group(1)}api/overview", headers=hdr, timeout=10).json()
+            assert f"bus: {srv.url}" in text, text
+            hdr = {"Authorization": f"Bearer {run.token}"}
+            ov = httpx.get(f"{run.url}api/overview", headers=hdr, timeout=10).json()
             assert ov["site"]["source"] == "bus" and ov["site"]["gpu_coverage"] == 1.0
             assert _processes_mentioning(str(state / "bus"))  # the agent and the tracker run
         finally:
