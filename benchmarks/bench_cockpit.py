@@ -28,20 +28,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine_info import add_table_row, machine
 from powerplane.api.auth import TokenStore
+from powerplane.api.browser import CHROMIUM, launch_chromium
 from powerplane.api.server import BackgroundServer
 from powerplane.runtime.live import LiveOptions, LiveRuntime
 from powerplane.runtime.live_state import LiveState
 
 BENCH = Path(__file__).resolve().parent / "BENCHMARKS.md"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 PAGES = {  # page -> selector of its first chart (None: a page without charts)
     "overview": "#ov-power .main-svg",
     "floor": None,
@@ -140,7 +132,7 @@ def main() -> None:
     ap.add_argument("--speed", type=float, default=60.0, help="simulated seconds per wall second")
     ap.add_argument("--repeats", type=int, default=3, help="first renders per page (median)")
     ap.add_argument("--updates", type=int, default=20, help="floor updates to time")
-    ap.add_argument("--chromium", default="/usr/bin/chromium")
+    ap.add_argument("--chromium", default=CHROMIUM)
     ap.add_argument("--note", default="shared machine, other jobs running")
     ap.add_argument("--record", action="store_true", help="append the results to benchmarks/BENCHMARKS.md")
     args = ap.parse_args()
@@ -153,7 +145,7 @@ def main() -> None:
         store = TokenStore(Path(tmp) / "tokens.json")
         token = store.create("bench", "viewer")
         with BackgroundServer(rt, store) as url, sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=args.chromium, args=ARGS)
+            browser = launch_chromium(p, args.chromium)
             time.sleep(3.0)  # let the planner solve and the stream warm up
             renders = first_renders(browser, url, token, args.repeats)
             floor_ms = floor_updates(browser, url, token, args.updates)

@@ -6,7 +6,6 @@ Screenshots of every page are saved under ``test-artifacts/`` (kept by CI). A mi
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections.abc import Iterator
@@ -17,22 +16,13 @@ import numpy as np
 import pytest
 
 from powerplane.api.auth import TokenStore
+from powerplane.api.browser import CHROMIUM, launch_chromium
 from powerplane.api.server import BackgroundServer
 from powerplane.runtime.live import LiveOptions, LiveRuntime
 from powerplane.twin.jobs import State
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = os.environ.get("POWERPLANE_CHROMIUM", "/usr/bin/chromium")
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 PAGES = ("overview", "floor", "energy", "jobs", "alerts", "audit")
 
@@ -48,7 +38,7 @@ def browser() -> Iterator[Any]:
 
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        b = launch_chromium(p)
         yield b
         b.close()
 
