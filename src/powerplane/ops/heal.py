@@ -223,20 +223,10 @@ class Healer:
             return out  # already waiting for an operator
         self._expire_window(t)
         if len(self._drains) >= self.drain_limit:
-            a = self._new(
-                t,
-                "drain_node",
-                f"node/{node}",
-                reason,
-                node=node,
-                plan=plan,
-                gpu=gpu,
-                limit=f"{self.drain_limit} drains per {self.config.drain_window_s:.0f} s",
+            limit = f"{self.drain_limit} drains per {self.config.drain_window_s:.0f} s"
+            return self._await_approval(
+                self.awaiting, node, t, "drain_node", f"node/{node}", reason, node=node, plan=plan, gpu=gpu, limit=limit
             )
-            a.status = "awaiting_approval"
-            self.awaiting[node] = a.id
-            self._audit(a)
-            return [a]
         return self._drain_and_fix(plan, gpu, node, reason, t)
 
     def _execute_gpu(self, plan: str, gpu: int, node: int, reason: str, t: float) -> list[HealAction]:
@@ -246,7 +236,10 @@ class Healer:
             return []  # the node is out, or this GPU already has its plan
         self._expire(self._isolations, self.config.isolate_window_s, t)
         if len(self._isolations) >= self.isolate_limit:
-            a = self._new(
+            limit = f"{self.isolate_limit} GPU isolations per {self.config.isolate_window_s:.0f} s"
+            return self._await_approval(
+                self.awaiting_gpu,
+                gpu,
                 t,
                 "cordon_gpu",
                 f"gpu/{gpu}",
@@ -254,13 +247,19 @@ class Healer:
                 gpu=gpu,
                 node=node,
                 plan=plan,
-                limit=f"{self.isolate_limit} GPU isolations per {self.config.isolate_window_s:.0f} s",
+                limit=limit,
             )
-            a.status = "awaiting_approval"
-            self.awaiting_gpu[gpu] = a.id
-            self._audit(a)
-            return [a]
         return self._isolate_and_fix(plan, gpu, node, reason, t)
+
+    def _await_approval(
+        self, awaiting: dict[int, str], idx: int, t: float, kind: str, target: str, reason: str, **detail: Any
+    ) -> list[HealAction]:
+        """Past its rate limit a drain or a GPU isolation waits (in ``awaiting``, by node or GPU) for an operator."""
+        a = self._new(t, kind, target, reason, **detail)
+        a.status = "awaiting_approval"
+        awaiting[idx] = a.id
+        self._audit(a)
+        return [a]
 
     def _isolate_and_fix(self, plan: str, gpu: int, node: int, reason: str, t: float) -> list[HealAction]:
         """Cordon the GPU and move its jobs; then reset it and return it after ``reset_s``, or (``check_gpu``)
