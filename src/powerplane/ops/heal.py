@@ -261,6 +261,15 @@ class Healer:
         self._audit(a)
         return [a]
 
+    def _repaired(
+        self, ok: bool, t: float, kind: str, target: str, reason: str, after_ok: str, after_failed: str, **detail: Any
+    ) -> HealAction:
+        """The audited record of a repair (a GPU reset, a node reboot) on a faulted device, done or failed."""
+        r = self._new(t, kind, target, reason, **detail, before="faulted", after=after_ok if ok else after_failed)
+        r.status = "done" if ok else "failed"
+        self._audit(r)
+        return r
+
     def _isolate_and_fix(self, plan: str, gpu: int, node: int, reason: str, t: float) -> list[HealAction]:
         """Cordon the GPU and move its jobs; then reset it and return it after ``reset_s``, or (``check_gpu``)
         keep it out until an operator reverts the cordon."""
@@ -283,18 +292,9 @@ class Healer:
         out = [c]
         if plan == "reset_gpu":
             ok = self.ex.reset_gpu(gpu, t)
-            r = self._new(
-                t,
-                "reset_gpu",
-                f"gpu/{gpu}",
-                reason,
-                gpu=gpu,
-                before="faulted",
-                after="reset" if ok else "failed: stays cordoned",
+            out.append(
+                self._repaired(ok, t, "reset_gpu", f"gpu/{gpu}", reason, "reset", "failed: stays cordoned", gpu=gpu)
             )
-            r.status = "done" if ok else "failed"
-            self._audit(r)
-            out.append(r)
             if ok:
                 self._follow.append((t + self.config.reset_s, "gpu", gpu, c.id))
         return out
@@ -318,27 +318,11 @@ class Healer:
         out = [d]
         if plan == "reset_gpu" and gpu >= 0:
             ok = self.ex.reset_gpu(gpu, t)
-            r = self._new(
-                t, "reset_gpu", f"gpu/{gpu}", reason, gpu=gpu, before="faulted", after="reset" if ok else "failed"
-            )
-            r.status = "done" if ok else "failed"
-            self._audit(r)
-            out.append(r)
+            out.append(self._repaired(ok, t, "reset_gpu", f"gpu/{gpu}", reason, "reset", "failed", gpu=gpu))
             self._follow.append((t + self.config.reset_s, "node", node, d.id))
         elif plan == "reboot_node":
             ok = self.ex.reboot_node(node, t)
-            r = self._new(
-                t,
-                "reboot_node",
-                f"node/{node}",
-                reason,
-                node=node,
-                before="faulted",
-                after="rebooted" if ok else "failed",
-            )
-            r.status = "done" if ok else "failed"
-            self._audit(r)
-            out.append(r)
+            out.append(self._repaired(ok, t, "reboot_node", f"node/{node}", reason, "rebooted", "failed", node=node))
             self._follow.append((t + self.config.reboot_s, "node", node, d.id))
         # drain_node alone (hardware check): stays drained until an operator reverts it.
         return out
