@@ -58,7 +58,7 @@ async def connect(
         # With endless reconnects nats-py also retries the first connect forever: bound it.
         return await asyncio.wait_for(connecting, 2 * connect_timeout_s)
     except Exception as exc:  # nats raises several unrelated types for an unreachable server
-        raise BusError(f"cannot connect to NATS at {url}: {exc or type(exc).__name__}") from exc
+        raise BusError(f"cannot connect to NATS at {url}: {str(exc) or type(exc).__name__}") from exc
 
 
 async def _add_stream(js: JetStreamContext, config: StreamConfig) -> None:
