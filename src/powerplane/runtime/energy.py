@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -37,6 +39,7 @@ from powerplane.control.fast import Decision, FastLoop, Measurements, allocate
 from powerplane.control.levers import CLASS_ORDER, ComputeLever
 from powerplane.control.planner import Plan, PlanError, solve_plan
 from powerplane.core.commands import DeferJob, GpuPowerCap
+from powerplane.forecast.planner_feed import planner_it_load
 from powerplane.physics import cooling
 from powerplane.physics.battery import BessParams
 from powerplane.runtime.energy_inputs import BESS_CELL_TEMP_C, _settings, planner_inputs
@@ -457,8 +460,13 @@ class ManagedPolicy(Policy):
 
 
 class MpcPolicy(ManagedPolicy):
-    """Replans every ``replan_min`` over ``planner_horizon_h`` on a simple forecast (persistence of IT load,
-    cooling from the weather, renewables from the weather year): the job-aware forecaster replaces it later."""
+    """Replans every ``replan_min`` over ``planner_horizon_h``; cooling and renewables come from the weather.
+
+    IT load: with ``forecast_source`` set (a callable ``now_s -> forecast dict`` of the job-aware forecaster, see
+    :meth:`powerplane.forecast.LiveForecaster.forecast`; the live runtime sets it), the champion's P90 per planner
+    slot (``forecast.planner_feed.planner_it_load``; the last forecast minute is held past its hour), so the plan
+    counts on the load the queue says is coming and keeps the upper band's headroom under the contract. Without one,
+    or when the forecast is missing, stale or empty, a high quantile of the last hour (persistence)."""
 
     name = "mpc"
 
@@ -467,11 +475,17 @@ class MpcPolicy(ManagedPolicy):
         self._next_plan_s = -np.inf
         self._it_recent: list[float] = []
         self._hall_recent: F64 | None = None
+        self.forecast_source: Callable[[float], Mapping[str, Any] | None] | None = None
+        self.it_source = "persistence"  # what the last plan's IT load came from: "forecast <model>" or persistence
+        self._facility_now_w = float("nan")
+        self._it_now_w = float("nan")
 
     def after_block(self, block: TwinBlock) -> None:
         self._it_recent.append(float(block.plant.it_power_w.mean()))
         self._it_recent = self._it_recent[-IT_HISTORY_BLOCKS:]
         self._hall_recent = block.fleet.hall_it_power_w.mean(axis=0)
+        self._facility_now_w = float(block.plant.facility_power_w[-1])
+        self._it_now_w = float(block.plant.it_power_w[-1])
         super().after_block(block)
 
     def before_block(self, t_s: float) -> None:
@@ -497,11 +511,20 @@ class MpcPolicy(ManagedPolicy):
             if self._hall_recent is not None
             else np.full(self.twin.topo.n_halls, it / self.twin.topo.n_halls)
         )
+        it_w = self._forecast_it(t_s, t, step)
+        if it_w is None:
+            it_w = np.full(t.size, it)
+            hall_w = np.repeat(halls[None, :], t.size, axis=0)
+            self.it_source = "persistence"
+        else:  # the halls keep their present shares of the forecast load
+            total = float(halls.sum())
+            share = halls / total if total > 0 else np.full(halls.size, 1.0 / halls.size)
+            hall_w = it_w[:, None] * share[None, :]
         inputs = planner_inputs(
             self.twin,
             t,
-            np.full(t.size, it),
-            np.repeat(halls[None, :], t.size, axis=0),
+            it_w,
+            hall_w,
             self.month_peak_w,
             self.events,
             self.baseline_w,
@@ -528,6 +551,22 @@ class MpcPolicy(ManagedPolicy):
             self.stats.audit.append(
                 {"t_s": t_s, "actor": "planner", "mode": "plan", "why": f"solve failed: {exc}; {keep}"}
             )
+
+
+    def _forecast_it(self, t_s: float, t: F64, step_s: float) -> F64 | None:
+        """IT load per slot from the forecaster's P90, or None (no source, no forecast, stale, not finite)."""
+        if self.forecast_source is None:
+            return None
+        fc = self.forecast_source(t_s)
+        if not fc or fc.get("stale") or not fc.get("t_s"):
+            return None
+        if float(fc["t_s"][-1]) < t_s:  # a forecast whose hour has passed says nothing about what comes
+            return None
+        res = planner_it_load(fc, t, step_s, self._facility_now_w, self._it_now_w)
+        if res is None or not np.all(np.isfinite(res[1])) or not np.all(res[1] > 0):
+            return None
+        self.it_source = f"forecast {fc.get('model', '')}".strip()
+        return np.asarray(res[1], np.float64)
 
 
 def _finite_mean(x: F64) -> float | None:

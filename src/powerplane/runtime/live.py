@@ -67,9 +67,15 @@ class LiveRuntime(LiveCore):
         self.policy = make_policy(opts.policy, self.twin, list(site.energy.demand_response))
         self._controller = self.policy.controller()
         super().__init__(opts, site, self.twin.topo, monotonic_s, wall, alert_engine, forecaster, self.twin.dt_s)
+        self.feed_planner(self.policy)
         self.steps_per_cycle = max(1, round(opts.speed * opts.period_s / self.twin.dt_s))
         self._tz = ZoneInfo(self.site.timezone)
         self._last_block: TwinBlock | None = None
+
+    def feed_planner(self, policy: Policy) -> None:
+        """Give an mpc policy the live forecaster's newest forecast as its IT-load forecast (P90 per slot)."""
+        if self.forecaster is not None and hasattr(policy, "forecast_source"):
+            policy.forecast_source = lambda _now_s: self._forecast
 
     # ------------------------------------------------------------------ the cycle
 

@@ -128,6 +128,7 @@ def _set_policy(rt: LiveRuntime, name: str) -> str:
     new = make_policy(name, rt.twin, [])
     new.events = list(old.events)
     rt.policy = new
+    rt.feed_planner(new)
     rt._controller = new.controller()
     rt._policy_audit_seen = 0
     return f"policy {old.name} -> {name}"

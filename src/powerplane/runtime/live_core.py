@@ -302,11 +302,28 @@ class LiveCore:
         ctx.update(self._plant_context())
         return ctx
 
+    def _policy_status(self) -> dict[str, float]:
+        """What the energy policy reports of itself (``Policy.status()``: safe mode, planner failure...), if it can."""
+        status = getattr(self.policy, "status", None)
+        if not callable(status):
+            return {}
+        try:
+            return dict(status())
+        except Exception as exc:  # a broken status must not stop the alerts
+            self._error(f"policy status failed: {exc}")
+            return {}
+
     def _planner_failed(self) -> bool:
+        st = self._policy_status()
+        if "planner_failed" in st:
+            return bool(st["planner_failed"])
         p = self.policy
         return isinstance(p, ManagedPolicy) and p.stats.plan_failures > 0 and p.plan is None
 
     def _safe_mode(self) -> bool:
+        st = self._policy_status()
+        if "safe_mode" in st:
+            return bool(st["safe_mode"])
         return "safe" in getattr(self.policy, "_last_kinds", frozenset())
 
     def _plant_context(self) -> dict[str, float]:

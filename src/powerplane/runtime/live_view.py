@@ -147,6 +147,7 @@ def plan_view(policy: Policy, now_s: float) -> dict[str, Any] | None:
         "solve_s": _f(plan.solve_s, 4),
         "solves": policy.stats.plan_solves,
         "failures": policy.stats.plan_failures,
+        "it_source": getattr(policy, "it_source", "persistence"),  # the IT load the plan counts on
     }
 
 
