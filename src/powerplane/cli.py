@@ -64,7 +64,7 @@ def _register_subcommands() -> None:
 
 _register_subcommands()
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # error text unwrapped: paths and field names stay whole
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:

@@ -12,7 +12,7 @@ from powerplane.api.auth import ROLES, TokenStore
 from powerplane.core.errors import PowerPlaneError
 
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 StateDir = Annotated[Path, typer.Option(help="state directory: tokens, audit log, history")]
 
 

@@ -34,7 +34,7 @@ models_app = typer.Typer(
     help="The forecast model registry.", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False
 )
 _out = Console()
-_err = Console(stderr=True)
+_err = Console(stderr=True, soft_wrap=True)
 DEFAULT_CACHE = Path("runs/forecast-cache")
 RegistryOpt = Annotated[Path, typer.Option("--registry", help="registry file (DuckDB)")]
 # an alias move (promote, rollback): which alias, why and who, kept in the audit history

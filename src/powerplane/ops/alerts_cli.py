@@ -14,7 +14,7 @@ from powerplane.ops.rules import RuleFileError, load_rule_file
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 @app.command()

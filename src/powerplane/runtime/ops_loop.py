@@ -411,7 +411,7 @@ def register_cli(app: Any) -> None:
             try:
                 cfg = NotifyConfig.load(notify)
             except ValueError as e:
-                Console(stderr=True).print(f"[bold red]error:[/] {e}")
+                Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {e}")
                 raise typer.Exit(2) from None
             notifier = Notifier(cfg, Outbox(outbox, cfg.retry))
         out = run_fault_test(
