@@ -253,9 +253,12 @@ class LogStore:
                     params.append(f"(^|[^a-z0-9_]){tok}([^a-z0-9_]|$)")
                 else:
                     # The hash narrows the indexed events to candidates (events not indexed yet are all candidates);
-                    # the token check on the line then rules out hash collisions.
+                    # the token check then rules out hash collisions. It reads the text the index reads (past the
+                    # header), so an event gives the same answer before and after the indexer reaches it.
                     where.append("(id > ? OR id IN (SELECT id FROM log_terms WHERE h = hash(?::VARCHAR)))")
-                    where.append("list_contains(regexp_extract_all(lower(line), '[a-z0-9_]+'), ?)")
+                    where.append(
+                        "list_contains(regexp_extract_all(lower(substr(line, text_offset + 1)), '[a-z0-9_]+'), ?)"
+                    )
                     params += [_INDEXED, tok, tok]
         sql = (
             f"SELECT {', '.join(_COLUMNS)} FROM log_events WHERE {' AND '.join(where)} "
