@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEVSTAMP := $(VENV)/.installed-dev
 
-.PHONY: run test lint typecheck bench clean
+.PHONY: run test lint typecheck bench clean web-vendor
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,10 +19,25 @@ $(DEVSTAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@ $(STAMP)
 
-run: $(STAMP)
+# The cockpit's chart library: plotly.js's basic bundle from the npm registry, bundled into the package at install
+# (no CDN at run time). Without npm the cockpit serves the full plotly.min.js of the plotly Python package.
+PLOTLY_BASIC := src/powerplane/web/vendor/plotly-basic.min.js
+PLOTLY_BASIC_VERSION := 4.1.1
+
+$(PLOTLY_BASIC):
+	@mkdir -p $(dir $@) build/npm
+	@if command -v npm >/dev/null; then \
+	  npm install --silent --no-audit --no-fund --prefix build/npm plotly.js-basic-dist-min@$(PLOTLY_BASIC_VERSION) \
+	  && cp build/npm/node_modules/plotly.js-basic-dist-min/plotly-basic.min.js $@ \
+	  || echo "npm install of plotly.js-basic-dist-min failed: the cockpit will serve the full plotly.min.js"; \
+	else echo "npm not found: the cockpit will serve the full plotly.min.js of the plotly package"; fi
+
+web-vendor: $(PLOTLY_BASIC)
+
+run: $(STAMP) web-vendor
 	$(BIN)/powerplane run --scenario texas
 
-test: $(DEVSTAMP)
+test: $(DEVSTAMP) web-vendor
 	@# The browser tests drive Debian's chromium (no browser downloads): install it when missing and we are root.
 	command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || (apt-get update && apt-get install -y chromium)
 	$(BIN)/ruff check src tests benchmarks
@@ -40,4 +55,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_twin.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache runs
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache runs build/npm src/powerplane/web/vendor

@@ -37,6 +37,13 @@ def run(
     ] = None,
     agents: Annotated[int, typer.Option(help="with --bus: twin agents that play the site's nodes")] = 1,
     trackers: Annotated[int, typer.Option(help="with --bus: hall trackers that share the halls")] = 2,
+    heal: Annotated[
+        bool, typer.Option("--heal/--no-heal", help="heal routine faults (drain, restart, reset) through the twin")
+    ] = True,
+    notify: Annotated[
+        Path | None,
+        typer.Option(help="notification config (YAML: receivers, routes by severity); outbox in the state dir"),
+    ] = None,
 ) -> None:
     """Run the embedded stack (twin, telemetry, energy management, alerts, forecasts) and serve the cockpit."""
     from powerplane.api.server import ServeOptions, serve
@@ -51,6 +58,8 @@ def run(
         state_dir=state_dir,
         history=history,
         forecast_registry=models if (models / "registry.duckdb").exists() else None,
+        heal=heal,
+        notify=notify,
     )
     try:
         serve(

@@ -68,9 +68,36 @@ class LiveRuntime(LiveCore):
         self._controller = self.policy.controller()
         super().__init__(opts, site, self.twin.topo, monotonic_s, wall, alert_engine, forecaster, self.twin.dt_s)
         self.feed_planner(self.policy)
+        self.notifier: Any = None
+        if alert_engine == "auto" and self.alerts is not None and (opts.heal or opts.notify is not None):
+            self._attach_ops(opts)
         self.steps_per_cycle = max(1, round(opts.speed * opts.period_s / self.twin.dt_s))
         self._tz = ZoneInfo(self.site.timezone)
         self._last_block: TwinBlock | None = None
+
+    def _attach_ops(self, opts: LiveOptions) -> None:
+        """Alerts with self-healing on the twin and, with ``opts.notify``, notification through a durable outbox
+        (``runtime/ops_loop.OpsStack``: the same engine interface, so the cockpit's alert page is unchanged)."""
+        from powerplane.ops.notify import Notifier, NotifyConfig
+        from powerplane.ops.outbox import Outbox
+        from powerplane.runtime.ops_loop import OpsStack
+
+        if opts.notify is not None:
+            cfg = NotifyConfig.load(opts.notify)  # a broken file is a clear error before anything starts
+            self.notifier = Notifier(cfg, Outbox(opts.state_dir / "outbox.sqlite"))
+            self.notifier.start(self._wall)
+        stack = OpsStack.for_twin(self.twin, self.notifier, str(opts.state_dir / "ops_audit.jsonl"))
+        if not opts.heal:
+            stack.healer = None
+        self.alerts, self.alert_status = stack, "ok"
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        super().stop(timeout_s)
+        notifier = getattr(self, "notifier", None)  # the bus runtime builds no ops stack of its own
+        if notifier is not None:
+            notifier.stop()
+            notifier.outbox.close()
+            self.notifier = None
 
     def feed_planner(self, policy: Policy) -> None:
         """Give an mpc policy the live forecaster's newest forecast as its IT-load forecast (P90 per slot)."""

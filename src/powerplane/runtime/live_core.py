@@ -49,6 +49,8 @@ class LiveOptions:
     history: bool = True
     ring_samples: int = 300  # recent per-GPU samples kept for drill-down (one per cycle)
     forecast_registry: Path | None = None
+    heal: bool = True  # the embedded runtime heals routine faults (ops/heal.py) through the twin's scheduler
+    notify: Path | None = None  # a notification config (ops/notify.py): routes by severity, with an outbox
     audit_max_bytes: int = 64 * 2**20  # audit.jsonl rolls over to audit.1.jsonl past this size
 
 
