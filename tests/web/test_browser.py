@@ -44,7 +44,10 @@ def browser() -> Iterator[Any]:
 
 
 def serve(tmp: Path, scenario: str) -> tuple[BackgroundServer, dict[str, str], LiveRuntime]:
-    rt = LiveRuntime(LiveOptions(scenario=scenario, speed=60, period_s=0.5, state_dir=tmp, history=False))
+    # No self-healing here: the pages are checked against alerts that stay up long enough to be acknowledged
+    # (healing in the live runtime is tested in tests/runtime/test_live_ops.py).
+    opts = LiveOptions(scenario=scenario, speed=60, period_s=0.5, state_dir=tmp, history=False, heal=False)
+    rt = LiveRuntime(opts)
     rt.step()
     store = TokenStore(tmp / "tokens.json")
     toks = {r: store.create(f"{r}-ui", r) for r in ("viewer", "operator", "admin")}
