@@ -3,6 +3,8 @@ forecasts feed; re-exported by runtime/energy.py)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -14,6 +16,41 @@ from powerplane.twin.twin import Twin
 
 F64 = NDArray[np.float64]
 BESS_CELL_TEMP_C = 25.0  # cell temperature for wear pricing, in the planner and in the bill
+
+
+def site_plan_fields(twin: Twin, demand_rate_scale: float) -> dict[str, Any]:
+    """The :class:`PlanInputs` fields of the site itself, the same for the rolling planner and the oracle bound:
+    the batteries (state now, power and energy, SOC window above the backup reserve, efficiencies), the hall
+    busbars, the grid's import and export limits and prices, and the tariff's demand and contract terms, with the
+    demand rates scaled by ``demand_rate_scale`` (the share of a month the plan is billed for) and wear priced at
+    the cell temperature the bill uses (the batteries sit in conditioned enclosures)."""
+    site, plant = twin.site, twin.plant
+    b = plant.bess
+    tar = site.tariff
+    reserve = np.array([u.backup_reserve for u in site.bess])
+    over_rate = (
+        (tar.contract_billing.over_multiplier - 1.0) * tar.demand_charge_per_kw_month if tar.contract_billing else 0.0
+    )
+    return {
+        "busbar_w": twin.topo.hall_busbar_limit_w,
+        "unit_hall": plant.bess_unit_hall,
+        "power_max_w": b.power_max_w,
+        "energy_j": b.energy_j,
+        "soc0": plant.bess_soc.copy(),
+        "soc_min": np.maximum(b.soc_min, reserve),
+        "soc_max": b.soc_max,
+        "eta_charge": b.eta_charge,
+        "eta_discharge": b.eta_discharge,
+        "export_price_per_kwh": tar.export_price_per_kwh,
+        "export_limit_w": plant.export_limit_w,
+        "import_limit_w": (site.electrical.poi_limit_kw or np.inf) * 1e3,
+        "demand_rate_per_kw": tar.demand_charge_per_kw_month * demand_rate_scale,
+        "demand_window_s": tar.demand_window_min * 60.0,
+        "contract_w": site.electrical.contract_demand_kw * 1e3,
+        "contract_threshold": tar.contract_billing.threshold if tar.contract_billing else 1.05,
+        "contract_over_rate_per_kw": over_rate * demand_rate_scale,
+        "degradation_cost_per_kwh": aging.throughput_cost_per_kwh(site.energy.battery_capex_per_kwh, BESS_CELL_TEMP_C),
+    }
 
 
 def planner_inputs(
@@ -42,8 +79,6 @@ def planner_inputs(
     hour = weather.hour_of_year(mid, site.timezone)
     renew = weather.interpolate_hourly(plant.solar_hourly, hour) + weather.interpolate_hourly(plant.wind_hourly, hour)
     price = tariff.price_per_kwh(mid, site.tariff, site.timezone)
-    b = plant.bess
-    reserve = np.array([u.backup_reserve for u in site.bess])
     step = float(t[1] - t[0]) if t.size > 1 else site.energy.planner_step_min * 60.0
     dr = np.full(t.size, np.inf)
     dr_base = np.full(t.size, np.nan)
@@ -54,11 +89,7 @@ def planner_inputs(
             dr[inside] = base * (1.0 - red)
             dr_base[inside] = base
     in_event = np.isfinite(dr)
-    tar = site.tariff
     contract = site.electrical.contract_demand_kw * 1e3
-    over_rate = (
-        (tar.contract_billing.over_multiplier - 1.0) * tar.demand_charge_per_kw_month if tar.contract_billing else 0.0
-    )
     return PlanInputs(
         t_s=t,
         dt_s=step,
@@ -66,27 +97,9 @@ def planner_inputs(
         renewable_w=renew,
         price_per_kwh=price,
         hall_load_w=hall_it_w,
-        busbar_w=twin.topo.hall_busbar_limit_w,
-        unit_hall=plant.bess_unit_hall,
-        power_max_w=b.power_max_w,
-        energy_j=b.energy_j,
-        soc0=plant.bess_soc.copy(),
-        soc_min=np.maximum(b.soc_min, reserve),
-        soc_max=b.soc_max,
-        eta_charge=b.eta_charge,
-        eta_discharge=b.eta_discharge,
         soc_final=None,
-        export_price_per_kwh=tar.export_price_per_kwh,
-        export_limit_w=plant.export_limit_w,
-        import_limit_w=(site.electrical.poi_limit_kw or np.inf) * 1e3,
-        demand_rate_per_kw=tar.demand_charge_per_kw_month * demand_rate_scale,
-        demand_window_s=tar.demand_window_min * 60.0,
         peak_so_far_w=peak_so_far_w,
-        contract_w=contract,
-        contract_threshold=(tar.contract_billing.threshold if tar.contract_billing else 1.05),
-        contract_over_rate_per_kw=over_rate * demand_rate_scale,
-        # Wear at the cell temperature the bill prices it at (the batteries sit in conditioned enclosures).
-        degradation_cost_per_kwh=aging.throughput_cost_per_kwh(site.energy.battery_capex_per_kwh, BESS_CELL_TEMP_C),
+        **site_plan_fields(twin, demand_rate_scale),
         shed_max_w=np.where(in_event, dr_shed_max_w, 0.0) if dr_shed_max_w > 0 and in_event.any() else None,
         shed_cost_per_kwh=site.energy.shed_cost_per_kwh,
         # Plan below the fast loop's contract limit, so that following the plan never forces compute shedding.

@@ -32,8 +32,9 @@ from powerplane.config.schema import DemandResponseEvent
 from powerplane.control.dr import baseline_w
 from powerplane.control.fast import FastLoop, Measurements
 from powerplane.control.planner import Plan, PlanInputs, solve_plan
-from powerplane.physics import aging, tariff
-from powerplane.runtime.energy import BESS_CELL_TEMP_C, DR_BASELINE_RULE, Policy, _settings
+from powerplane.physics import tariff
+from powerplane.runtime.energy import DR_BASELINE_RULE, Policy, _settings
+from powerplane.runtime.energy_inputs import site_plan_fields
 from powerplane.twin.twin import Twin
 
 F64 = NDArray[np.float64]
@@ -86,7 +87,6 @@ def oracle_inputs(
 ) -> tuple[PlanInputs, list[dict[str, float]]]:
     """The bound's LP (see the module docstring) and the demand-response events with their baselines."""
     site = twin.site
-    plant = twin.plant
     step = site.energy.planner_step_min * 60.0
     bucket = np.floor((r.t_s - r.t_s[0]) / step).astype(np.int64)
     n = int(bucket.max()) + 1
@@ -96,8 +96,6 @@ def oracle_inputs(
     price_1s = tariff.price_per_kwh(r.t_s, site.tariff, site.timezone)
     price = _bin_mean(bucket, price_1s, n)
     halls = _bin_mean(bucket, r.hall_it_w, n)
-    b = plant.bess
-    reserve = np.array([u.backup_reserve for u in site.bess])
     dr_limit = np.full(n, np.inf)
     dr_base = np.full(n, np.nan)
     dr_stats = []
@@ -109,12 +107,8 @@ def oracle_inputs(
         dr_limit[inside] = base * (1.0 - red)
         dr_base[inside] = base
         dr_stats.append({"start_s": start, "end_s": end, "reduction": red, "baseline_w": base})
-    tar = site.tariff
     contract = site.electrical.contract_demand_kw * 1e3
     share = demand_share(r.t_s, r.dt_s, site.timezone)
-    over_rate = (
-        (tar.contract_billing.over_multiplier - 1.0) * tar.demand_charge_per_kw_month if tar.contract_billing else 0.0
-    )
     inputs = PlanInputs(
         t_s=t,
         dt_s=step,
@@ -122,24 +116,7 @@ def oracle_inputs(
         renewable_w=renew,
         price_per_kwh=price,
         hall_load_w=halls,
-        busbar_w=twin.topo.hall_busbar_limit_w,
-        unit_hall=plant.bess_unit_hall,
-        power_max_w=b.power_max_w,
-        energy_j=b.energy_j,
-        soc0=plant.bess_soc.copy(),
-        soc_min=np.maximum(b.soc_min, reserve),
-        soc_max=b.soc_max,
-        eta_charge=b.eta_charge,
-        eta_discharge=b.eta_discharge,
-        export_price_per_kwh=tar.export_price_per_kwh,
-        export_limit_w=plant.export_limit_w,
-        import_limit_w=(site.electrical.poi_limit_kw or np.inf) * 1e3,
-        demand_rate_per_kw=tar.demand_charge_per_kw_month * share,
-        demand_window_s=tar.demand_window_min * 60.0,
-        contract_w=contract,
-        contract_threshold=(tar.contract_billing.threshold if tar.contract_billing else 1.05),
-        contract_over_rate_per_kw=over_rate * share,
-        degradation_cost_per_kwh=aging.throughput_cost_per_kwh(site.energy.battery_capex_per_kwh, BESS_CELL_TEMP_C),
+        **site_plan_fields(twin, share),
         dr_limit_w=dr_limit if np.isfinite(dr_limit).any() else None,
         dr_baseline_w=dr_base if np.isfinite(dr_base).any() else None,
         dr_credit_per_kwh=dr_credit_per_kwh,
