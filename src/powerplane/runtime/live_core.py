@@ -24,7 +24,6 @@ import numpy as np
 from powerplane.config.schema import SiteConfig
 from powerplane.core.clock import Clock, WallClock
 from powerplane.physics import tariff
-from powerplane.runtime.energy import ManagedPolicy
 from powerplane.runtime.live_commands import COMMAND_KINDS, CommandRefused, CommandResult, OperatorCommand
 from powerplane.runtime.live_state import SITE_SERIES, CycleInfo, Ledger, LiveState, SeriesRing
 from powerplane.runtime.live_view import clean, plan_view
@@ -290,13 +289,14 @@ class LiveCore:
 
     def _context(self, snap: Snapshot, t0: float) -> dict[str, float]:
         """The runtime facts the alert rules need that the snapshot lacks (the agreed keys)."""
+        status = self._policy_status()
         ctx: dict[str, float] = {
             "t_s": snap.t_s,
             "cycle_lag_s": self._lag_s,
             "cycle_ms": (self._mono() - t0) * 1e3,
             "source_age_s": max(0.0, self.twin.now_s - snap.t_s),
-            "planner_failed": float(self._planner_failed()),
-            "safe_mode": float(self._safe_mode()),
+            "planner_failed": float(status.get("planner_failed", 0.0)),
+            "safe_mode": float(status.get("safe_mode", 0.0)),
             "demand_15min_w": self.demand_15min_w(),
             "contract_w": self.site.electrical.contract_demand_kw * 1e3,
             "nominal_frequency_hz": float(self.site.grid.frequency_hz),
@@ -305,28 +305,13 @@ class LiveCore:
         return ctx
 
     def _policy_status(self) -> dict[str, float]:
-        """What the energy policy reports of itself (``Policy.status()``: safe mode, planner failure...), if it can."""
-        status = getattr(self.policy, "status", None)
-        if not callable(status):
-            return {}
+        """What the energy policy reports of itself once a cycle (``Policy.status()``, and the bus runtime's
+        ``BusEnergy.status()``: safe mode, planner failure, ...)."""
         try:
-            return dict(status())
+            return dict(self.policy.status())
         except Exception as exc:  # a broken status must not stop the alerts
             self._error(f"policy status failed: {exc}")
             return {}
-
-    def _planner_failed(self) -> bool:
-        st = self._policy_status()
-        if "planner_failed" in st:
-            return bool(st["planner_failed"])
-        p = self.policy
-        return isinstance(p, ManagedPolicy) and p.stats.plan_failures > 0 and p.plan is None
-
-    def _safe_mode(self) -> bool:
-        st = self._policy_status()
-        if "safe_mode" in st:
-            return bool(st["safe_mode"])
-        return "safe" in getattr(self.policy, "_last_kinds", frozenset())
 
     def _plant_context(self) -> dict[str, float]:
         """The newest grid power, frequency and islanding, where known (the subclass)."""

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from powerplane.runtime.energy import ManagedPolicy, Policy
+from powerplane.runtime.simulate import SITE_COLUMNS
 from powerplane.telemetry.snapshot import Snapshot
 from powerplane.twin.twin import TwinBlock
 
@@ -18,23 +19,8 @@ if TYPE_CHECKING:
     from powerplane.runtime.live import LiveRuntime
     from powerplane.runtime.live_core import LiveCore
 
-FLOW_FIELDS = (
-    "grid_power_w",
-    "facility_power_w",
-    "it_power_w",
-    "cooling_power_w",
-    "other_power_w",
-    "solar_power_w",
-    "wind_power_w",
-    "renewable_power_w",
-    "curtailed_power_w",
-    "bess_power_w",
-    "ups_power_w",
-    "generator_power_w",
-    "unserved_power_w",
-    "frequency_hz",
-    "outdoor_temp_c",
-)
+# The plant's power flows as `simulate` writes them to site.parquet, plus frequency and outdoor temperature.
+FLOW_FIELDS = (*SITE_COLUMNS, "frequency_hz", "outdoor_temp_c")
 
 
 def clean(x: Any) -> Any:
