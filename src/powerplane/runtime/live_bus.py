@@ -379,6 +379,7 @@ def open_bus_runtime(
         seed=opts.seed,
         log_dir=log_dir,
         store_dir=store,
+        tie_to_parent=True,  # a killed `powerplane run --bus` takes its agents, trackers and server with it
     )
     if store is not None:
         _remove_store_on_close(bus, store)
