@@ -19,20 +19,21 @@ $(DEVSTAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@ $(STAMP)
 
-# The cockpit's chart library: plotly.js's basic bundle from the npm registry, bundled into the package at install
-# (no CDN at run time). Without npm the cockpit serves the full plotly.min.js of the plotly Python package.
-PLOTLY_BASIC := src/powerplane/web/vendor/plotly-basic.min.js
-PLOTLY_BASIC_VERSION := 4.1.1
+# The cockpit's chart library: uPlot from the npm registry, bundled into the package at install (no CDN at run
+# time). Without npm the cockpit serves the full plotly.min.js of the plotly Python package (same charts, slower).
+UPLOT := src/powerplane/web/vendor/uPlot.iife.min.js
+UPLOT_VERSION := 1.6.32
 
-$(PLOTLY_BASIC):
+$(UPLOT):
 	@mkdir -p $(dir $@) build/npm
 	@if command -v npm >/dev/null; then \
-	  npm install --silent --no-audit --no-fund --prefix build/npm plotly.js-basic-dist-min@$(PLOTLY_BASIC_VERSION) \
-	  && cp build/npm/node_modules/plotly.js-basic-dist-min/plotly-basic.min.js $@ \
-	  || echo "npm install of plotly.js-basic-dist-min failed: the cockpit will serve the full plotly.min.js"; \
-	else echo "npm not found: the cockpit will serve the full plotly.min.js of the plotly package"; fi
+	  npm install --silent --no-audit --no-fund --prefix build/npm uplot@$(UPLOT_VERSION) \
+	  && cp build/npm/node_modules/uplot/dist/uPlot.min.css build/npm/node_modules/uplot/LICENSE $(dir $@) \
+	  && cp build/npm/node_modules/uplot/dist/uPlot.iife.min.js $@ \
+	  || echo "npm install of uplot failed: the cockpit will draw its charts with the plotly package's plotly.min.js"; \
+	else echo "npm not found: the cockpit will draw its charts with the plotly package's plotly.min.js"; fi
 
-web-vendor: $(PLOTLY_BASIC)
+web-vendor: $(UPLOT)
 
 run: $(STAMP) web-vendor
 	$(BIN)/powerplane run --scenario texas

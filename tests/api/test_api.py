@@ -6,6 +6,7 @@ import base64
 import json
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -193,13 +194,81 @@ def test_stream_refuses_a_bad_token(env: dict[str, object]) -> None:
 
 
 def test_pages_and_charts_are_served_locally(env: dict[str, object]) -> None:
+    from powerplane.api import app as app_mod
+
     c: TestClient = env["client"]  # type: ignore[assignment]
     page = c.get("/").text
-    assert "/vendor/plotly.min.js" in page and "http" not in page.split("<body>")[0].replace("http-equiv", "")
-    js = c.get("/vendor/plotly.min.js")
-    assert js.status_code == 200 and len(js.content) > 1_000_000
-    for asset in ("app.js", "pages.js", "floor.js", "style.css"):
+    assert "/vendor/charts.css" in page and "http" not in page.split("<body>")[0].replace("http-equiv", "")
+    assert "/vendor/charts.js" in c.get("/static/app.js").text
+    bundled = app_mod.UPLOT_JS.is_file()  # `make` bundles uPlot from npm; without npm the plotly package's file
+    js = c.get("/vendor/charts.js")
+    assert js.status_code == 200 and js.headers["content-type"].startswith("text/javascript")
+    if bundled:
+        assert len(js.content) < 200_000 and b"uPlot" in js.content
+        assert ".uplot" in c.get("/vendor/charts.css").text
+    else:
+        assert len(js.content) > 1_000_000 and b"plotly" in js.content
+    full = c.get("/vendor/charts.js?lib=plotly")
+    assert full.status_code == 200 and len(full.content) > 1_000_000
+    missing = c.get("/vendor/charts.js?lib=highcharts")
+    assert missing.status_code == 404 and "highcharts" in missing.json()["detail"]
+    for asset in ("app.js", "charts.js", "pages.js", "floor.js", "style.css"):
         assert c.get(f"/static/{asset}").status_code == 200
+
+
+def test_without_the_bundle_the_charts_fall_back_to_plotly(
+    env: dict[str, object], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """An install without npm has no vendor/uPlot file: /vendor/charts.js is then the plotly package's bundle."""
+    from powerplane.api import app as app_mod
+
+    monkeypatch.setattr(app_mod, "UPLOT_JS", tmp_path / "missing.js")
+    libs = app_mod.chart_libraries()
+    assert list(libs) == ["plotly"]
+    with TestClient(create_app(env["rt"], env["store"])) as c:  # type: ignore[arg-type]
+        js = c.get("/vendor/charts.js")
+        assert js.status_code == 200 and len(js.content) > 1_000_000
+        assert c.get("/vendor/charts.css").text == ""
+    with pytest.raises(FileNotFoundError, match="basic"):
+        app_mod.chart_libraries({"basic": tmp_path / "nope.js"})
+
+
+def test_silences_are_listed_and_lifted(env: dict[str, object]) -> None:
+    c: TestClient = env["client"]  # type: ignore[assignment]
+    rt: LiveRuntime = env["rt"]  # type: ignore[assignment]
+    if rt.alerts is None:
+        pytest.fail(f"the runtime has no alert engine: {rt.alert_status}")
+    matchers = {"alertname": "GpuXid", "node": "n-test"}
+    r = c.post(
+        "/api/commands",
+        json={"command": {"kind": "silence", "matchers": matchers, "duration_s": 600, "comment": "maintenance"}},
+        headers=hdr(env, "operator"),
+    )
+    cid = r.json()["id"]
+    rt.step()
+    res = c.get(f"/api/commands/{cid}", headers=hdr(env, "viewer")).json()
+    assert res["status"] == "applied", res
+    sid = res["silence_id"]
+    listed = c.get("/api/silences", headers=hdr(env, "viewer")).json()
+    mine = [s for s in listed["silences"] if s["id"] == sid]
+    assert listed["available"] and len(mine) == 1
+    assert mine[0]["matchers"] == matchers and mine[0]["by"] == "operator-1"
+    assert mine[0]["comment"] == "maintenance" and mine[0]["ends_s"] - mine[0]["starts_s"] == pytest.approx(600)
+    assert any(s["id"] == sid for s in c.get("/api/alerts", headers=hdr(env, "viewer")).json()["silences"])
+    # A viewer cannot lift it; an operator can, and it is audited.
+    body = {"command": {"kind": "unsilence", "silence_id": sid}}
+    assert c.post("/api/commands", json=body, headers=hdr(env, "viewer")).status_code == 403
+    cid = c.post("/api/commands", json=body, headers=hdr(env, "operator")).json()["id"]
+    rt.step()
+    assert c.get(f"/api/commands/{cid}", headers=hdr(env, "viewer")).json()["status"] == "applied"
+    assert all(s["id"] != sid for s in c.get("/api/silences", headers=hdr(env, "viewer")).json()["silences"])
+    audit = c.get("/api/audit?actor=operator", headers=hdr(env, "viewer")).json()["records"]
+    assert any(a.get("command") == "unsilence" and a.get("status") == "applied" for a in audit), audit[:3]
+    # Lifting it again is refused with the reason.
+    cid = c.post("/api/commands", json=body, headers=hdr(env, "operator")).json()["id"]
+    rt.step()
+    again = c.get(f"/api/commands/{cid}", headers=hdr(env, "viewer")).json()
+    assert again["status"] == "refused" and sid in again["detail"], again
 
 
 def test_stream_closes_when_its_token_is_revoked(env: dict[str, object]) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from powerplane.api import views
 from powerplane.api.auth import TokenStore
 from powerplane.api.browser import CHROMIUM, launch_chromium
 from powerplane.api.server import BackgroundServer
@@ -79,6 +80,37 @@ def login(browser: Any, url: str, token: str, page_name: str = "overview") -> An
     return page
 
 
+# What a drawn chart holds: its library, series, non-empty points and, for uPlot's canvas, the pixels painted.
+CHART = """(id) => {
+  const el = document.getElementById(id);
+  if (!el || !el.dataset.drawn) return null;
+  if (el.dataset.drawn === 'uplot') {
+    const u = PP._charts[id].u, px = u.ctx.getImageData(0, 0, u.ctx.canvas.width, u.ctx.canvas.height).data;
+    let painted = 0;
+    for (let i = 3; i < px.length; i += 4) if (px[i] > 0) painted++;
+    return {lib: 'uplot', series: u.series.length - 1, painted,
+            points: u.data.slice(1).reduce((n, col) => n + col.filter((v) => v != null).length, 0)};
+  }
+  return {lib: 'plotly', series: el.data.length, painted: el.querySelectorAll('.main-svg path.js-line').length,
+          points: el.data.reduce((n, t) => n + t.y.filter((v) => v != null).length, 0)};
+}"""
+
+
+def bundled_lib() -> str:
+    from powerplane.api import app as app_mod
+
+    return "uplot" if app_mod.UPLOT_JS.is_file() else "plotly"
+
+
+def chart_drawn(page: Any, chart_id: str, lib: str, min_series: int = 1) -> dict[str, Any]:
+    """Waits for chart ``chart_id`` and checks that ``lib`` drew every series with data, on screen."""
+    page.wait_for_selector(f"#{chart_id}[data-drawn]", timeout=20_000)
+    c = page.evaluate(CHART, chart_id)
+    assert c["lib"] == lib, c
+    assert c["series"] >= min_series and c["points"] > 0 and c["painted"] > 0, c
+    return c
+
+
 def goto(page: Any, name: str) -> None:
     page.evaluate(f"location.hash = '#{name}'")
     page.wait_for_selector(f"body[data-painted-{name}]", timeout=20_000)
@@ -87,19 +119,21 @@ def goto(page: Any, name: str) -> None:
 def test_every_page_loads_with_live_data(browser: Any, small: tuple[str, dict[str, str], LiveRuntime]) -> None:
     url, toks, rt = small
     page = login(browser, url, toks["viewer"])
-    page.wait_for_function("window.Plotly !== undefined", timeout=20_000)
-    # Overview: live numbers with units, the flow, the charts (plotly from the app itself).
+    page.wait_for_function("PP.chartsLoaded()", timeout=20_000)
+    lib = bundled_lib()
+    # Overview: live numbers with units, the flow, the charts (uPlot, or plotly without the bundle: from the app).
     tiles = page.inner_text("#ov-tiles")
     assert re.search(r"GRID IMPORT\s+[0-9.]+\s*MW", tiles, re.I), tiles
     assert "PUE" in tiles and "SAVED TODAY" in tiles.upper()
-    page.wait_for_selector("#ov-power .main-svg", timeout=20_000)
+    chart_drawn(page, "ov-power", lib, min_series=8)  # grid, facility, IT, demand, contract, plan, forecast band
+    chart_drawn(page, "ov-price", lib)
     assert "MW" in page.text_content("#ov-flow")
     v0 = page.evaluate("PP.ov.version")
     page.wait_for_function(f"PP.ov.version > {v0}", timeout=10_000)  # the stream keeps it live
     page.screenshot(path=str(ARTIFACTS / "overview.png"), full_page=True)
     goto(page, "energy")
     assert page.locator("#en-bess tr").count() == len(rt.site.bess)
-    page.wait_for_selector("#en-plan .main-svg", timeout=20_000)
+    chart_drawn(page, "en-plan", lib, min_series=6)  # actual and plan: grid, batteries, mean SOC
     page.screenshot(path=str(ARTIFACTS / "energy.png"), full_page=True)
     goto(page, "jobs")
     assert page.locator("#jobs-body tr").count() > 0
@@ -166,6 +200,61 @@ def test_operator_commands_round_trip_into_the_audit_log(
     page.context.close()
 
 
+def test_charts_draw_with_the_plotly_fallback(browser: Any, small: tuple[str, dict[str, str], LiveRuntime]) -> None:
+    """Where the install had no npm there is no uPlot bundle: the same charts are drawn by the plotly package's
+    plotly.min.js (?charts=plotly asks for it explicitly, as /vendor/charts.js serves it by default there)."""
+    url, toks, _ = small
+    ctx = browser.new_context(viewport={"width": 1600, "height": 1000})
+    ctx.add_init_script(f"sessionStorage.setItem('pp_token', {toks['viewer']!r})")
+    page = ctx.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{url}/?charts=plotly#overview")
+    page.wait_for_function("PP.chartLib() === 'plotly'", timeout=30_000)
+    chart_drawn(page, "ov-power", "plotly", min_series=8)
+    chart_drawn(page, "ov-price", "plotly")
+    page.evaluate("location.hash = '#energy'")
+    chart_drawn(page, "en-plan", "plotly", min_series=6)
+    page.screenshot(path=str(ARTIFACTS / "energy-plotly.png"), full_page=True)
+    assert not errors, errors
+    ctx.close()
+
+
+def test_silence_is_listed_and_lifted_with_its_audit(
+    browser: Any, small: tuple[str, dict[str, str], LiveRuntime]
+) -> None:
+    url, toks, rt = small
+    page = login(browser, url, toks["operator"], "alerts")
+    page.wait_for_selector("#alerts-body button.sil:not([disabled])", timeout=20_000)
+    before = {s["id"] for s in views.silences(rt)}
+    row = page.locator("#alerts-body tr[data-id]").first
+    rule = row.get_attribute("data-rule")
+    row.locator("button.sil").click()
+    page.wait_for_function("document.getElementById('toast').textContent.includes('silence: applied')", timeout=15_000)
+    # Listed: matchers, who, until, comment, with the unsilence action.
+    page.wait_for_selector(f"#silences-body tr[data-silence]:has-text('alertname={rule}')", timeout=15_000)
+    new = [s for s in views.silences(rt) if s["id"] not in before]
+    assert len(new) == 1 and new[0]["matchers"]["alertname"] == rule
+    sid = new[0]["id"]
+    srow = page.locator(f"#silences-body tr[data-silence='{sid}']")
+    text = srow.inner_text()
+    assert "operator-ui" in text and "from the cockpit" in text, text
+    assert page.inner_text(f"#alerts-body tr[data-rule='{rule}']").count("(silenced)") >= 1
+    page.screenshot(path=str(ARTIFACTS / "alerts-silenced.png"), full_page=True)
+    srow.locator("button.unsil").click()
+    page.wait_for_function(f"!document.querySelector(\"#silences-body tr[data-silence='{sid}']\")", timeout=15_000)
+    assert all(s["id"] != sid for s in views.silences(rt))
+    goto(page, "audit")
+    page.select_option("#audit-actor", "operator")
+    page.wait_for_function(
+        "[...document.querySelectorAll('#audit-body tr')].some(r => r.textContent.includes('unsilence')"
+        f" && r.textContent.includes('{sid}') && r.textContent.includes('applied'))",
+        timeout=15_000,
+    )
+    assert not page.errors, page.errors
+    page.context.close()
+
+
 def test_one_click_link_signs_in_and_leaves_the_address_bar(
     browser: Any, small: tuple[str, dict[str, str], LiveRuntime]
 ) -> None:
@@ -213,7 +302,7 @@ def test_floor_shows_10240_cells_and_drills_down(browser: Any, tmp_path_factory:
         assert page.locator("#drill-nodes tr").count() == int(
             np.count_nonzero(rt.topology.node_rack == rt.topology.node_rack[rt.topology.gpu_node[g]])
         )
-        page.wait_for_selector("#drill-chart .main-svg", timeout=20_000)
+        chart_drawn(page, "drill-chart", bundled_lib(), min_series=3)
         # ... and on to another GPU of the node from the table.
         other = page.locator("#drill-gpus tr:not(.sel)").first
         g2 = other.get_attribute("data-gpu")

@@ -1,5 +1,5 @@
 """The cockpit's FastAPI app: REST over the runtime's published state, operator commands into its queue, a
-WebSocket stream of updates, token auth, and the static web pages (charts from the installed plotly package).
+WebSocket stream of updates, token auth, and the static web pages (charts: uPlot bundled at install, or plotly).
 
 Every ``/api`` route needs a token (``Authorization: Bearer <token>``; the WebSocket takes ``?token=``):
 viewer reads, operator also sends commands, admin also manages tokens. A missing or unknown token gets 401, a
@@ -26,23 +26,36 @@ from powerplane.runtime.live_view import clean
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
 
-# plotly.js's "basic" bundle (scatter, bar, pie: all the cockpit draws), 1.2 MB instead of 4.8 MB, from the npm
-# package plotly.js-basic-dist-min that `make` bundles at install (see the Makefile's `web-vendor` target). It
-# compiles in a quarter of the time, which is most of a chart's first render in a fresh browser.
-PLOTLY_BASIC = WEB_DIR / "vendor" / "plotly-basic.min.js"
+# The cockpit's charts: uPlot (npm `uplot`, 50 KB, made for time series) that `make` bundles into the package at
+# install (the Makefile's `web-vendor` target); without it (no npm at install) the full plotly.min.js that the
+# `plotly` Python package ships, which web/charts.js draws the same charts with (4.8 MB: a slower first chart).
+VENDOR_DIR = WEB_DIR / "vendor"
+UPLOT_JS = VENDOR_DIR / "uPlot.iife.min.js"
+UPLOT_CSS = VENDOR_DIR / "uPlot.min.css"
 
 
 def plotly_js() -> Path:
-    """The chart library to serve: the bundled basic build when the install made it, else the full plotly.min.js
-    that the `plotly` Python package ships (the same API; only slower to compile)."""
-    if PLOTLY_BASIC.is_file():
-        return PLOTLY_BASIC
+    """The full plotly.min.js of the installed plotly Python package (the fallback chart library)."""
     import plotly
 
     path = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
     if not path.exists():
         raise FileNotFoundError(f"plotly.min.js not found in the installed plotly package ({path})")
     return path
+
+
+def chart_libraries(extra: dict[str, Path] | None = None) -> dict[str, Path]:
+    """The chart libraries this install can serve, the default first: ``uplot`` when bundled, then ``plotly``.
+    ``extra`` adds others by name (the benchmark adds plotly.js's basic bundle to compare)."""
+    libs: dict[str, Path] = {}
+    if UPLOT_JS.is_file():
+        libs["uplot"] = UPLOT_JS
+    libs["plotly"] = plotly_js()
+    for name, path in (extra or {}).items():
+        if not path.is_file():
+            raise FileNotFoundError(f"chart library {name!r}: {path} is not a file")
+        libs[name] = path
+    return libs
 
 
 # ---------------------------------------------------------------------------------------------- commands
@@ -109,8 +122,14 @@ class NewToken(BaseModel):
 # ---------------------------------------------------------------------------------------------- app
 
 
-def create_app(runtime: LiveRuntime, tokens: TokenStore) -> FastAPI:
+def create_app(runtime: LiveRuntime, tokens: TokenStore, chart_libs: dict[str, Path] | None = None) -> FastAPI:
+    """``chart_libs``: name -> JavaScript file served at /vendor/charts.js?lib=NAME, the first one by default
+    (default: :func:`chart_libraries`)."""
     bc = Broadcaster(runtime)
+    libs = chart_libraries() if chart_libs is None else dict(chart_libs)
+    if not libs:
+        raise ValueError("the cockpit needs at least one chart library")
+    default_lib = next(iter(libs))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -259,10 +278,23 @@ def create_app(runtime: LiveRuntime, tokens: TokenStore) -> FastAPI:
 
     @app.get("/api/alerts")
     def alerts(p: Viewer) -> dict[str, Any]:
+        """Active alerts and active silences (the Alerts page reads both in one request)."""
         s = state()
         return clean(
-            {"t_s": s.t_s, "status": s.alert_status, "available": s.alerts is not None, "alerts": s.alerts or []}
+            {
+                "t_s": s.t_s,
+                "status": s.alert_status,
+                "available": s.alerts is not None,
+                "alerts": s.alerts or [],
+                "silences": views.silences(runtime),
+            }
         )
+
+    @app.get("/api/silences")
+    def silences(p: Viewer) -> dict[str, Any]:
+        """Active silences: id, matchers, starts_s, ends_s, by, comment (lift one with the ``unsilence`` command)."""
+        s = state()
+        return clean({"t_s": s.t_s, "available": runtime.alerts is not None, "silences": views.silences(runtime)})
 
     @app.get("/api/forecast")
     def forecast(p: Viewer) -> dict[str, Any]:
@@ -338,9 +370,17 @@ def create_app(runtime: LiveRuntime, tokens: TokenStore) -> FastAPI:
 
     # ------------------------------------------------------------------ pages
 
-    @app.get("/vendor/plotly.min.js", include_in_schema=False)
-    def plotly_asset() -> FileResponse:
-        return FileResponse(plotly_js(), media_type="text/javascript", headers={"Cache-Control": "max-age=86400"})
+    @app.get("/vendor/charts.js", include_in_schema=False)
+    def chart_asset(lib: str | None = None) -> FileResponse:
+        name = default_lib if lib is None else lib
+        if name not in libs:
+            raise HTTPException(404, f"no chart library {name!r} in this install; have: {', '.join(libs)}")
+        return FileResponse(libs[name], media_type="text/javascript", headers={"Cache-Control": "max-age=86400"})
+
+    @app.get("/vendor/charts.css", include_in_schema=False)
+    def chart_css() -> Response:
+        css = UPLOT_CSS.read_text() if "uplot" in libs and UPLOT_CSS.is_file() else ""
+        return Response(css, media_type="text/css", headers={"Cache-Control": "max-age=86400"})
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:

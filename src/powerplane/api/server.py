@@ -99,7 +99,14 @@ class BackgroundServer:
 
     Port 0 picks a free loopback port; the runtime is started and stopped with the server."""
 
-    def __init__(self, runtime: LiveRuntime, tokens: TokenStore, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        runtime: LiveRuntime,
+        tokens: TokenStore,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        chart_libs: dict[str, Path] | None = None,
+    ) -> None:
         import socket
 
         import uvicorn
@@ -111,7 +118,7 @@ class BackgroundServer:
                 s.bind((host, 0))
                 port = int(s.getsockname()[1])
         self.runtime = runtime
-        self.app = create_app(runtime, tokens)
+        self.app = create_app(runtime, tokens, chart_libs)
         self.url = f"http://{host}:{port}"
         self.server = uvicorn.Server(uvicorn.Config(self.app, host=host, port=port, log_level="warning", lifespan="on"))
         self._thread: threading.Thread | None = None

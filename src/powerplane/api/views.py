@@ -145,6 +145,16 @@ def _job_counts(state: LiveState) -> dict[str, int]:
     }
 
 
+def silences(rt: LiveRuntime) -> list[dict[str, Any]]:
+    """The alert engine's active silences, soonest to end first ([] without an engine). The engine may sit behind
+    the ops stack (``OpsStack.engine``); its ``silence_list`` reads under the engine's own lock."""
+    engine = rt.alerts
+    lister = getattr(engine, "silence_list", None) or getattr(getattr(engine, "engine", None), "silence_list", None)
+    if lister is None:
+        return []
+    return sorted(lister(), key=lambda s: (s["ends_s"], s["id"]))
+
+
 def energy_doc(rt: LiveRuntime, state: LiveState) -> dict[str, Any]:
     return clean(
         {

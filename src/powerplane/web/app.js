@@ -1,5 +1,5 @@
 // PowerPlane cockpit: the shell (token, API calls, the update stream, routing, formatting). Pages register
-// themselves in PP.pages (pages.js, floor.js). No framework, no CDN: plotly is served by the app itself.
+// themselves in PP.pages (pages.js, floor.js). No framework, no CDN: the chart library (charts.js) is served by the app itself.
 "use strict";
 const PP = (window.PP = {
   token: sessionStorage.getItem("pp_token") || "",
@@ -64,17 +64,8 @@ PP.command = async (command) => {
 PP.canOperate = () => PP.me && (PP.me.role === "operator" || PP.me.role === "admin");
 
 // ---------------------------------------------------------------------------------- charts
-PP.plotLayout = (extra) => Object.assign({
-  paper_bgcolor: "#11161d", plot_bgcolor: "#11161d", font: { color: "#c9d2dc", size: 11 },
-  margin: { l: 48, r: 12, t: 8, b: 30 }, showlegend: true, legend: { orientation: "h", y: 1.12, font: { size: 10 } },
-  xaxis: { gridcolor: "#1f2732", type: "date" }, yaxis: { gridcolor: "#1f2732", zerolinecolor: "#2a3442" },
-}, extra || {});
-PP.plot = (id, traces, layout) => {
-  if (!window.Plotly) return false;
-  Plotly.react(PP.$(id), traces, PP.plotLayout(layout), { displayModeBar: false, responsive: true });
-  return true;
-};
-// Plotly date axes read ISO strings; show the site's local time by shifting epoch seconds by the zone offset.
+// Drawing is in charts.js (PP.chart). Plotly's date axes read ISO strings: show the site's local time there by
+// shifting epoch seconds by the zone offset (uPlot takes the time zone itself).
 PP.siteDate = (t) => {
   if (PP._tzOff == null) {
     const tz = PP.topo ? PP.topo.timezone : "UTC";
@@ -85,19 +76,29 @@ PP.siteDate = (t) => {
   }
   return new Date((t + PP._tzOff) * 1000).toISOString().slice(0, 19);
 };
-window.ppChartsReady = () => { PP.charts = true; if (PP.page && PP.pages[PP.page].charts) PP.pages[PP.page].charts(); };
+window.ppChartsReady = () => {
+  performance.mark("pp-charts-loaded");
+  PP.charts = true;
+  if (PP.page && PP.topo && PP.pages[PP.page].charts) PP.pages[PP.page].charts();
+};
 
-// Marks "this page shows live data" once per page (the benchmark and the browser tests read it).
-// plotly (the 1.2 MB basic bundle, or the 4.8 MB full one) is loaded only once the first page shows its data, so that compiling it never delays
-// the numbers; the charts draw when it is ready.
+// The chart library is requested as soon as this script runs: a script inserted from here is async, so the
+// browser parses and compiles it off the main thread while the token is checked and the page's data arrives.
+// /vendor/charts.js is uPlot (50 KB) where the install bundled it, else the full plotly.min.js (4.8 MB); the
+// page's ?charts=uplot|plotly picks one explicitly (the benchmark compares them, a test draws with the fallback).
 PP.loadCharts = () => {
   if (PP._chartsLoading) return;
   PP._chartsLoading = true;
+  const lib = new URLSearchParams(location.search).get("charts");
   const s = document.createElement("script");
-  s.src = "/vendor/plotly.min.js";
+  s.src = "/vendor/charts.js" + (lib ? "?lib=" + encodeURIComponent(lib) : "");
   s.onload = () => window.ppChartsReady();
+  s.onerror = () => PP.toast("the chart library did not load: charts are not drawn", true);
   document.head.appendChild(s);
 };
+PP.loadCharts();
+
+// Marks "this page shows live data" once per page (the benchmark and the browser tests read it).
 PP.markPainted = (page) => {
   if (PP.painted[page]) return;
   PP.painted[page] = true;
@@ -106,7 +107,6 @@ PP.markPainted = (page) => {
     PP.painted[page] = performance.now();
     performance.mark("pp-painted-" + page);
     document.body.dataset["painted" + page[0].toUpperCase() + page.slice(1)] = "1";
-    setTimeout(PP.loadCharts, 0);
   });
 };
 
@@ -184,9 +184,6 @@ PP.start = async () => {
     el.disabled = !PP.canOperate();
     if (!PP.canOperate()) el.title = "needs an operator or admin token";
   });
-  // Start fetching the chart library now: a dynamically inserted script is async, so the browser compiles it
-  // off the main thread (script streaming) while the topology and the first update arrive.
-  PP.loadCharts();
   if (!PP.topo) PP.topo = await PP.api("/api/topology");
   PP.connect();
   PP.show((location.hash || "#overview").slice(1));

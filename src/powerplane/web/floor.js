@@ -139,12 +139,15 @@
       $("drill-gpus").innerHTML = d.gpus.map((x) => `<tr class="linkish ${x.gpu === g ? "sel" : ""}" data-gpu="${x.gpu}"><td>${x.gpu}</td><td>${F.esc(x.model)}</td><td class="num">${F.num(x.power_w, 0)}</td>
         <td class="num">${F.num(x.power_cap_w, 0)}</td><td class="num">${F.num(x.temp_c, 1)}</td><td class="num">${F.num(x.util_pct, 0)}</td><td>${x.job == null ? "idle" : x.job}</td></tr>`).join("");
       $("drill-gpu-name").textContent = `${g}`;
-      const s = d.series, x = s.t_s.map(PP.siteDate);
-      PP.plot("drill-chart", [
-        { x, y: s.power_w, name: "power W", line: { color: "#ff8a5b", width: 1.3 } },
-        { x, y: s.temp_c, name: "temperature °C", yaxis: "y2", line: { color: "#38d9c9", width: 1.2 } },
-        { x, y: s.util_pct, name: "utilization %", yaxis: "y2", line: { color: "#a78bfa", width: 1, dash: "dot" } },
-      ], { yaxis: { title: { text: "W" }, gridcolor: "#1f2732", rangemode: "tozero" }, yaxis2: { title: { text: "°C, %" }, overlaying: "y", side: "right", rangemode: "tozero", showgrid: false } });
+      const s = d.series;
+      PP.chart("drill-chart", {
+        series: [
+          { t: s.t_s, y: s.power_w, label: "power W", color: "#ff8a5b", width: 1.3 },
+          { t: s.t_s, y: s.temp_c, label: "temperature °C", axis: "y2", color: "#38d9c9", width: 1.2 },
+          { t: s.t_s, y: s.util_pct, label: "utilization %", axis: "y2", color: "#a78bfa", width: 1, dash: [2, 3] },
+        ],
+        y: { label: "W", zero: true }, y2: { label: "°C, %" },
+      });
       $("drill").dataset.gpu = String(g);
     },
     async drillNode(n) {

@@ -72,37 +72,40 @@
     },
     charts() {
       const d = this.doc;
-      if (!d || !window.Plotly) return;
-      this._t = true;
-      const sr = this.series, x = sr.t_s.map(PP.siteDate);
-      const tr = [
-        { x, y: sr.grid_power_w.map((v) => v / 1e6), name: "grid MW", line: { color: "#4fb3ff", width: 1.5 } },
-        { x, y: sr.facility_power_w.map((v) => v / 1e6), name: "facility MW", line: { color: "#ff8a5b", width: 1.2 } },
-        { x, y: sr.it_power_w.map((v) => v / 1e6), name: "IT MW", line: { color: "#a78bfa", width: 1.2 } },
-        { x, y: sr.demand_15min_w.map((v) => v / 1e6), name: "15-min demand MW", line: { color: "#4fb3ff", width: 1, dash: "dot" } },
+      if (!d || !PP.chartsLoaded()) return;
+      const sr = this.series, MW = (v) => (v == null ? null : v / 1e6), t = sr.t_s;
+      const line = (label, y, color, width, extra) => Object.assign({ t, y: y.map(MW), label, color, width }, extra);
+      const series = [
+        line("grid MW", sr.grid_power_w, "#4fb3ff", 1.5),
+        line("facility MW", sr.facility_power_w, "#ff8a5b", 1.2),
+        line("IT MW", sr.it_power_w, "#a78bfa", 1.2),
+        line("15-min demand MW", sr.demand_15min_w, "#4fb3ff", 1, { dash: [2, 3] }),
       ];
-      const tEnd = (d.forecast && d.forecast.t_s && d.forecast.t_s.length) ? d.forecast.t_s[d.forecast.t_s.length - 1] : (sr.t_s[sr.t_s.length - 1] || 0) + 3600;
-      const t0 = sr.t_s.length ? sr.t_s[0] : tEnd - 7200;
-      tr.push({ x: [PP.siteDate(t0), PP.siteDate(tEnd)], y: [d.site.contract_w / 1e6, d.site.contract_w / 1e6], name: "contract", line: { color: "#ff5d5d", dash: "dash", width: 1 } });
+      const tEnd = (d.forecast && d.forecast.t_s && d.forecast.t_s.length) ? d.forecast.t_s[d.forecast.t_s.length - 1] : (t[t.length - 1] || 0) + 3600;
+      const t0 = t.length ? t[0] : tEnd - 7200;
+      series.push({ t: [t0, tEnd], y: [MW(d.site.contract_w), MW(d.site.contract_w)], label: "contract", color: "#ff5d5d", width: 1, dash: [6, 4] });
       if (d.plan) {
-        const keep = d.plan.t_s.map((t, i) => i).filter((i) => d.plan.t_s[i] <= tEnd);
-        tr.push({ x: keep.map((i) => PP.siteDate(d.plan.t_s[i])), y: keep.map((i) => d.plan.grid_w[i] / 1e6), name: "plan: grid", line: { color: "#3ecf8e", shape: "hv", width: 1.2 } });
+        const keep = d.plan.t_s.map((x, i) => i).filter((i) => d.plan.t_s[i] <= tEnd);
+        series.push({ t: keep.map((i) => d.plan.t_s[i]), y: keep.map((i) => MW(d.plan.grid_w[i])), label: "plan: grid", color: "#3ecf8e", width: 1.2, step: true });
       }
+      const bands = [];
       const f = d.forecast;
       if (f && f.t_s) {
-        const fx = f.t_s.map(PP.siteDate);
-        tr.push({ x: fx, y: f.p90_w.map((v) => v / 1e6), name: "forecast p90", line: { width: 0 }, showlegend: false, hoverinfo: "skip" });
-        tr.push({ x: fx, y: f.p10_w.map((v) => v / 1e6), name: "forecast p10-p90", fill: "tonexty", fillcolor: "rgba(255,138,91,0.18)", line: { width: 0 } });
-        tr.push({ x: fx, y: f.p50_w.map((v) => v / 1e6), name: `forecast p50 (${f.model || "model"})`, line: { color: "#ff8a5b", dash: "dot", width: 1.2 } });
-        $("ov-forecast-note").textContent = `Forecast of facility power: ${f.model || ""}, next hour at 1-min steps.`;
+        const fy = (k) => ({ t: f.t_s, y: f[k].map(MW) });
+        bands.push({ hi: series.length, lo: series.length + 1, fill: "rgba(255,138,91,0.18)" });
+        series.push(Object.assign(fy("p90_w"), { label: "forecast p90", width: 0 }));
+        series.push(Object.assign(fy("p10_w"), { label: "forecast p10", width: 0 }));
+        series.push(Object.assign(fy("p50_w"), { label: `forecast p50 (${f.model || "model"})`, color: "#ff8a5b", width: 1.2, dash: [2, 3] }));
+        $("ov-forecast-note").textContent = `Forecast of facility power: ${f.model || ""}, next hour at 1-min steps; shaded: P10-P90.`;
       } else {
         $("ov-forecast-note").textContent = `Forecast band: ${d.forecast_status}.`;
       }
-      PP.plot("ov-power", tr, { yaxis: { title: { text: "MW" }, gridcolor: "#1f2732", rangemode: "tozero" } });
+      this._t = PP.chart("ov-power", { series, bands, y: { label: "MW", zero: true } });
       const p = d.prices;
-      PP.plot("ov-price", [
-        { x: p.t_s.map(PP.siteDate), y: p.price_per_kwh.map((v) => v * 1000), name: `${d.money.currency}/MWh`, line: { shape: "hv", color: "#f5b942" } },
-      ], { showlegend: false, yaxis: { title: { text: `${d.money.currency}/MWh` }, gridcolor: "#1f2732", rangemode: "tozero" } });
+      PP.chart("ov-price", {
+        series: [{ t: p.t_s, y: p.price_per_kwh.map((v) => v * 1000), label: `${d.money.currency}/MWh`, color: "#f5b942", step: true }],
+        y: { label: `${d.money.currency}/MWh`, zero: true }, legend: false,
+      });
       $("ov-price-note").textContent = `Next 24 h from the site's tariff (site time, ${PP.topo.timezone}).`;
     },
   };
@@ -138,24 +141,23 @@
     },
     charts() {
       const d = this.doc;
-      if (!d || !window.Plotly) return;
-      const sr = d.series, x = sr.t_s.map(PP.siteDate);
-      const tr = [
-        { x, y: sr.grid_power_w.map((v) => v / 1e6), name: "grid actual MW", line: { color: "#4fb3ff", width: 1.3 } },
-        { x, y: sr.bess_power_w.map((v) => v / 1e6), name: "batteries actual MW", line: { color: "#f5b942", width: 1.3 } },
+      if (!d || !PP.chartsLoaded()) return;
+      const sr = d.series, t = sr.t_s, MW = (v) => (v == null ? null : v / 1e6), pct = (v) => (v == null ? null : v * 100);
+      const series = [
+        { t, y: sr.grid_power_w.map(MW), label: "grid actual MW", color: "#4fb3ff", width: 1.3 },
+        { t, y: sr.bess_power_w.map(MW), label: "batteries actual MW", color: "#f5b942", width: 1.3 },
+        { t, y: sr.bess_soc_mean.map(pct), label: "mean SOC % (actual)", axis: "y2", color: "#3ecf8e", width: 1 },
       ];
-      tr.push({ x, y: sr.bess_soc_mean.map((v) => (v == null ? null : v * 100)), name: "mean SOC % (actual)", yaxis: "y2", line: { color: "#3ecf8e", width: 1 } });
       if (d.plan) {
-        const px = d.plan.t_s.map(PP.siteDate);
-        tr.push({ x: px, y: d.plan.grid_w.map((v) => v / 1e6), name: "grid plan MW", line: { color: "#4fb3ff", shape: "hv", dash: "dash", width: 1 } });
-        tr.push({ x: px, y: d.plan.bess_w.map((v) => v / 1e6), name: "batteries plan MW", line: { color: "#f5b942", shape: "hv", dash: "dash", width: 1 } });
+        const pt = d.plan.t_s;
+        series.push({ t: pt, y: d.plan.grid_w.map(MW), label: "grid plan MW", color: "#4fb3ff", width: 1, step: true, dash: [6, 4] });
+        series.push({ t: pt, y: d.plan.bess_w.map(MW), label: "batteries plan MW", color: "#f5b942", width: 1, step: true, dash: [6, 4] });
         // The plan's SOC is at the end of each step.
-        tr.push({ x: d.plan.t_s.map((t) => PP.siteDate(t + d.plan.dt_s)), y: d.plan.soc_mean.map((v) => v * 100), name: "mean SOC % (plan)", yaxis: "y2", line: { color: "#3ecf8e", dash: "dot", width: 1 } });
+        series.push({ t: pt.map((x) => x + d.plan.dt_s), y: d.plan.soc_mean.map(pct), label: "mean SOC % (plan)", axis: "y2", color: "#3ecf8e", width: 1, dash: [2, 3] });
       }
-      const now = d.t_s, start = sr.t_s.length ? sr.t_s[0] : now - 3600;
-      PP.plot("en-plan", tr, { yaxis: { title: { text: "MW" }, gridcolor: "#1f2732" },
-        yaxis2: { title: { text: "SOC %" }, overlaying: "y", side: "right", range: [0, 100], showgrid: false },
-        xaxis: { type: "date", gridcolor: "#1f2732", range: [PP.siteDate(start), PP.siteDate(now + Math.max(3 * 3600, now - start))] } });
+      const now = d.t_s, start = t.length ? t[0] : now - 3600;
+      PP.chart("en-plan", { series, y: { label: "MW" }, y2: { label: "SOC %", range: [0, 100] },
+        xRange: [start, now + Math.max(3 * 3600, now - start)] });
     },
   };
   const drStart = () => PP.command({ kind: "dr_start", reduction: Number($("dr-red").value) / 100, duration_s: Number($("dr-min").value) * 60 }).then(() => en.refresh());
@@ -225,6 +227,14 @@
         : `<tr><td colspan="9" class="muted">${d.available ? "No active alerts." : "—"}</td></tr>`;
       $("alerts-note").textContent = `Updated ${F.time(d.t_s, true)} (site time). Silence mutes this alert's rule and labels for an hour.`;
       this.rows = rows;
+      const sil = d.silences || [];
+      $("silences-count").textContent = `(${sil.length})`;
+      $("silences-body").innerHTML = sil.length ? sil.map((x) => `<tr data-silence="${F.esc(x.id)}">
+        <td style="white-space:normal;max-width:520px">${Object.entries(x.matchers).map(([k, v]) => `<code>${F.esc(k)}=${F.esc(v)}</code>`).join(" ")}</td>
+        <td>${F.esc(x.by)}</td><td>${F.time(x.starts_s, true)}</td><td>${F.time(x.ends_s, true)}</td>
+        <td style="white-space:normal">${F.esc(x.comment || "")}</td>
+        <td><button class="unsil op" ${op ? "" : "disabled title='needs an operator token'"}>Unsilence</button></td></tr>`).join("")
+        : `<tr><td colspan="6" class="muted">${d.available ? "No active silences." : "—"}</td></tr>`;
       PP.markPainted("alerts");
     },
   };
@@ -238,6 +248,11 @@
         const matchers = Object.assign({ alertname: tr.dataset.rule }, (a && a.labels) || {});
         PP.command({ kind: "silence", matchers, duration_s: 3600, comment: "from the cockpit" }).then(() => alerts.refresh());
       }
+    });
+    $("silences-body").addEventListener("click", (ev) => {
+      const tr = ev.target.closest("tr");
+      if (!tr || !tr.dataset.silence || !ev.target.classList.contains("unsil")) return;
+      PP.command({ kind: "unsilence", silence_id: tr.dataset.silence }).then(() => alerts.refresh());
     });
   });
 
