@@ -1,7 +1,9 @@
 """Cockpit benchmarks on the texas site (10,240 GPUs), against a real runtime and server, in Debian's chromium.
 
 - First render per page: navigation start -> live data painted (the page's ``pp-painted-<page>`` mark), and
-  -> its first chart drawn, in a fresh browser context each time (nothing cached). Target <= 1 s.
+  -> its first chart painted (``pp-chart-painted-<id>``), in a fresh browser context each time (nothing cached),
+  for each chart library side by side (uPlot, the bundle; plotly.js's basic bundle; the full plotly.min.js, the
+  fallback), with where the time goes from the page's Performance timeline. Target <= 1 s.
 - Floor update: browser scripting time of one full floor update (decode 10,240 bytes + paint every cell), from
   ``performance.now()`` around the update in the page. Target <= 50 ms.
 - Update size: one stream message (overview + floor) in bytes. Target <= 100 KB.
@@ -9,7 +11,8 @@
   cycling at ``--speed``: the cycle's lag behind schedule and its duration, side by side with the baseline of
   no clients in the same run. Target: the cycle does not fall behind.
 
-Usage: python benchmarks/bench_cockpit.py [--clients 50] [--seconds 30] [--speed 60] [--record]
+Usage: python benchmarks/bench_cockpit.py [--clients 50] [--seconds 30] [--speed 60] [--charts uplot,plotly]
+       [--record]
 """
 
 from __future__ import annotations
@@ -34,14 +37,56 @@ from powerplane.runtime.live import LiveOptions, LiveRuntime
 from powerplane.runtime.live_state import LiveState
 
 BENCH = Path(__file__).resolve().parent / "BENCHMARKS.md"
-PAGES = {  # page -> selector of its first chart (None: a page without charts)
-    "overview": "#ov-power .main-svg",
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = {  # page -> id of its first chart (None: a page without charts)
+    "overview": "ov-power",
     "floor": None,
-    "energy": "#en-plan .main-svg",
+    "energy": "en-plan",
     "jobs": None,
     "alerts": None,
     "audit": None,
 }
+PAGE_API = {"overview": "/api/overview", "floor": "/api/floor", "energy": "/api/energy", "jobs": "/api/jobs",
+            "alerts": "/api/alerts", "audit": "/api/audit"}  # fmt: skip
+# plotly.js's basic bundle, the chart library before uPlot, for the side-by-side (npm, fetched here if missing)
+PLOTLY_BASIC_NPM = "plotly.js-basic-dist-min@4.1.1"
+PLOTLY_BASIC = ROOT / "build" / "npm" / "node_modules" / "plotly.js-basic-dist-min" / "plotly-basic.min.js"
+
+# Where the cold first render goes, from the page's Performance timeline (ms from navigation start).
+TIMELINE = """([page, chart, api]) => {
+  const res = performance.getEntriesByType('resource'), at = (f) => res.find(f);
+  const end = (e) => (e ? e.responseEnd : null);
+  const mark = (n) => { const m = performance.getEntriesByName(n)[0]; return m ? m.startTime : null; };
+  const lib = at((e) => e.name.includes('/vendor/charts.js'));
+  const call = chart ? performance.getEntriesByName('pp-chart-call-' + chart)[0] : null;
+  const nav = performance.getEntriesByType('navigation')[0];
+  return {
+    html: nav.responseEnd, dom: nav.domContentLoadedEventEnd,
+    lib_start: lib ? lib.startTime : null, lib_fetched: end(lib), lib_kb: lib ? lib.encodedBodySize / 1024 : null,
+    lib_ready: mark('pp-charts-loaded'),
+    whoami: end(at((e) => e.name.includes('/api/whoami'))), topology: end(at((e) => e.name.includes('/api/topology'))),
+    data: end(at((e) => e.name.includes(api))), painted: mark('pp-painted-' + page),
+    chart_call: call ? call.duration : null, chart: chart ? mark('pp-chart-painted-' + chart) : null,
+  };
+}"""
+STAGES = ("html", "dom", "lib_fetched", "lib_ready", "whoami", "topology", "data", "painted", "chart_call", "chart")
+
+
+def chart_libs(want: list[str]) -> dict[str, Path]:
+    """The chart libraries to compare, the project's default first (uPlot when `make web-vendor` bundled it)."""
+    from powerplane.api.app import chart_libraries
+
+    libs = chart_libraries()
+    if "plotly-basic" in want and not PLOTLY_BASIC.is_file():
+        subprocess.run(
+            ["npm", "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(ROOT / "build" / "npm"),
+             PLOTLY_BASIC_NPM],
+            check=True,
+        )  # fmt: skip
+    if PLOTLY_BASIC.is_file():
+        libs["plotly-basic"] = PLOTLY_BASIC
+    return {k: v for k, v in libs.items() if k in want}
+
 
 CLIENTS = r"""
 import asyncio, json, sys, time
@@ -86,30 +131,46 @@ class CycleProbe:
         return self.lag_s, self.cycle_ms
 
 
-def first_renders(browser: Any, url: str, token: str, repeats: int) -> dict[str, list[float | None]]:
-    """Per page: [data painted, first chart] in a fresh context (cold cache), then the same after a reload (warm
-    HTTP and code cache, as for an operator who has opened the cockpit before), medians of ``repeats``."""
-    out: dict[str, list[float | None]] = {}
+def first_renders(browser: Any, url: str, token: str, lib: str, repeats: int) -> dict[str, dict[str, Any]]:
+    """Per page, with chart library ``lib``: in a fresh context (cold cache) the page's Performance timeline
+    (library fetched and executed, data fetched, data painted, first chart call and paint), then the same page
+    reloaded (warm HTTP and V8 code cache, as for an operator who has opened the cockpit before); medians of
+    ``repeats``. Each navigation's main-thread script time comes from CDP (Performance.getMetrics)."""
+    out: dict[str, dict[str, Any]] = {}
     for page_name, chart in PAGES.items():
-        rows: list[list[float]] = []
+        cold: list[dict[str, Any]] = []
+        warm: list[dict[str, Any]] = []
         for _ in range(repeats):
             ctx = browser.new_context(viewport={"width": 1600, "height": 1000})
             ctx.add_init_script(f"sessionStorage.setItem('pp_token', {json.dumps(token)})")
             page = ctx.new_page()
-            row: list[float] = []
-            for load in (page.goto, page.reload):
-                load(f"{url}/#{page_name}") if load == page.goto else load()
-                page.wait_for_selector(f"body[data-painted-{page_name}]", timeout=30_000)
-                row.append(page.evaluate(f"performance.getEntriesByName('pp-painted-{page_name}')[0].startTime"))
-                if chart:
-                    page.wait_for_selector(chart, timeout=30_000)
-                    row.append(page.evaluate("performance.now()"))
+            cdp = ctx.new_cdp_session(page)
+            cdp.send("Performance.enable")
+            for rows, go in ((cold, True), (warm, False)):
+                before = {m["name"]: m["value"] for m in cdp.send("Performance.getMetrics")["metrics"]}
+                if go:
+                    page.goto(f"{url}/?charts={lib}#{page_name}")
                 else:
-                    row.append(float("nan"))
+                    page.reload()
+                page.wait_for_selector(f"body[data-painted-{page_name}]", timeout=30_000)
+                if chart:
+                    page.wait_for_function(
+                        f"performance.getEntriesByName('pp-chart-painted-{chart}').length", timeout=30_000
+                    )
+                t = page.evaluate(TIMELINE, [page_name, chart, PAGE_API[page_name]])
+                after = {m["name"]: m["value"] for m in cdp.send("Performance.getMetrics")["metrics"]}
+                t["script_ms"] = 1000.0 * (after["ScriptDuration"] - before.get("ScriptDuration", 0.0))
+                rows.append(t)
             ctx.close()
-            rows.append(row)
-        med = np.median(np.array(rows), axis=0)
-        out[page_name] = [None if not np.isfinite(x) else float(x) for x in med]
+        out[page_name] = {"cold": _median(cold), "warm": _median(warm)}
+    return out
+
+
+def _median(rows: list[dict[str, Any]]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for k in rows[0]:
+        v = [r[k] for r in rows if r[k] is not None]
+        out[k] = float(np.median(v)) if v else None
     return out
 
 
@@ -132,22 +193,29 @@ def main() -> None:
     ap.add_argument("--speed", type=float, default=60.0, help="simulated seconds per wall second")
     ap.add_argument("--repeats", type=int, default=3, help="first renders per page (median)")
     ap.add_argument("--updates", type=int, default=20, help="floor updates to time")
+    ap.add_argument(
+        "--charts",
+        default="uplot,plotly-basic,plotly",
+        help="chart libraries to compare, comma-separated: uplot (the bundle), plotly-basic (npm), plotly (fallback)",
+    )
     ap.add_argument("--chromium", default=CHROMIUM)
     ap.add_argument("--note", default="shared machine, other jobs running")
     ap.add_argument("--record", action="store_true", help="append the results to benchmarks/BENCHMARKS.md")
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
+    libs = chart_libs(args.charts.split(","))
     with tempfile.TemporaryDirectory() as tmp:
         rt = LiveRuntime(LiveOptions(scenario="texas", speed=args.speed, period_s=1.0, state_dir=Path(tmp)))
         probe = CycleProbe()
         rt.subscribe(probe)
         store = TokenStore(Path(tmp) / "tokens.json")
         token = store.create("bench", "viewer")
-        with BackgroundServer(rt, store) as url, sync_playwright() as p:
+        with BackgroundServer(rt, store, chart_libs=libs) as url, sync_playwright() as p:
             browser = launch_chromium(p, args.chromium)
             time.sleep(3.0)  # let the planner solve and the stream warm up
-            renders = first_renders(browser, url, token, args.repeats)
+            first_renders(browser, url, token, next(iter(libs)), 1)  # warm-up: the server's first requests
+            renders = {lib: first_renders(browser, url, token, lib, args.repeats) for lib in libs}
             floor_ms = floor_updates(browser, url, token, args.updates)
             browser.close()
             base_lag, base_ms = probe.window(args.seconds)
@@ -165,9 +233,23 @@ def main() -> None:
     def ms(x: float | None) -> str:
         return "-" if x is None else f"{x:.0f}"
 
-    print(f"{'page':<10} {'cold: data ms':>14} {'cold: chart ms':>15} {'warm: data ms':>14} {'warm: chart ms':>15}")
-    for name, r in renders.items():
-        print(f"{name:<10} {ms(r[0]):>14} {ms(r[1]):>15} {ms(r[2]):>14} {ms(r[3]):>15}   (target 1000)")
+    def kb(lib: str) -> str:
+        return f"{libs[lib].stat().st_size / 1024:,.0f} KB"
+
+    print(f"{'charts':<22} {'page':<10} {'cold: data':>11} {'cold: chart':>12} {'warm: data':>11} {'warm: chart':>12}")
+    for lib, pages in renders.items():
+        for name, r in pages.items():
+            c, w = r["cold"], r["warm"]
+            print(
+                f"{lib + ' (' + kb(lib) + ')':<22} {name:<10} {ms(c['painted']):>11} {ms(c['chart']):>12} "
+                f"{ms(w['painted']):>11} {ms(w['chart']):>12}   ms (target 1000)"
+            )
+    print("\ncold first render, Performance timeline, ms from navigation start (medians):")
+    print(f"{'charts':<13} {'page':<9} " + " ".join(f"{k:>11}" for k in (*STAGES, "script_ms")))
+    for lib, pages in renders.items():
+        for name, r in pages.items():
+            c = r["cold"]
+            print(f"{lib:<13} {name:<9} " + " ".join(f"{ms(c[k]):>11}" for k in (*STAGES, "script_ms")))
     fm = np.array(floor_ms)
     print(
         f"floor update (10,240 cells): median {np.median(fm):.2f} ms, max {fm.max():.2f} ms over {fm.size} (target 50)"
@@ -189,22 +271,50 @@ def main() -> None:
         return
     date = time.strftime("%Y-%m-%d")
     m = machine()
-    header = [
-        "| date | machine | page | cold: data painted ms | cold: first chart ms | warm: data painted ms | "
-        "warm: first chart ms | target ms | note |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, r in renders.items():
-        add_table_row(
-            BENCH,
-            "### Cockpit: first render per page (texas, 10,240 GPUs)",
-            "`python benchmarks/bench_cockpit.py --record`: navigation start -> live data painted, and -> first chart "
-            "drawn, in Debian's chromium 1600x1000; cold: a fresh context (nothing cached), warm: the same page "
-            "reloaded (HTTP and V8 code cache warm); medians of 3. plotly.min.js (4.8 MB) is loaded once the data "
-            "is painted, so charts follow it.",
-            header,
-            f"| {date} | {m} | {name} | {ms(r[0])} | {ms(r[1])} | {ms(r[2])} | {ms(r[3])} | 1000 | {args.note} |",
-        )
+    for lib, pages in renders.items():
+        for name, r in pages.items():
+            co, w = r["cold"], r["warm"]
+            add_table_row(
+                BENCH,
+                "### Cockpit: first render per page and chart library (texas, 10,240 GPUs)",
+                "`python benchmarks/bench_cockpit.py --record`: navigation start -> live data painted, and -> the "
+                "page's first chart painted (the frame after its first draw), in Debian's chromium 1600x1000; cold: a "
+                "fresh context (nothing cached), warm: the same page reloaded (HTTP and V8 code cache warm); medians "
+                "of 3. The chart libraries are compared in the same run (?charts=NAME): uplot is the project's "
+                "(npm, bundled by make), plotly the fallback without npm (the plotly package's plotly.min.js), "
+                "plotly-basic the npm bundle used before.",
+                [
+                    "| date | machine | charts | page | cold: data painted ms | cold: first chart ms | "
+                    "warm: data painted ms | warm: first chart ms | target ms | note |",
+                    "|---|---|---|---|---|---|---|---|---|---|",
+                ],
+                f"| {date} | {m} | {lib} ({kb(lib)}) | {name} | {ms(co['painted'])} | {ms(co['chart'])} | "
+                f"{ms(w['painted'])} | {ms(w['chart'])} | 1000 | {args.note} |",
+            )
+    for lib, pages in renders.items():
+        for name, r in pages.items():
+            if PAGES[name] is None:
+                continue
+            co = r["cold"]
+            add_table_row(
+                BENCH,
+                "### Cockpit: where the cold first chart goes (texas, Performance timeline)",
+                "`python benchmarks/bench_cockpit.py --record`: a fresh browser context per page, ms from navigation "
+                "start (medians of 3) read from the page's Performance timeline: the HTML, DOMContentLoaded (the "
+                "app's scripts ran), the chart library fetched (resource timing) and executed (its onload), the "
+                "token check and topology fetched, the page's data fetched, the data painted, the first chart's "
+                "library call (ms it took) and the frame that painted it; main-thread script ms from CDP "
+                "Performance.getMetrics (ScriptDuration) over the whole load.",
+                [
+                    "| date | machine | charts | page | html | scripts ran | library fetched | library executed | "
+                    "whoami | topology | page data | data painted | chart call ms | chart painted | "
+                    "main-thread script ms | note |",
+                    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+                ],
+                f"| {date} | {m} | {lib} ({kb(lib)}) | {name} | "
+                + " | ".join(ms(co[k]) for k in (*STAGES, "script_ms"))
+                + f" | {args.note} |",
+            )
     add_table_row(
         BENCH,
         "### Cockpit: floor update, update size, concurrent stream clients (texas, 10,240 GPUs)",

@@ -38,7 +38,14 @@ PP.toast = (msg, bad) => {
 };
 
 // ---------------------------------------------------------------------------------- API
+// A GET that PP.start sent ahead (the first page's data, fetched alongside the token check) is answered from
+// that request once.
+PP.early = {};
 PP.api = async (path, opts = {}) => {
+  if (!opts.method && PP.early[path]) { const r = PP.early[path]; delete PP.early[path]; return r; }
+  return PP.fetchJson(path, opts);
+};
+PP.fetchJson = async (path, opts = {}) => {
   const headers = Object.assign({ Authorization: "Bearer " + PP.token }, opts.body ? { "Content-Type": "application/json" } : {});
   const r = await fetch(path, Object.assign({}, opts, { headers }));
   if (r.status === 401) { PP.logout("token rejected: " + ((await r.json()).detail || r.status)); throw new Error("401"); }
@@ -171,9 +178,17 @@ PP.logout = (why) => {
 };
 
 PP.start = async () => {
+  // The token check, the topology and the first page's data go out together (one round trip, not three).
+  const first = PP.pages[(location.hash || "#overview").slice(1)] || PP.pages.overview;
+  const ahead = [...(PP.topo ? [] : ["/api/topology"]), ...(first.first ? [first.first] : [])];
+  for (const path of ahead) {
+    PP.early[path] = PP.fetchJson(path);
+    PP.early[path].catch(() => null); // a refused token is reported once, by the whoami below
+  }
   try {
     PP.me = await PP.api("/api/whoami");
   } catch (e) {
+    PP.early = {};
     if (e.message !== "401") PP.logout("cannot reach the API: " + e.message);
     return;
   }

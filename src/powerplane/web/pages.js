@@ -5,7 +5,7 @@
 
   // ------------------------------------------------------------------------------------ Overview
   const ov = {
-    doc: null, series: null,
+    doc: null, series: null, first: "/api/overview",
     async enter() {
       await this.refresh();
       PP.every(30000, () => this.refresh());
@@ -112,7 +112,7 @@
 
   // ------------------------------------------------------------------------------------ Energy
   const en = {
-    doc: null,
+    doc: null, first: "/api/energy",
     async enter() {
       await this.refresh();
       PP.every(10000, () => this.refresh());
@@ -209,6 +209,7 @@
 
   // ------------------------------------------------------------------------------------ Alerts
   const alerts = {
+    first: "/api/alerts",
     async enter() { await this.refresh(); PP.every(2000, () => this.refresh()); },
     async refresh() {
       const d = await PP.api("/api/alerts");
