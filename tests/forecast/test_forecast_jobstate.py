@@ -15,6 +15,12 @@ def _feed(state: JobState, series: dict[int, list[float]]) -> None:
         state.observe(m, ids, p)
 
 
+def _feed_from(state: JobState, m0: int, series: dict[int, list[float]]) -> None:
+    for k in range(len(next(iter(series.values())))):
+        ids = np.array(list(series), dtype=np.int64)
+        state.observe(m0 + k, ids, np.array([series[j][k] for j in ids.tolist()]))
+
+
 def test_level_is_kept_and_ends_remove_power() -> None:
     st = JobState()
     st.describe(np.array([0, 1]), np.array([3, 3]), np.array([8, 8]), end_min=np.array([np.inf, 12.0]))
@@ -41,17 +47,45 @@ def test_checkpoint_rhythm_predicts_the_next_dip() -> None:
     assert np.isclose(pr.ckpt_w[5], -700.0, rtol=0.3)
 
 
-def test_a_stall_recovers_through_a_ramp_instead_of_persisting() -> None:
+def test_a_stall_returns_after_the_learned_restart_delay_then_ramps() -> None:
     st = JobState()
     st.describe(np.array([0]), np.array([0]), np.array([64]))
-    st.stall_len_min, st.ramp_len_min = 10.0, 4.0
-    s = [1000.0] * 20 + [100.0] * 4  # stalled for 4 minutes at the end
+    st.flat_samples_min, st.ramp_len_min = np.array([6.0, 10.0]), 4.0
+    s = [1000.0] * 20 + [100.0] * 4  # stalled for 4 minutes at the end (minutes 20-23)
     _feed(st, {0: s})
     pr = st.project(np.array([1, 5, 10, 20]), len(s) - 1)
-    fut = pr.now_w + pr.ckpt_w
-    assert fut[0] < 200.0  # still flat next minute
-    assert fut[-1] > 950.0  # back at its level well after the expected stall
-    assert np.all(np.diff(fut) >= -1e-9)
+    # minute 23 + h is (3.5 + h - D) / 4 of the way up the ramp for each learned flat duration D (6 and 10)
+    assert np.allclose(pr.now_w + pr.stall_w, [100.0, 100.0 + 900.0 * 0.3125, 100.0 + 900.0 * 0.9375, 1000.0])
+    assert np.allclose(pr.ckpt_w, 0.0)  # a stall's return is its own feature, not a checkpoint's
+    assert np.allclose(pr.job_delta_w[0], pr.stall_w)
+    # flat for 8 minutes: only the 10-minute restart delay is still possible
+    _feed_from(st, 24, {0: [100.0] * 4})
+    pr = st.project(np.array([3, 4]), 27)
+    assert np.allclose(pr.now_w + pr.stall_w, [100.0 + 900.0 * 0.125, 100.0 + 900.0 * 0.375])
+
+
+def test_stalls_of_training_jobs_teach_the_restart_delay_not_service_dips() -> None:
+    st = JobState()
+    st.describe(np.array([0, 1]), np.array([0, 2]), np.array([64, 64]))
+    train = [1000.0] * 10 + [100.0] * 7 + [400.0, 700.0] + [1000.0] * 5
+    service = [1000.0] * 10 + [300.0] * 12 + [1000.0] * 2  # an inference service's load falling for 12 minutes
+    _feed(st, {0: train, 1: service})
+    assert st.flat_samples_min.tolist() == [7.0, 7.0]  # the prior and the training job's 7 flat minutes
+    assert abs(st.ramp_len_min - (0.8 * 5.0 + 0.2 * 2.0)) < 1e-9
+
+
+def test_services_repeat_with_their_learned_period() -> None:
+    st = JobState()
+    st.describe(np.array([0, 1]), np.array([2, 0]), np.array([8, 8]))
+    t = np.arange(400)
+    load = 1000.0 + 300.0 * np.sin(2 * np.pi * t / 45.5)
+    _feed(st, {0: load.tolist(), 1: [2000.0] * 400})
+    assert abs(st.service_period_min - 45.5) < 0.06
+    pr = st.project(np.array([1, 15, 50]), 399)
+    want = 1000.0 + 300.0 * np.sin(2 * np.pi * (399 + np.array([1, 15, 50])) / 45.5) - load[-1]
+    assert np.allclose(pr.service_w, want, atol=15.0)
+    # a service's dips are its load, not checkpoints or stalls; the training job stays at its level
+    assert np.allclose(pr.ckpt_w, 0.0) and np.allclose(pr.stall_w, 0.0) and np.allclose(pr.level_w, 0.0)
 
 
 def test_young_jobs_use_the_class_profile_and_unknown_ones_a_fallback() -> None:

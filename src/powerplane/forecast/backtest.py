@@ -39,6 +39,7 @@ I64 = NDArray[np.int64]
 EVAL_HORIZONS: dict[str, int] = {"1min": 1, "15min": 15, "1h": 60, "24h": 1440}
 COMMON_STEP_MIN = 15
 EVENT_SHARE = 0.01
+ANNOUNCED = ("end_w", "ckpt_w", "ramp_w", "stall_w")  # what the queue, the rhythms and restarts announce
 
 
 @dataclass
@@ -138,11 +139,7 @@ def backtest_run(run: RunData, with_statsforecast: bool = True) -> dict[str, Any
             forecasts[name] = fc  # on the common grid only
     # announced events at 1 minute, every test minute
     k1 = 0
-    proj = (
-        te_e.x[:, k1, FEATURES.index("end_w")]
-        + te_e.x[:, k1, FEATURES.index("ckpt_w")]
-        + te_e.x[:, k1, FEATURES.index("ramp_w")]
-    )
+    proj = sum(te_e.x[:, k1, FEATURES.index(f)] for f in ANNOUNCED)
     mean_f = float(np.nanmean(run.facility_w))
     ev = np.abs(proj) >= EVENT_SHARE * mean_f
     ok = ev & np.isfinite(actual[:, k1])

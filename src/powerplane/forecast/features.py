@@ -7,6 +7,10 @@ At an origin (minute ``i``) and horizon ``h`` the features describe what the que
   median overrun of their kind among jobs already finished) falls before ``i + h``;
 - ``ckpt_w``: checkpoint dips due at ``i + h`` (from each job's observed rhythm), and current dips recovering;
   ``level_w``: steady jobs returning from this minute's power to their level (short noise);
+- ``stall_w``: stalled jobs (a fault) coming back: flat for the rest of a learned restart delay, then the
+  restart ramp to their level;
+- ``service_w``: the inference services' change, from their summed power a whole number of learned periods
+  earlier (the arrival traces behind them repeat);
 - ``ramp_w``: young jobs reaching their class profile;
 - ``queued_w``: profile power of jobs submitted but not started (the queue);
 - ``arrivals_w``: profile power of jobs that arrived over the same clock window yesterday, and ``arrival_rate_w``
@@ -41,6 +45,8 @@ FEATURES = (
     "revert_w",
     "seasonal_w",
     "level_w",
+    "stall_w",
+    "service_w",
 )
 MODEL_HORIZONS_MIN = np.array([*range(1, 61), 1440], dtype=np.int64)
 DAY_MIN = 1440
@@ -115,6 +121,8 @@ def origin_features(
     sv = np.where(past >= 0, F[np.clip(past, 0, n - 1)], np.nan) - F[i]
     out[:, 9] = np.where(np.isfinite(sv), sv, 0.0)
     out[:, 10] = pr.level_w
+    out[:, 11] = pr.stall_w
+    out[:, 12] = pr.service_w
     out[~np.isfinite(out)] = 0.0
     return pr
 

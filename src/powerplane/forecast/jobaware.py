@@ -35,6 +35,11 @@ FALLBACK_WIDEN = 0.5  # extra half-width per W of job power forecast from a fall
 STALE_WIDEN = 0.5  # extra half-width per minute of staleness, as a share of the 1-minute half-width
 
 
+def min_fit_rows(n_features: int = len(FEATURES)) -> int:
+    """Training origins a horizon needs before it is fitted (fewer: the horizon is left unfitted, NaN)."""
+    return 4 * (n_features + 5)
+
+
 def horizon_mask(h_min: int) -> F64:
     """Which features a horizon uses (1/0): below ``LONG_HORIZON_MIN`` only what the queue and the telemetry know
     about the jobs running now, plus cooling; the statistical ones (arrivals, mean reversion, seasonal change)
@@ -105,7 +110,7 @@ class JobAwareModel:
         for k in range(h.size):
             y = fs.y[:, k]
             ok = np.flatnonzero(np.isfinite(y) & (fs.stale_min == 0))
-            if ok.size < 4 * (nf + 5):
+            if ok.size < min_fit_rows(nf):
                 continue
             X = fs.x[:, k, :] * horizon_mask(int(h[k]))[None, :]
             res = []

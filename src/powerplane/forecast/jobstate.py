@@ -13,7 +13,7 @@ their class, then the fleet-wide mean (a *fallback*, reported so intervals can b
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
@@ -30,6 +30,16 @@ BEAT_TOL_MIN = 1.5  # a dip within this of a multiple of the period is a checkpo
 STALL_DEPTH_SHARE = 0.95  # a dip below this share of the checkpoint depth is a stall from its first minute
 MIN_LEVEL_MINUTES = 3  # minutes before a job's own level is trusted
 N_GPU_BUCKETS = 6  # 1, 2-3, 4-7, 8-31, 32-255, 256+
+SERVICE_KIND = 2  # inference services: load follows request arrivals, no checkpoints or stalls of their own
+SERVICE_KINDS = (2, 3)  # kinds whose long dips are load, not stalls (inference, batch)
+STALL_DEPTH = 0.5  # a dip below this share of the level, longer than a checkpoint, teaches the stall shape
+N_STALL_SAMPLES = 32  # recent stalls whose flat duration is kept (the restart delay's distribution)
+PRIOR_FLAT_MIN = 7.0  # flat minutes of a stall before any is seen
+PERIOD_MIN_RANGE = (30.0, 90.0)  # where the services' load period (tiled arrival traces) is searched [min]
+PERIOD_STEP_MIN = 0.05
+PERIOD_EVERY_MIN = 60  # how often the period is searched again
+PERIOD_HISTORY_MIN = 1440  # minutes of the services' load used to search it
+PERIOD_MIN_HISTORY = 180
 
 
 def gpu_bucket(n_gpus: I64) -> I64:
@@ -40,6 +50,58 @@ def gpu_bucket(n_gpus: I64) -> I64:
     """
     edges = np.array([2, 4, 8, 32, 256])
     return np.searchsorted(edges, np.asarray(n_gpus), side="right").astype(np.int64)
+
+
+def lagged(series: F64, t: F64, lag_min: F64) -> F64:
+    """``series`` at minutes ``t - lag`` for fractional lags: the two minutes around it, weighted linearly;
+    NaN where that reaches outside the series.
+
+    >>> lagged(np.array([0.0, 10.0, 20.0, 30.0]), np.array([3.0, 3.0]), np.array([1.0, 1.25])).tolist()
+    [20.0, 17.5]
+    """
+    t = np.asarray(t, np.float64)
+    lag = np.asarray(lag_min, np.float64)
+    lo = np.floor(lag)
+    w = lag - lo
+    a = (t - lo).astype(np.int64)
+    b = a - 1
+    n = series.size
+    ok = (b >= 0) & (a < n)
+    va = series[np.clip(a, 0, n - 1)]
+    vb = series[np.clip(b, 0, n - 1)]
+    return np.asarray(np.where(ok, (1.0 - w) * va + w * np.where(w > 0, vb, 0.0), np.nan))
+
+
+def service_period(series_w: F64) -> float:
+    """The period [min] (fractional) at which a series repeats best, searched in ``PERIOD_MIN_RANGE``: a coarse
+    scan, then a fine one around the best; 0 when no lag beats the 15-minute persistence error by 20 %.
+
+    >>> t = np.arange(600.0)
+    >>> round(service_period(np.sin(2 * np.pi * t / 57.3) + 0.3 * np.sin(2 * np.pi * t / 11.46)), 1)
+    57.3
+    """
+    x = np.asarray(series_w, np.float64)
+    lo_l, hi_l = PERIOD_MIN_RANGE
+    t = np.arange(int(hi_l) + 2, x.size, dtype=np.float64)
+    if t.size < 30:
+        return 0.0
+
+    def err(lags: F64) -> F64:
+        d = np.abs(x[t.astype(np.int64)][None, :] - lagged(x, t[None, :], lags[:, None]))
+        with np.errstate(invalid="ignore"):
+            return np.asarray(np.nanmean(np.where(np.isfinite(d), d, np.nan), axis=1))
+
+    coarse = np.arange(lo_l, hi_l + 1e-9, 0.25)
+    e = err(coarse)
+    if not np.any(np.isfinite(e)):
+        return 0.0
+    best = float(coarse[int(np.nanargmin(e))])
+    fine = np.arange(max(best - 0.5, lo_l), min(best + 0.5, hi_l) + 1e-9, PERIOD_STEP_MIN)
+    ef = err(fine)
+    k = int(np.nanargmin(ef))
+    base = np.abs(x[15:] - x[:-15])
+    ref = float(np.nanmean(base)) if np.any(np.isfinite(base)) else 0.0
+    return float(fine[k]) if ref > 0 and ef[k] < 0.8 * ref else 0.0
 
 
 @dataclass
@@ -53,6 +115,14 @@ class Projection:
     ramp_w: F64  # per horizon: young jobs moving from their current power to their profile
     fallback_w: float  # power of active jobs forecast from a class or fleet profile instead of their own
     level_w: F64  # per horizon: steady jobs moving from this minute's power back to their level
+    stall_w: F64 = field(default_factory=lambda: np.zeros(0))  # per horizon: stalled jobs returning
+    service_w: F64 = field(default_factory=lambda: np.zeros(0))  # per horizon: services' load, one period ago
+    ids: I64 = field(default_factory=lambda: np.zeros(0, np.int64))  # the active jobs
+    job_delta_w: F64 = field(default_factory=lambda: np.zeros((0, 0)))  # [jobs, horizons] expected change
+
+    def announced_w(self) -> F64:
+        """The change the queue and the jobs' rhythms announce: ends, checkpoints, restarts and ramps."""
+        return self.end_w + self.ckpt_w + self.ramp_w + (self.stall_w if self.stall_w.size else 0.0)
 
 
 class JobState:
@@ -88,8 +158,12 @@ class JobState:
         # class profiles: EWMA of W per GPU by (kind + 1 for unknown, bucket)
         self.profile_w_per_gpu = np.full((n_kinds + 1, N_GPU_BUCKETS), np.nan)
         self.fleet_w_per_gpu = np.nan
-        self.stall_len_min = 12.0  # learned: minutes a stall (fault, restart, ramp) keeps a job below its level
-        self.ramp_len_min = 5.0  # learned: minutes of the restart ramp at the end of a stall
+        # learned from the stalls of training jobs: flat minutes (the restart delay) and the restart ramp
+        self.flat_samples_min = np.array([PRIOR_FLAT_MIN])
+        self.ramp_len_min = 5.0
+        # the services' summed power per minute and its period (arrival traces repeat), 0: none found yet
+        self.service_hist_w = np.full(1024, np.nan)
+        self.service_period_min = 0.0
         self.post_stall_lag_min = -1.0  # learned: first checkpoint after a stall = stall end + period + this
         self.minute = -1
 
@@ -213,9 +287,12 @@ class JobState:
         self.anchor_f[jc] = start_f
         self.anchor_is_ckpt[jc] = True
         js = je[~short]
-        if js.size:
-            self.stall_len_min = 0.8 * self.stall_len_min + 0.2 * float(np.mean(run_len[~short]))
-            ramp = minute - 1 - self.floor_last[js]
+        # only deep dips of training jobs teach the stall shape (a service's long dip is its load falling)
+        teach = js[(self.dip_min_w[js] < STALL_DEPTH * self.level_w[js]) & ~np.isin(self.kind[js], SERVICE_KINDS)]
+        if teach.size:
+            flat_min = (self.floor_last[teach] + 1 - self.dip_start[teach]).astype(np.float64)
+            self.flat_samples_min = np.concatenate([self.flat_samples_min, flat_min])[-N_STALL_SAMPLES:]
+            ramp = minute - 1 - self.floor_last[teach]
             self.ramp_len_min = 0.8 * self.ramp_len_min + 0.2 * float(np.mean(np.clip(ramp, 1, None)))
         # a stalled job restarts, its checkpoint timer with it: the next checkpoint comes about a period after
         # the stall ends (a learned lag)
@@ -231,6 +308,7 @@ class JobState:
         self.last_w[ids] = p
         self.last_min[ids] = minute
         self.n_obs[ids] += 1
+        self._observe_services(minute, float(p[self.kind[ids] == SERVICE_KIND].sum()))
         # class profiles from seasoned jobs with a known GPU count
         ok = seasoned & ~dip & (self.n_gpus[ids] > 0)
         if np.any(ok):
@@ -249,6 +327,32 @@ class JobState:
             self.fleet_w_per_gpu = (
                 fleet if np.isnan(self.fleet_w_per_gpu) else 0.95 * self.fleet_w_per_gpu + 0.05 * fleet
             )
+
+    def _observe_services(self, minute: int, power_w: float) -> None:
+        if minute < 0:
+            return
+        if minute >= self.service_hist_w.size:
+            grown = np.full(max(2 * self.service_hist_w.size, minute + 1), np.nan)
+            grown[: self.service_hist_w.size] = self.service_hist_w
+            self.service_hist_w = grown
+        self.service_hist_w[minute] = power_w
+        if minute % PERIOD_EVERY_MIN == 0 and minute >= PERIOD_MIN_HISTORY:
+            recent = self.service_hist_w[max(minute + 1 - PERIOD_HISTORY_MIN, 0) : minute + 1]
+            self.service_period_min = service_period(recent)
+
+    def service_change(self, horizons_min: I64, minute: int) -> F64:
+        """The services' expected change at ``minute + h``: their power a whole number of periods earlier (the
+        latest one already seen) minus their power now; 0 without a period or history."""
+        h = np.asarray(horizons_min, np.float64)
+        per = self.service_period_min
+        if per <= 0 or minute < 0 or minute >= self.service_hist_w.size:
+            return np.zeros(h.size)
+        k = np.ceil(h / per)
+        k = np.where(np.floor(k * per) < h, k + 1, k)
+        lag = k * per
+        val = lagged(self.service_hist_w[: minute + 1], minute + h, lag)
+        out = val - self.service_hist_w[minute]
+        return np.where(np.isfinite(out), out, 0.0)
 
     def active(self, minute: int | None = None) -> I64:
         """Jobs seen in the given minute (default: the latest observed)."""
@@ -276,11 +380,13 @@ class JobState:
         h = np.asarray(horizons_min, np.int64)
         ids = self.active(m)
         nh = h.size
+        service_w = self.service_change(h, m)
         if ids.size == 0:
             z = np.zeros(nh)
-            return Projection(0.0, z, z.copy(), z.copy(), z.copy(), 0.0, z.copy())
+            return Projection(0.0, z, z.copy(), z.copy(), z.copy(), 0.0, z.copy(), z.copy(), service_w, ids)
         now = self.last_w[ids]
         young = self.n_obs[ids] < MIN_LEVEL_MINUTES
+        service = self.kind[ids] == SERVICE_KIND  # forecast by their period (service_w), not by dips
         prof, _fb = self.profile_w(ids)
         has_prof = np.isfinite(self.profile_w_per_gpu[self.kind[ids] + 1, gpu_bucket(np.maximum(self.n_gpus[ids], 1))])
         # young jobs head for their class profile; the others stay at their level
@@ -288,10 +394,10 @@ class JobState:
         fallback_w = float(now[young & ~has_prof].sum())
         t = m + h[None, :]  # [1, H]
         ended = t >= self.end_min[ids][:, None]  # [J, H]
-        end_w = -(now[:, None] * ended).sum(axis=0)
+        end_c = -now[:, None] * ended
         end_gpus = (self.n_gpus[ids][:, None] * ended).sum(axis=0).astype(np.float64)
         period = self.period_min[ids]
-        known = (period > 0) & (self.anchor_f[ids] >= 0)
+        known = (period > 0) & (self.anchor_f[ids] >= 0) & ~service
         t_end = t + 1.0
         frac = np.zeros((ids.size, h.size))
         rk = np.flatnonzero(known)  # only jobs with a rhythm (a few large ones) need the checkpoint arithmetic
@@ -309,9 +415,10 @@ class JobState:
         # a checkpoint in progress finishes its expected duration
         depth = np.where(np.isfinite(self.ckpt_depth[ids]), self.ckpt_depth[ids], DEFAULT_CKPT_DEPTH)
         # a dip that lasts too long or goes deeper than any checkpoint is a stall: flat, then a restart ramp
+        dipping = self.in_dip[ids] & ~service
         too_deep = now < STALL_DEPTH_SHARE * depth * self.level_w[ids]
-        stalled = self.in_dip[ids] & ((m - self.dip_start[ids] >= MAX_CKPT_MINUTES) | too_deep)
-        in_short = self.in_dip[ids] & ~stalled
+        stalled = dipping & ((m - self.dip_start[ids] >= MAX_CKPT_MINUTES) | too_deep)
+        in_short = dipping & ~stalled
         # a dip in progress continues as a checkpoint only on the beat of a known rhythm (else it is a blip)
         gap_now = self.dip_start_f[ids] - self.anchor_f[ids]
         p_now = np.where(known, period, 1.0)
@@ -323,25 +430,54 @@ class JobState:
             frac[rs] += np.clip(np.minimum(m + 1.0 + rem, t_end) - np.maximum(m + 1.0, t), 0.0, None)
         frac = np.clip(frac, 0.0, 1.0)
         # a checkpoint in progress recovers to the level
-        base = np.where(self.in_dip[ids], self.level_w[ids], level)
+        base = np.where(dipping, self.level_w[ids], level)
         future = base[:, None] * (1.0 - (1.0 - depth)[:, None] * frac)
+        alive = ~ended
+        stall_c = np.zeros((ids.size, nh))
         if np.any(stalled):
             js = np.flatnonzero(stalled)
-            lv, fl = self.level_w[ids[js]], self.dip_min_w[ids[js]]
-            span = np.maximum(lv - fl, 1.0)
-            frac = np.clip((now[js] - fl) / span, 0.0, 1.0)
-            ramp_n = max(self.ramp_len_min, 1.0)
-            flat_n = max(self.stall_len_min - ramp_n, 0.0)
-            elapsed = m - self.dip_start[ids[js]]
-            ramping = self.floor_last[ids[js]] < m
-            # position along the ramp in minutes (negative while still flat)
-            pos = np.where(ramping, frac * ramp_n, np.minimum(elapsed - flat_n, 0.0))
-            ahead = pos[:, None] + h[None, :]
-            future[js] = fl[:, None] + span[:, None] * np.clip(ahead / ramp_n, 0.0, 1.0)
-        alive = ~ended
-        dipping = self.in_dip[ids]
+            stall_c[js] = (self._stall_return(ids[js], now[js], m, h) - now[js][:, None]) * alive[js]
+            future[js] = base[js][:, None]  # their return is in stall_c, not in the checkpoint part
         back = (base - now)[:, None] * alive
-        ckpt_w = ((future - base[:, None]) * alive).sum(axis=0) + (back * (dipping & ~young)[:, None]).sum(axis=0)
-        level_w = (back * (~dipping & ~young)[:, None]).sum(axis=0)  # steady jobs back to their level
-        ramp_w = ((level - now)[:, None] * alive * young[:, None]).sum(axis=0)
-        return Projection(float(now.sum()), end_w, end_gpus, ckpt_w, ramp_w, fallback_w, level_w)
+        steady = ~service & ~young
+        ckpt_c = (future - base[:, None]) * alive * ~service[:, None] + back * (dipping & ~stalled & ~young)[:, None]
+        level_c = back * (~dipping & steady)[:, None]  # steady jobs back to their level
+        ramp_c = (level - now)[:, None] * alive * young[:, None]
+        delta = end_c + ckpt_c + stall_c + level_c + ramp_c
+        return Projection(
+            float(now.sum()),
+            end_c.sum(axis=0),
+            end_gpus,
+            ckpt_c.sum(axis=0),
+            ramp_c.sum(axis=0),
+            fallback_w,
+            level_c.sum(axis=0),
+            stall_c.sum(axis=0),
+            service_w,
+            ids,
+            delta,
+        )
+
+    def _stall_return(self, jobs: I64, now_w: F64, m: int, h: I64) -> F64:
+        """Expected power [jobs, horizons] of stalled jobs: flat for the rest of their restart delay (averaged over
+        the learned flat durations longer than the time already spent flat), then the restart ramp to the level;
+        a job already ramping continues from where it is on the ramp."""
+        lv, fl = self.level_w[jobs], self.dip_min_w[jobs]
+        span = np.maximum(lv - fl, 1.0)
+        ramp_n = max(self.ramp_len_min, 1.0)
+        ramping = self.floor_last[jobs] < m
+        # ramping: position along the ramp [min] from the power reached
+        pos = np.clip((now_w - fl) / span, 0.0, 1.0) * ramp_n
+        ahead = (pos[:, None] + h[None, :]) / ramp_n  # [J, H]
+        # flat: the ramp starts at dip_start + D, D a learned flat duration at least the minutes spent flat
+        elapsed = (m + 1 - self.dip_start[jobs]).astype(np.float64)
+        d = self.flat_samples_min[None, :]  # [1, S]
+        cond = d >= elapsed[:, None]  # [J, S]
+        d_eff = np.where(cond, d, np.nan)
+        none = ~cond.any(axis=1)
+        d_eff[none] = (elapsed[none] + 1.0)[:, None]  # longer than every stall seen: it ends about now
+        # minute m + h lies (m + h + 0.5) - (dip_start + D) minutes into the ramp
+        into = (m + h[None, :, None] + 0.5 - self.dip_start[jobs][:, None, None] - d_eff[:, None, :]) / ramp_n
+        share_flat = np.nanmean(np.clip(into, 0.0, 1.0), axis=2)
+        share = np.where(ramping[:, None], np.clip(ahead, 0.0, 1.0), share_flat)
+        return np.asarray(fl[:, None] + span[:, None] * share)

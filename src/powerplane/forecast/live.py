@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 from powerplane.config.schema import SiteConfig
 from powerplane.forecast.data import STEP_S, JobInfo, RunData
 from powerplane.forecast.features import FEATURES, FeatureSet, origin_features
-from powerplane.forecast.jobaware import NAME, JobAwareModel
+from powerplane.forecast.jobaware import NAME, JobAwareModel, min_fit_rows
 from powerplane.forecast.jobstate import JobState
 from powerplane.forecast.registry import Registry, RegistryError
 from powerplane.telemetry.snapshot import Quality, Snapshot
@@ -46,7 +46,7 @@ def prior_model(scale_w: float) -> JobAwareModel:
     """An untrained model: job deltas times a facility factor, bands of ~3 % of ``scale_w`` growing with sqrt(h)."""
     h = np.array([*HOUR_H, 1440], dtype=np.int64)
     coef = np.zeros((h.size, len(FEATURES)))
-    for f in ("end_w", "ckpt_w", "ramp_w", "queued_w"):
+    for f in ("end_w", "ckpt_w", "ramp_w", "queued_w", "stall_w", "service_w"):
         coef[:, FEATURES.index(f)] = PRIOR_FACILITY_PER_JOB_W
     half = 0.03 * scale_w * np.sqrt(np.minimum(h, 60) / 15.0)
     rq = np.stack([-half, np.zeros(h.size), half], axis=1)
@@ -425,7 +425,8 @@ class MonitoredForecaster(LiveForecaster):
         run = self.history_run()
         win = [m for m, _ in self.errors]
         w0 = win[0] - self.HORIZON_MIN
-        if w0 < 120:
+        # origins start a third of the way in (see backtest.split) and end a horizon before the window
+        if w0 < max(120, int(np.ceil(1.5 * (min_fit_rows() + self.HORIZON_MIN + 2)))):
             return {"trained": False, "reason": "not enough history before the scored window"}
         sp = Split(np.arange(min(1440, w0 // 3), w0 - 1, dtype=np.int64), w0, np.zeros(0, np.int64), np.zeros(0, bool))
         challenger, _ = train_job_aware(run, sp)
@@ -437,6 +438,8 @@ class MonitoredForecaster(LiveForecaster):
         actual = fs.y[:, k] + fs.now_w
         ok = np.isfinite(actual)
         ch_mae = float(np.mean(np.abs(challenger.predict(fs).p50_w[ok, k] - actual[ok])))
+        if not np.isfinite(ch_mae):
+            return {"trained": False, "reason": "the challenger could not fit the 15-minute horizon"}
         champ_mae = float(np.mean([e for _, e in self.errors]))
         out: dict[str, Any] = {
             "trained": True,
