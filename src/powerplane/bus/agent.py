@@ -6,6 +6,12 @@ in milliseconds), so trackers can drop duplicates and replays. Frames go to JetS
 acks; a frame leaves the agent's buffer only when the server has stored it. While the connection is down, or
 when acks stop coming, frames stay queued in order (bounded: the oldest are dropped and counted when full) and
 everything not acknowledged is sent again once the server is back; the trackers discard the duplicates.
+
+With a spool file (``spool=PATH``, ``powerplane agent --spool PATH``) what is not acknowledged also survives the
+agent itself: from the moment the link drops (or before it first comes up) every queued message is also appended
+to the spool; once the bus has stored everything the spool is deleted; an agent stopped with frames unsent
+rewrites it with exactly those, and the next agent on the same spool sends them first (their sequence numbers
+are older than its own, so the trackers keep order and drop whatever was already stored).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import json
 import logging
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,6 +34,7 @@ from numpy.typing import NDArray
 from powerplane.bus import codec, subjects
 from powerplane.bus.jet import connect, ensure_streams
 from powerplane.bus.server import BusError
+from powerplane.bus.spool import Message, Spool
 from powerplane.core.clock import Clock, WallClock, perf_counter_s
 from powerplane.core.commands import BessSetpoint, Command, CommandResult, GpuPowerCap
 from powerplane.core.frames import Frame
@@ -127,6 +135,9 @@ class AgentStats:
     frames_resent: int = 0
     frames_dropped: int = 0  # buffer overflow: the oldest frames, counted, never silently
     max_buffered_frames: int = 0
+    frames_restored: int = 0  # from the spool of an earlier agent, sent first
+    spool_damaged_bytes: int = 0  # a torn or damaged spool tail, dropped and reported
+    frames_spooled_at_stop: int = 0  # left unsent at stop, in the spool for the next agent
     ticks: int = 0
     late_ticks: int = 0
     disconnects: int = 0
@@ -165,6 +176,7 @@ class Agent:
         ack_timeout_s: float = 2.0,
         clock: Clock | None = None,
         wait_for_bus_s: float | None = None,
+        spool: Path | None = None,
     ) -> None:
         if not 0.1 <= rate_hz <= 50.0:
             raise ValueError(f"rate must be within 0.1-50 Hz, got {rate_hz}")
@@ -215,11 +227,37 @@ class Agent:
         self._wake = asyncio.Event()
         self._reconnected = False
         self._closing = False
+        self.spool = Spool(spool) if spool is not None else None
+        self._spooling = self.spool is not None  # down until the bus has stored everything once
 
     # ------------------------------------------------------------------------------------------ producing
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _unacked(self) -> list[Message]:
+        return [(o.subject, o.payload, o.n_frames) for o in (*self.inflight, *self.outbox)]
+
+    def _spool_tick(self, msgs: list[Message]) -> None:
+        """While the link is down, this tick's messages go to the spool too (kept near the queue's size)."""
+        if self.spool is None or not self._spooling:
+            return
+        if self.spool.records > 2 * (len(self.outbox) + len(self.inflight)) + 1000:
+            self.spool.rewrite(self._unacked())  # the queue dropped its oldest: so does the spool
+        else:
+            self.spool.append(msgs)
+
+    def _restore(self) -> None:
+        if self.spool is None:
+            return
+        loaded = self.spool.load()
+        self.stats.spool_damaged_bytes = loaded.damaged_bytes
+        for subject, payload, n in loaded.messages:
+            self.outbox.append(_Out(subject, payload, n))
+            self._buffered += n
+            self.stats.frames_restored += n
+        if loaded.messages:
+            log.info("restored %d frames from %s (%s)", self.stats.frames_restored, self.spool.path, loaded.detail)
 
     def _enqueue(self, subject: str, payload: bytes, n_frames: int) -> None:
         self.outbox.append(_Out(subject, payload, n_frames))
@@ -235,14 +273,18 @@ class Agent:
         """Encode and queue one tick of every played node (and the plant frame)."""
         seq = self.seq0 + self.stats.ticks + 1
         sent_s = self.clock.now_s()
+        tick: list[Message] = []
         for enc in self.encoders:
             for subject, payload, n in enc.encode(frame, seq, sent_s, first=self.stats.ticks == 0):
                 self._enqueue(subject, payload, n)
+                tick.append((subject, payload, n))
                 self.stats.frames_produced += n
         if self.plant:
             levels = {lv: frame.levels[lv] for lv in PLANT_LEVELS if lv in frame.levels}
             plant = codec.encode_plant(seq, frame.t_s, sent_s, levels)
             self._enqueue(subjects.plant_subject(self.topo.site_name), plant, 0)
+            tick.append((subjects.plant_subject(self.topo.site_name), plant, 0))
+        self._spool_tick(tick)
         self.stats.ticks += 1
         self.stats.last_seq = seq
         if not self.stats.first_seq:
@@ -278,6 +320,11 @@ class Agent:
             self.inflight.popleft()
             self._buffered -= head.n_frames
             self.stats.frames_acked += head.n_frames
+        # Here nothing is in flight; with the queue empty too the bus has stored everything: no spool needed.
+        connected = self.nc is not None and self.nc.is_connected
+        if self._spooling and self.spool is not None and not self.outbox and connected:
+            self.spool.clear()
+            self._spooling = False
 
     async def _pump(self) -> None:
         assert self.nc is not None and self.js is not None
@@ -308,6 +355,9 @@ class Agent:
     async def _on_disconnect(self) -> None:
         if not self._closing:
             self.stats.disconnects += 1
+            if self.spool is not None and not self._spooling:
+                self.spool.rewrite(self._unacked())  # what is in flight may never be acknowledged
+                self._spooling = True
 
     async def _on_reconnect(self) -> None:
         # Acks of what was in flight when the link dropped will never come: send it all again, first.
@@ -383,6 +433,7 @@ class Agent:
         :class:`BusError` when it still cannot be reached after ``wait_for_bus_s``.
         """
         self.seq0 = int(self.clock.now_s() * 1000.0)
+        self._restore()
         sender = asyncio.create_task(self._connect_and_pump())
         t_end = None if duration_s is None else self.clock.now_s() + duration_s
         next_t = self.clock.now_s()
@@ -407,13 +458,22 @@ class Agent:
                     await asyncio.sleep(0)
         finally:
             self._stop.set()
+            # With a spool there is no need to wait long for a bus that is down: what is unsent goes to disk.
+            down = self.nc is None or not self.nc.is_connected
+            flush_s = 1.0 if self.spool is not None and down else 30.0
             try:
-                await asyncio.wait_for(asyncio.shield(sender), 30.0)
+                await asyncio.wait_for(asyncio.shield(sender), flush_s)
             except TimeoutError:
-                log.warning("agent stopped with %d frames not acknowledged", self._buffered)
+                where = f", kept in {self.spool.path}" if self.spool is not None else ""
+                log.warning("agent stopped with %d frames not acknowledged%s", self._buffered, where)
                 sender.cancel()
             finally:
                 self._closing = True
                 if self.nc is not None:
                     await self.nc.close()
+                if self.spool is not None:
+                    left = self._unacked()
+                    self.spool.rewrite(left)  # deleted when nothing is left
+                    self.stats.frames_spooled_at_stop = sum(n for _, _, n in left)
+                    self.spool.close()
         return self.stats

@@ -95,6 +95,10 @@ def agent(
     wait_for_bus: Annotated[
         float | None, typer.Option(help="Give up when the bus is still unreachable after this many seconds.")
     ] = None,
+    spool: Annotated[
+        Path | None,
+        typer.Option(help="Keep unsent frames in this file across agent restarts (sent first by the next agent)."),
+    ] = None,
     duration: DurationOpt = None,
     stats: StatsOpt = None,
     verbose: VerboseOpt = False,
@@ -162,6 +166,7 @@ def agent(
             rate_hz=rate,
             batch=batch,
             wait_for_bus_s=wait_for_bus,
+            spool=spool,
         )
     except (PowerPlaneError, ValueError) as exc:
         raise _fail(str(exc)) from exc
@@ -176,6 +181,7 @@ def agent(
     console.print(
         f"agent: {st.frames_produced} frames produced, {st.frames_acked} stored, {st.frames_resent} resent, "
         f"{st.frames_dropped} dropped, {st.disconnects} disconnects"
+        + (f", {st.frames_restored} restored and {st.frames_spooled_at_stop} left in {spool}" if spool else "")
     )
 
 
