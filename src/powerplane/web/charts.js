@@ -58,7 +58,7 @@
     return {
       width: Math.max(200, el.clientWidth), height: Math.max(120, el.clientHeight - (legend ? 34 : 0)),
       tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), tz),
-      series, axes, scales, legend: { show: legend, live: false },
+      series, axes, scales, legend: { show: legend, live: true }, // the legend reads the values under the cursor
       bands: (spec.bands || []).map((b) => ({ series: [b.hi + 1, b.lo + 1], fill: b.fill })),
       cursor: { points: { show: false } },
     };
@@ -71,6 +71,7 @@
     const c = charts[id];
     if (c && c.sig === sig && c.el === el) {
       c.spec = spec;
+      if (c.u.width !== el.clientWidth) c.u.setSize({ width: el.clientWidth, height: c.u.height }); // resized while hidden
       c.u.setData(data, true);
     } else {
       if (c) c.u.destroy();
