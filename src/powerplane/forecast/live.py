@@ -19,6 +19,7 @@ a challenger on the recent history, and promotes it only if it beats the champio
 from __future__ import annotations
 
 from collections import Counter, deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,8 @@ from powerplane.config.schema import SiteConfig
 from powerplane.forecast.data import STEP_S, JobInfo, RunData
 from powerplane.forecast.features import FEATURES, FeatureSet, origin_features
 from powerplane.forecast.jobaware import NAME, JobAwareModel, min_fit_rows
-from powerplane.forecast.jobstate import JobState
+from powerplane.forecast.jobstate import JobState, Projection
+from powerplane.forecast.placement import marginal_ratio, rack_forecast
 from powerplane.forecast.registry import Registry, RegistryError
 from powerplane.telemetry.snapshot import Quality, Snapshot
 from powerplane.topology import Topology
@@ -51,6 +53,12 @@ def prior_model(scale_w: float) -> JobAwareModel:
     half = 0.03 * scale_w * np.sqrt(np.minimum(h, 60) / 15.0)
     rq = np.stack([-half, np.zeros(h.size), half], axis=1)
     return JobAwareModel(h, coef, np.zeros(h.size), rq, np.zeros(4), meta={"prior": True})
+
+
+def _with_10s(ahead_w: F64, now_w: F64 | float) -> F64:
+    """Prepend the 10-s step, a sixth of the way from now to the 1-minute value (last axis: horizons)."""
+    base = np.asarray(now_w, np.float64)[..., None]
+    return np.concatenate([base + (ahead_w[..., :1] - base) / 6.0, ahead_w], axis=-1)
 
 
 class _Grow:
@@ -92,6 +100,10 @@ class LiveForecaster:
         self.rack_power_w: F64 = np.full(topology.n_racks, np.nan)
         self.hall_power_w: F64 = np.full(topology.n_halls, np.nan)
         self.rows: list[tuple[I64, F64, int]] = []  # closed minutes' job rows (for retraining)
+        self._jobsum = _Grow()  # summed job power per closed minute (the marginal IT factor of rack forecasts)
+        self.gpu_job: I64 | None = None  # the GPU -> job placement (set_placement), None: unknown
+        self._described = 0  # jobs of the placement's job table whose kind and size were passed on
+        self.weather_c: Callable[[F64], F64] | None = None  # outdoor temperature forecast by time (set_weather)
 
     # ------------------------------------------------------------------ model
 
@@ -112,6 +124,25 @@ class LiveForecaster:
     @property
     def model_name(self) -> str:
         return f"{NAME} {self.version}"
+
+    # ------------------------------------------------------------------ what the runtime tells
+
+    def set_placement(self, workload: object | None) -> None:
+        """The scheduler's GPU -> job placement (``workload.gpu_job``, -1: no job) and, where the workload has a job
+        table (``workload.jobs`` with ``kind``, ``n_gpus``, ``n``), what the queue declares of new jobs."""
+        gj = getattr(workload, "gpu_job", None)
+        self.gpu_job = np.asarray(gj, np.int64) if gj is not None and np.size(gj) == self.topo.n_gpus else None
+        jobs = getattr(workload, "jobs", None)
+        n = int(getattr(jobs, "n", 0) or 0)
+        if jobs is not None and n > self._described and hasattr(jobs, "kind") and hasattr(jobs, "n_gpus"):
+            ids = np.arange(self._described, n, dtype=np.int64)
+            self.state.describe(ids, np.asarray(jobs.kind[ids], np.int64), np.asarray(jobs.n_gpus[ids], np.int64))
+            self._described = n
+
+    def set_weather(self, outdoor_temp_c: Callable[[F64], F64] | None) -> None:
+        """A forecast of outdoor temperature [C] at given times [s]; the forecaster adds the persistence of its error
+        at the last closed minute (observed minus forecast) to every step ahead."""
+        self.weather_c = outdoor_temp_c
 
     # ------------------------------------------------------------------ observe
 
@@ -189,6 +220,8 @@ class LiveForecaster:
         self.state.observe(m, ids, p)
         self._new.a[m] = float(self.state.profile_w(ids[first])[0].sum()) if np.any(first) else 0.0
         self.rows.append((ids, p, m))
+        self._jobsum.ensure(m + 2)
+        self._jobsum.a[m] = float(p.sum())
         self._acc[:] = 0.0
         self._acc_n[:] = 0.0
         self._job_sum[:] = 0.0
@@ -201,7 +234,18 @@ class LiveForecaster:
 
     # ------------------------------------------------------------------ forecast
 
-    def _features(self, i: int, h: I64, now_s: float, timeline: object | None) -> FeatureSet:
+    def _temp_ahead(self, i: int, h_max: int) -> F64:
+        """Outdoor temperature by minute up to ``i + h_max``: observed up to ``i``, then the weather forecast plus
+        the persistence of its error at ``i`` (without a forecast: observed only, so the cooling feature is 0)."""
+        seen = self._temp.a[: i + 1]
+        if self.weather_c is None or h_max <= 0 or not np.isfinite(seen[-1]):
+            return seen
+        mins = (self.base_min or 0) + np.arange(i, i + h_max + 1, dtype=np.float64)
+        ahead = np.asarray(self.weather_c((mins + 0.5) * STEP_S), np.float64)
+        err = float(seen[-1] - ahead[0])
+        return np.concatenate([seen, ahead[1:] + (err if np.isfinite(err) else 0.0)])
+
+    def _features(self, i: int, h: I64, now_s: float, timeline: object | None) -> tuple[FeatureSet, Projection]:
         n = i + 1
         F = self._F.a[:n]
         filled = np.copy(F)
@@ -213,7 +257,8 @@ class LiveForecaster:
         cum_new = np.concatenate([[0.0], np.cumsum(new)])
         queued = np.zeros(h.size)
         x = np.zeros((1, h.size, len(FEATURES)))
-        pr = origin_features(x[0], self.state, i, h, filled, self._it.a[:n], self._temp.a[:n], cum_new, queued)
+        temp = self._temp_ahead(i, int(h.max()) if h.size else 0)
+        pr = origin_features(x[0], self.state, i, h, filled, self._it.a[:n], temp, cum_new, queued)
         if timeline is not None and all(hasattr(timeline, a) for a in ("state", "power_w", "start_s", "end_s", "gpus")):
             tl: Any = timeline
             t_h = now_s + STEP_S * h
@@ -230,7 +275,7 @@ class LiveForecaster:
         stale_min = 0.0 if self._last_ok_t is None else max((now_s - self._last_ok_t) / STEP_S - 1.0, 0.0)
         if last < 0:
             stale_min = np.inf
-        return FeatureSet(
+        fs = FeatureSet(
             np.array([i]),
             h,
             x,
@@ -239,17 +284,22 @@ class LiveForecaster:
             np.array([stale_min]),
             np.array([pr.fallback_w]),
         )
+        return fs, pr
 
     def predict(self, now_s: float, h: I64, timeline: object | None = None) -> tuple[F64, F64, F64] | None:
         """P10, P50, P90 of facility power at ``now_s + 60 h`` [W], or None before the first closed minute."""
+        res = self._predict(now_s, h, timeline)
+        return None if res is None else res[:3]
+
+    def _predict(self, now_s: float, h: I64, timeline: object | None) -> tuple[F64, F64, F64, Projection] | None:
         i = self.closed
         if i < 0 or not np.any(np.isfinite(self._F.a[: i + 1])):
             return None
-        fs = self._features(i, h, now_s, timeline)
+        fs, pr = self._features(i, h, now_s, timeline)
         if not np.isfinite(fs.stale_min[0]):
             return None
         fc = self.model.predict(fs)
-        return fc.p10_w[0], fc.p50_w[0], fc.p90_w[0]
+        return fc.p10_w[0], fc.p50_w[0], fc.p90_w[0], pr
 
     def forecast(self, now_s: float, timeline: object | None = None) -> dict[str, Any]:
         """Site facility power over the next hour at 1-minute steps, JSON-ready (see the interface)."""
@@ -269,28 +319,52 @@ class LiveForecaster:
         )
         return out
 
+    def it_per_job_w(self) -> float:
+        """The site's marginal IT watts per job watt, from the closed minutes' changes (1.0 before enough)."""
+        n = self.closed + 1
+        it, js = self._it.a[max(n - 1440, 0) : n], self._jobsum.a[max(n - 1440, 0) : n]
+        return marginal_ratio(np.diff(it), np.diff(js))
+
     def forecast_racks(self, now_s: float, timeline: object | None = None) -> dict[str, F64] | None:
-        """P10/P50/P90 of every rack at 10 s, 1 min, 15 min, 1 h and 24 h [racks, 5] (W): each rack's last power
-        scaled by the site forecast's relative change (one outer product over racks); halls (IT, P50) and the site
-        likewise. The 10-s step is a sixth of the way to the 1-minute forecast."""
+        """P10/P50/P90 of every rack at 10 s, 1 min, 15 min, 1 h and 24 h [racks, 5] (W), following the jobs on each
+        rack (:mod:`powerplane.forecast.placement`; without a placement the site's change is shared by power);
+        halls (IT, P50): their power now plus their racks' changes; the site's facility power. The 10-s step is a
+        sixth of the way to the 1-minute forecast."""
         h = np.array([1, 15, 60, 1440], dtype=np.int64)
-        res = self.predict(now_s, h, timeline)
+        res = self._predict(now_s, h, timeline)
         if res is None:
             return None
+        p10, p50, p90, pr = res
         i = self.closed
         now = float(self._F.a[i]) if np.isfinite(self._F.a[i]) else float(np.nanmean(self._F.a[: i + 1]))
-        rel = np.stack([np.concatenate([[1.0 + (r[0] / now - 1.0) / 6.0], r / now]) for r in res])  # [3, 5]
-        rack = np.nan_to_num(self.rack_power_w)
-        hall = np.nan_to_num(self.hall_power_w)
+        it_now = float(self._it.a[i]) if np.isfinite(self._it.a[i]) else np.nan
+        it_share = it_now / now if np.isfinite(it_now) and now > 0 else 1.0
+        rk10, rk50, rk90 = rack_forecast(
+            self.topo,
+            self.rack_power_w,
+            (p50 - now) * it_share,
+            (p50 - p10) * it_share,
+            (p90 - p50) * it_share,
+            self.gpu_job,
+            pr.ids,
+            pr.job_delta_w,
+            self.it_per_job_w(),
+        )
+        rack_now = np.nan_to_num(self.rack_power_w)
+
+        hall_now = np.nan_to_num(self.hall_power_w)
+        rack_p50 = _with_10s(rk50, rack_now)
+        rack_delta = np.ascontiguousarray((rack_p50 - rack_now[:, None]).T)
+        hall_delta = np.asarray(self.topo.rollup_sum(rack_delta, "rack", "hall"))
         return {
             "horizons_s": np.array([10.0, 60.0, 900.0, 3600.0, 86400.0]),
-            "site_p10_w": now * rel[0],
-            "site_p50_w": now * rel[1],
-            "site_p90_w": now * rel[2],
-            "hall_p50_w": np.outer(hall, rel[1]),
-            "p10_w": np.outer(rack, rel[0]),
-            "p50_w": np.outer(rack, rel[1]),
-            "p90_w": np.outer(rack, rel[2]),
+            "site_p10_w": _with_10s(p10, now),
+            "site_p50_w": _with_10s(p50, now),
+            "site_p90_w": _with_10s(p90, now),
+            "hall_p50_w": hall_now[:, None] + hall_delta.T,
+            "p10_w": _with_10s(rk10, rack_now),
+            "p50_w": rack_p50,
+            "p90_w": _with_10s(rk90, rack_now),
         }
 
     # ------------------------------------------------------------------ history as a run (for retraining)
@@ -357,6 +431,16 @@ class MonitoredForecaster(LiveForecaster):
     def rolling_mae_w(self) -> float | None:
         return float(np.mean([e for _, e in self.errors])) if len(self.errors) >= self.MIN_SCORED else None
 
+    @property
+    def degraded(self) -> bool:
+        """Whether the degradation alert is firing (the runtime's alert context: ``forecast_degraded``)."""
+        return self._firing
+
+    def error_ratio(self) -> float:
+        """Rolling 15-minute MAE over the registered backtest MAE (NaN until both are known)."""
+        ref, roll = self.reference_mae_w(), self.rolling_mae_w()
+        return roll / ref if ref and roll is not None else float("nan")
+
     def _on_close(self, m: int) -> None:
         actual = self._F.a[m]
         if m in self._pending and np.isfinite(actual):
@@ -397,11 +481,11 @@ class MonitoredForecaster(LiveForecaster):
                     f"above the backtest's {ref / 1e3:.0f} kW"
                 },
             }
+            self.alerts.append(alert)  # before the retrain, whose promotion resolves it
             first = self.retrain(t_s)
             alert["retrain"] = first
             self._retrained = bool(first.get("trained"))
             self._last_try = m
-            self.alerts.append(alert)
         elif roll <= self.DEGRADED * ref and self._firing:
             self._firing = False
             self.alerts.append(
@@ -469,5 +553,15 @@ class MonitoredForecaster(LiveForecaster):
         if out["promoted"]:
             self.errors.clear()
             self._pending.clear()
+            if self._firing:
+                self.alerts.append(
+                    {
+                        "rule": "forecast_degraded",
+                        "state": "resolved",
+                        "since_s": t_s,
+                        "labels": {"model": self.model_name, "horizon": "15min"},
+                        "annotations": {"summary": "a challenger won on the scored window and is the champion"},
+                    }
+                )
             self._firing = False
         return out

@@ -70,15 +70,12 @@ def _load_alert_engine(runtime: LiveCore) -> tuple[Any, str]:
 
 
 def _load_forecaster(runtime: LiveCore, registry: Path | None) -> tuple[Any, str]:
-    try:
-        from powerplane.forecast import LiveForecaster  # type: ignore[attr-defined,unused-ignore]
+    try:  # the monitored forecaster: a LiveForecaster that also watches its own error (issue 5)
+        from powerplane.forecast.live import MonitoredForecaster  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
-        try:
-            from powerplane.forecast.live import LiveForecaster  # type: ignore[import-not-found,no-redef,unused-ignore]
-        except ImportError:
-            return None, "no forecaster (powerplane.forecast is not installed)"
+        return None, "no forecaster (powerplane.forecast is not installed)"
     try:
-        return LiveForecaster(runtime.site, runtime.topology, registry_dir=registry), "ok"
+        return MonitoredForecaster(runtime.site, runtime.topology, registry_dir=registry), "ok"
     except Exception as exc:
         return None, f"forecaster failed to start: {exc}"
 
@@ -302,6 +299,7 @@ class LiveCore:
             "nominal_frequency_hz": float(self.site.grid.frequency_hz),
         }
         ctx.update(self._plant_context())
+        ctx.update(self._forecast_context())
         return ctx
 
     def _policy_status(self) -> dict[str, float]:
@@ -336,6 +334,7 @@ class LiveCore:
         if self.forecaster is None:
             return
         try:
+            self._feed_forecaster()
             self.forecaster.observe(snap)
             if snap.t_s >= self._next_forecast_s:
                 self._next_forecast_s = snap.t_s + FORECAST_EVERY_S
@@ -344,6 +343,35 @@ class LiveCore:
         except Exception as exc:
             self.forecast_status = f"forecast failed: {exc}"
             self._error(self.forecast_status)
+
+    # ---- forecast hooks (issue 5): placement and weather in, the monitor's degradation alert out -------------
+
+    _forecast_degraded = 0.0  # the monitor's alert, as the context's forecast_degraded (1 while firing)
+
+    def _feed_forecaster(self) -> None:
+        """The GPU -> job placement (rack forecasts follow their jobs) and the weather year ahead (cooling)."""
+        fc, twin = self.forecaster, self.twin
+        if hasattr(fc, "set_placement"):
+            fc.set_placement(getattr(twin, "workload", None))
+        plant = getattr(twin, "plant", None)
+        if hasattr(fc, "set_weather") and getattr(fc, "weather_c", None) is None and plant is not None:
+            fc.set_weather(plant.outdoor_temp_c)
+
+    def _forecast_context(self) -> dict[str, float]:
+        """``forecast_degraded`` and ``forecast_error_ratio`` (rolling / backtest 15-min MAE) for the
+        ``ForecastDegraded`` rule, from ``MonitoredForecaster.drain_alerts()``; each drained record is audited."""
+        drain = getattr(self.forecaster, "drain_alerts", None)
+        if drain is None:
+            return {}
+        try:
+            for rec in drain():
+                self._record({"t_s": rec.get("since_s"), "actor": "forecast", "mode": "alert", **_jsonable(rec)})
+                self._forecast_degraded = 1.0 if rec.get("state") == "firing" else 0.0
+            ratio = float(self.forecaster.error_ratio())
+        except Exception as exc:  # a broken monitor must not stop the alerts
+            self._error(f"forecast monitor failed: {exc}")
+            return {}
+        return {"forecast_degraded": self._forecast_degraded, "forecast_error_ratio": ratio}
 
     def _collect_policy_audit(self) -> None:
         records = self.policy.stats.audit
