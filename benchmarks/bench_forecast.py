@@ -70,6 +70,10 @@ def latency(run: RunData, scenario: str, registry: Path) -> tuple[float, float, 
     reg.promote(v, t_s=0.0)
     fc = LiveForecaster(site, topo, registry.parent)
     bounds = run.minute_slices()
+    # what the queue declares (kinds, sizes) and a placement of the running jobs on contiguous GPUs, so the rack
+    # forecast runs its per-GPU path (GPU -> job -> rack) as it does live
+    gpu_job = np.full(topo.n_gpus, -1, np.int64)
+    fc.set_placement(type("Workload", (), {"gpu_job": gpu_job, "jobs": run.jobs})())
     rack_w = np.full(topo.n_racks, float(np.nanmean(run.it_w)) / topo.n_racks)
     q = np.zeros(1, np.uint8)
     for m in range(min(run.n, 2 * 1440)):
@@ -95,6 +99,11 @@ def latency(run: RunData, scenario: str, registry: Path) -> tuple[float, float, 
                 job_coverage=np.ones(b - a),
             )
         )
+    last = min(run.n, 2 * 1440) - 1
+    ids = run.job_id[bounds[last] : bounds[last + 1]]
+    owner = np.repeat(ids, np.maximum(run.jobs.n_gpus[ids], 1))[: topo.n_gpus]
+    gpu_job[: owner.size] = owner
+    fc.set_placement(type("Workload", (), {"gpu_job": gpu_job})())
     now = run.t0_s + 60.0 * min(run.n, 2 * 1440)
     site_ms = 1e3 * median_s(lambda: fc.forecast(now), 30)
     racks_ms = 1e3 * median_s(lambda: fc.forecast_racks(now), 30)

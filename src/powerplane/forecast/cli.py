@@ -125,6 +125,7 @@ def backtest(
             "scenarios": scenario,
             "days": days,
             "seeds": list(range(seeds)),
+            "run_dirs": [str(d) for d in dirs],  # what was backtested: the simulated seeds and every --run
             "horizons": ["1min", "15min", "1h", "24h"],
             "mase_scale": "training-window MAE of persistence at the same horizon",
             "summary": summary,
