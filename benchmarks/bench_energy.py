@@ -9,7 +9,9 @@
 4. Demand response: a 3-hour, 25 % event [delivered in full, zero throughput lost by core jobs].
 5. Planner solve, 24 h x 5 min x 4 halls [p95 <= 200 ms]; fast loop with the GPU lever at 10,240 GPUs [p99 <= 1 ms].
 
-Usage: python benchmarks/bench_energy.py [--days 7] [--record] [--only 1,2,3,4,5]
+6. Ablation: mpc with one change at a time (damping off, realized load, terminal value, 48 h) against the bound.
+
+Usage: python benchmarks/bench_energy.py [--days 7] [--record] [--only 1,2,3,4,5,6] [--variants mpc,...]
 """
 
 from __future__ import annotations
@@ -270,6 +272,114 @@ def solver_and_loop() -> tuple[list[str], dict[str, Any]]:
     return lines, {"solve_p95_ms": p95, "loop_p99_ms": p99, "rows": rows}
 
 
+ABLATION_HEADER = [
+    "| date | days | variant | energy | demand | wear | storage adj. | total | gap to bound | share of bound's "
+    "savings | peak 15-min MW | battery throughput MWh | ramp held | wall s | machine | note |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+]
+ABLATIONS = {
+    "none": "none",
+    "mpc": "mpc (as the code stands)",
+    "mpc-nodamp": "mpc, damping off",
+    "mpc-realized": "mpc planning on the realized load (perfect load foresight, rolling 24 h LP)",
+    "mpc-terminal": "mpc, terminal value (mean price x discharge efficiency - wear) instead of the floor",
+    "mpc-48h": "mpc, 48 h horizon",
+    "oracle": "oracle bound (whole-run LP)",
+}
+
+
+def _realized_it(hours: float) -> tuple[Any, Any]:
+    """IT load of the same twin without batteries, per step (what mpc-realized plans on)."""
+    from powerplane.twin.twin import Twin
+
+    site, path = load_scenario("texas")
+    tw = Twin(site, path, seed=0, dt_s=1.0)
+    t, it = [], []
+    done, total = 0, round(hours * 3600.0)
+    while done < total:
+        b = tw.advance(min(60, total - done))
+        t.append(b.t_s)
+        it.append(b.plant.it_power_w)
+        done += b.t_s.size
+    return np.concatenate(t), np.concatenate(it)
+
+
+def _ablation_run(variant: str, hours: float) -> dict[str, Any]:
+    """One variant: a policy with one change, through the same `simulate` (make_policy swapped in this process)."""
+    from powerplane.runtime import energy
+
+    site_arg = "texas"
+    make = energy.make_policy
+    if variant.startswith("mpc-"):
+        realized = _realized_it(hours + 25.0) if variant == "mpc-realized" else None
+
+        class Variant(energy.MpcPolicy):
+            def _forecast_bands(self, t_s: float, t: Any, step_s: float) -> Any:
+                if realized is None:
+                    return super()._forecast_bands(t_s, t, step_s)
+                rt, rit = realized
+                idx = np.clip(np.searchsorted(rt, t), 0, rt.size - 1)
+                end = np.clip(np.searchsorted(rt, t + step_s), 1, rt.size)
+                c = np.concatenate([[0.0], np.cumsum(rit)])
+                mean = (c[end] - c[idx]) / np.maximum(end - idx, 1)
+                self.it_source = "realized"
+                return mean, mean
+
+        def make_variant(name: str, twin: Any, events: Any) -> Any:
+            pol = Variant(twin, events)
+            if variant == "mpc-nodamp":
+                pol.loop.s.damping = False
+            if variant == "mpc-terminal":
+                from powerplane.physics import tariff
+                from powerplane.runtime.energy_inputs import site_plan_fields
+
+                t = twin.now_s + 900.0 * np.arange(96 * 8)
+                price = float(np.mean(tariff.price_per_kwh(t, twin.site.tariff, twin.site.timezone)))
+                f = site_plan_fields(twin, 1.0)
+                pol.terminal_value_per_kwh = price * float(f["eta_discharge"].mean()) - f["degradation_cost_per_kwh"]
+            return pol
+
+        energy.make_policy = make_variant  # type: ignore[assignment]
+        if variant == "mpc-48h":
+            _site, path = load_scenario("texas")
+            raw = yaml.safe_load(path.read_text())
+            raw.setdefault("energy", {})["planner_horizon_h"] = 48.0
+            tmp = Path(tempfile.mkdtemp()) / "texas_48h.yaml"
+            tmp.write_text(yaml.safe_dump(raw))
+            site_arg = str(tmp)
+    try:
+        return run(site_arg, hours, "mpc" if variant.startswith("mpc") else variant)
+    finally:
+        energy.make_policy = make  # type: ignore[assignment]
+
+
+def ablation(days: float, variants: list[str], workers: int = 2) -> tuple[list[str], dict[str, Any]]:
+    """Where mpc's gap to the bound comes from: one change at a time over the same days."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    names = list(dict.fromkeys(["none", "oracle", *variants]))
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        res = dict(zip(names, pool.map(_ablation_run, names, [days * 24.0] * len(names)), strict=True))
+    bound = res["oracle"]["oracle_bound"]
+    none_total = res["none"]["bill"]["total"]
+    ref = none_total - bound["total"]
+    rows = []
+    for v in names:
+        r = res[v]
+        b = bound if v == "oracle" else r["bill"]
+        thr = float(r["battery"]["throughput_kwh"]) / 1e3
+        held = 1.0 - r["grid_friendliness"]["ramp_violation_share"]
+        rows.append(
+            f"| {time.strftime('%Y-%m-%d')} | {days:g} | {ABLATIONS.get(v, v)} | {b['energy']:,.0f} | "
+            f"{b['demand']:,.0f} | {b['degradation']:,.0f} | {b['storage_adjustment']:,.0f} | {b['total']:,.0f} | "
+            f"{b['total'] - bound['total']:,.0f} | {(none_total - b['total']) / ref * 100:.1f} % | "
+            f"{b['peak_15min_kw'] / 1e3:.2f} | {thr:.1f} | {held * 100:.2f} % | {r['bench_wall_s']:.0f} | "
+            f"{machine()} | {NOTE} |"
+        )
+    lines = [f"Ablation, texas, {days:g} days at 1 s:", "", *ABLATION_HEADER, *rows]
+    return lines, {"rows": rows, "totals": {v: res[v]["bill"]["total"] for v in names}, "bound": bound["total"]}
+
+
 SPEED_HEADER = [
     "| date | measure | p50 ms | p95 ms | p99 ms | target | machine | note |",
     "|---|---|---|---|---|---|---|---|",
@@ -280,9 +390,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--days", type=float, default=7.0)
     ap.add_argument("--hours-100ms", type=float, default=1.0)
-    ap.add_argument("--only", default="1,2,3,4,5")
+    ap.add_argument("--only", default="1,2,3,4,5")  # 6 (ablation) on request
     ap.add_argument("--record", action="store_true")
-    ap.add_argument("--workers", type=int, default=2, help="processes for the policy runs of part 1")
+    ap.add_argument("--workers", type=int, default=2, help="processes for the policy runs of parts 1 and 6")
+    ap.add_argument("--variants", default="mpc,mpc-nodamp,mpc-realized,mpc-terminal,mpc-48h", help="part 6")
     args = ap.parse_args()
     parts = {int(x) for x in args.only.split(",")}
     lines: list[str] = []
@@ -293,6 +404,7 @@ def main() -> None:
         (3, lambda: friendliness(args.hours_100ms)),
         (4, demand_response),
         (5, solver_and_loop),
+        (6, lambda: ablation(args.days, args.variants.split(","), args.workers)),
     ]
     for k, fn in steps:
         if k in parts:
@@ -324,6 +436,12 @@ RECORDED = {
         "Delivered = (baseline - mean grid) / committed over the event; worst interval = the same on the highest "
         "15-min settlement interval. GPU-h lost are by caps and pauses. Target: delivered in full, core lost 0.",
         DR_HEADER,
+    ),
+    6: (
+        "### Energy management: ablation of mpc's gap to the oracle bound (texas)",
+        "One change at a time against mpc over the same days (`bench_energy.py --only 6 --days N`); gap = total - "
+        "bound; battery throughput = sum of |unit power| x dt; ramp held = seconds within the grid ramp limit.",
+        ABLATION_HEADER,
     ),
     5: (
         "### Energy management: planner and fast-loop speed",

@@ -4,6 +4,7 @@ import pytest
 from powerplane.config.schema import BessUnitConfig
 from powerplane.control.fast import FastLoop, FastSettings, Measurements, allocate
 from powerplane.control.levers import ComputeLever
+from powerplane.physics import battery
 from powerplane.physics.battery import BessParams
 
 
@@ -46,12 +47,12 @@ def test_damping_limits_the_grid_ramp_and_the_batteries_take_the_swing() -> None
     p = _params(2, power_kw=5000, energy_kwh=10000)
     loop = FastLoop(p, s)
     grid = []
-    bess = np.zeros(2)
+    bess, soc = np.zeros(2), np.full(2, 0.5)
     for k in range(2000):
         load = 10e6 + (6e6 if (k // 10) % 2 else 0.0)  # a 6 MW square wave with a 2 s period at 0.1 s steps
-        m = Measurements(k * 0.1, load - bess.sum(), bess, np.full(2, 0.5), 50.0)
+        m = Measurements(k * 0.1, load - bess.sum(), bess, soc, 50.0)
         d = loop.step(m, 0.1)
-        bess = d.bess_unit_w
+        bess, soc = battery.step(d.bess_unit_w, bess, soc, p, 0.1)  # the units' 50 ms response lag
         grid.append(load - bess.sum())
     g = np.array(grid)
     assert np.abs(np.diff(g)).max() / 0.1 <= 0.5e6 * 1.001
@@ -144,3 +145,70 @@ def test_compute_lever_caps_low_class_first_and_releases_slowly() -> None:
     assert lever.caps_w[4] == pytest.approx(200.0)  # held
     lever.update(20.0, 1.0, 0.0, power, cls)
     assert lever.caps_w[4] == pytest.approx(250.0)  # then released gradually
+
+
+def _run_swing(lowpass: bool, n: int = 3000) -> tuple[np.ndarray, float]:
+    """A 3 MW swing with a 10 s period (0.1 s steps) on a slow 2 MW ramp over 100 s, through the units' lag."""
+    s = FastSettings(contract_w=1e9, damping=True, damping_tau_s=15.0, ramp_limit_w_per_s=1e6, damping_lowpass=lowpass)
+    p = _params(2, power_kw=5000, energy_kwh=10000)
+    loop = FastLoop(p, s)
+    bess, soc = np.zeros(2), np.full(2, 0.5)
+    grid, throughput = [], 0.0
+    for k in range(n):
+        t = k * 0.1
+        load = 10e6 + 2e6 * min(t / 100.0, 1.0) + (3e6 if (k // 50) % 2 else 0.0)
+        d = loop.step(Measurements(t, load - bess.sum(), bess, soc, 50.0), 0.1)
+        assert np.all(np.abs(d.bess_unit_w) <= p.power_max_w)  # commands within nameplate
+        bess, soc = battery.step(d.bess_unit_w, bess, soc, p, 0.1)
+        grid.append(load - bess.sum())
+        throughput += float(np.abs(bess).sum()) * 0.1
+    return np.array(grid), throughput
+
+
+def test_ramp_limiter_holds_the_ramp_with_less_throughput_than_cancellation() -> None:
+    g_lim, thr_lim = _run_swing(lowpass=False)
+    g_lp, thr_lp = _run_swing(lowpass=True)
+    for g in (g_lim, g_lp):
+        ramps = np.abs(g[10:] - g[:-10])  # over 1 s, as the grid spec counts
+        assert ramps.max() <= 1e6 * 1.001
+    # Cancellation sends every swing and the slow ramp's lag to the batteries; the limiter lets the grid follow
+    # the ramp (0.02 MW/s, within the limit) and each 3 MW step at 0.9 MW/s: the batteries carry a triangle of
+    # 3 MW x 3.3 s / 2 per 5 s half period (1 MW on average) instead of the whole 1.5 MW swing: about 2/3.
+    assert thr_lim == pytest.approx(2 / 3 * thr_lp, rel=0.05)
+    # It centres on the load: the mean battery power over whole periods stays near zero (no drift of the SOC).
+    assert abs((10e6 + 2e6 + 1.5e6) - g_lim[-1000:].mean()) < 0.1e6
+
+
+def test_lead_brings_lagging_units_to_the_target_within_a_cycle() -> None:
+    p = _params(2, power_kw=5000, energy_kwh=10000, response_time_s=0.05)
+    loop = FastLoop(p, FastSettings(contract_w=1e9, damping=False))
+    loop.plan_bess_w = 2e6
+    bess = np.zeros(2)
+    d = loop.step(Measurements(0.0, 10e6, bess, np.full(2, 0.5), 50.0), 0.1)
+    assert d.bess_total_w == pytest.approx(2e6)
+    alpha = 1.0 - np.exp(-0.1 / 0.05)
+    np.testing.assert_allclose(d.bess_unit_w, 1e6 / alpha)  # the setpoint leads the 50 ms lag
+    actual, _ = battery.step(d.bess_unit_w, bess, np.full(2, 0.5), p, 0.1)
+    np.testing.assert_allclose(actual, [1e6, 1e6])
+    # At 1 s steps the lag has died out: the setpoint is the target itself.
+    loop = FastLoop(p, FastSettings(contract_w=1e9, damping=False))
+    loop.plan_bess_w = 2e6
+    np.testing.assert_allclose(loop.step(Measurements(0.0, 10e6, bess, np.full(2, 0.5), 50.0), 1.0).bess_unit_w, 1e6)
+
+
+def test_peak_target_is_held_by_the_batteries_and_never_sheds() -> None:
+    s = FastSettings(contract_w=20e6, contract_margin=1.0, contract_instant_factor=1.0, damping=False)
+    loop = FastLoop(_params(2, power_kw=1000, energy_kwh=50000), s)
+    loop.peak_target_w = 9e6
+    loop.plan_bess_w = 0.0
+    # Half the window ran at 10 MW: the rest must average 8 MW for a 9 MW window: 2 MW from the batteries.
+    loop._window_id, loop._window_energy_j, loop._last_t = 0, 10e6 * 450.0, 450.0
+    d = loop.step(_m(450.0, 10e6), 1.0)
+    assert d.bess_total_w == pytest.approx(10e6 - (9e6 * 900 - 10e6 * 450) / 450)
+    assert d.shed_w == 0.0 and "peak target" in d.reasons
+    # Beyond the batteries (4 MW needed, 2 MW there): they give all they have, compute is not shed for a target.
+    loop = FastLoop(_params(2, power_kw=1000, energy_kwh=50000), s)
+    loop.peak_target_w = 9e6
+    loop._window_id, loop._window_energy_j, loop._last_t = 0, 11e6 * 450.0, 450.0
+    d = loop.step(_m(450.0, 11e6), 1.0)
+    assert d.bess_total_w == pytest.approx(2e6) and d.shed_w == 0.0

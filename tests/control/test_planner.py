@@ -94,3 +94,22 @@ def test_dr_credit_moves_the_discharge_into_the_event() -> None:
     assert plan.info["dr_credited_kwh"] == pytest.approx(1000.0, rel=1e-9)
     # 3 MWh at 0.1 + 1 MWh at 0.5 - 1000 kWh credited at 1.0.
     assert plan.objective == pytest.approx(300 + 500 - 1000, rel=1e-9)
+
+
+def test_peak_headroom_plans_demand_on_the_upper_band() -> None:
+    # P50 load 1 MW flat, P90 1 MW higher in hour 2: the peak row counts 2 MW there, so 1 MWh stored is spent in
+    # that hour (the demand charge at 10/kW is worth more than anything else here) and the planned peak is 1 MW.
+    load = np.full(4, 1e6)
+    head = np.array([0.0, 0.0, 1e6, 0.0])
+    plan = solve_plan(_inputs(load_w=load, price_per_kwh=np.full(4, 0.1), demand_rate_per_kw=10.0,
+                              soc0=np.array([1.0]), soc_final=np.array([0.0]), peak_headroom_w=head))
+    assert plan.peak_w == pytest.approx(1e6, rel=1e-6)
+    assert plan.bess_w[2, 0] == pytest.approx(1e6, rel=1e-6)
+    # Energy is priced on P50: 4 MWh of load less the 1 MWh stored, at 0.1; plus 1,000 kW x 10 of demand.
+    assert plan.objective == pytest.approx(300 + 10_000, rel=1e-6)
+    # The same headroom in the contract rows: grid + headroom within the cap, or the penalty.
+    capped = solve_plan(_inputs(load_w=load, soc0=np.array([1.0]), soc_final=np.array([0.0]),
+                                peak_headroom_w=head, grid_cap_w=1.2e6, cap_penalty_per_kwh=10.0))
+    assert capped.grid_w[2] <= 0.2e6 + 1
+    with pytest.raises(ValueError, match="peak_headroom_w"):
+        check_inputs(_inputs(peak_headroom_w=np.zeros(3)))

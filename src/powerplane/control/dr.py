@@ -14,11 +14,15 @@ PUE (facility / IT) overstates the margin, because the fixed loads (node base, b
 
 from __future__ import annotations
 
+import datetime as dt
+import re
 from dataclasses import dataclass
+from zoneinfo import ZoneInfo
 
 import numpy as np
 from numpy.typing import NDArray
 
+from powerplane.config.schema import DemandResponseEvent
 from powerplane.control.levers import CLASS_ORDER
 
 F64 = NDArray[np.float64]
@@ -162,3 +166,18 @@ class LoadHistory:
 
     def last_w(self) -> float:
         return self._sum[-1] / self._n[-1] if self._t else 0.0
+
+
+def parse_dr(text: str, timezone: str) -> DemandResponseEvent:
+    """``2026-07-15T15:00/3h/-25%`` -> a demand-response event (local start, duration, reduction)."""
+    m = re.fullmatch(r"\s*([0-9T:\-]+)\s*/\s*([0-9.]+)\s*h\s*/\s*-?\s*([0-9.]+)\s*%\s*", text)
+    if m is None:
+        raise ValueError(f"not a demand-response event: {text!r} (expected e.g. 2026-07-15T15:00/3h/-25%)")
+    start, hours, pct = m.group(1), float(m.group(2)), float(m.group(3))
+    dt.datetime.fromisoformat(start)  # raises a clear ValueError on a bad date
+    return DemandResponseEvent(start=start, duration_h=hours, reduction=pct / 100.0)
+
+
+def event_window_s(ev: DemandResponseEvent, timezone: str) -> tuple[float, float]:
+    start = dt.datetime.fromisoformat(ev.start).replace(tzinfo=ZoneInfo(timezone)).timestamp()
+    return start, start + ev.duration_h * 3600.0

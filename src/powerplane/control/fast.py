@@ -8,9 +8,12 @@ cannot override) or shapes the grid-power target; the plan follower supplies the
 3. backup         islanded: batteries carry the load (UPS role), compute is shed lowest class first
 4. contract cap   grid power at most the contract, instantaneously and as the 15-minute average
 5. demand resp.   grid power at most the committed level during an event
-6. damping        grid power follows a ramp-limited, low-passed target; 0.1-3 Hz swings go to the batteries
+   peak target    (soft) the 15-minute average at most the plan's peak, within the batteries' limits, no shedding
+6. damping        a ramp limiter on grid power: the grid follows the load as fast as the ramp limit allows, the
+                  batteries take only what moves faster (not every swing: throughput is wear), and the limiter's
+                  window drifts toward the low-passed load so that it centres on it instead of sticking
 7. frequency      droop response with a deadband around nominal
-8. plan follower  the planner's grid target for this slot (or its battery schedule), in the remaining headroom
+8. plan follower  the planner's battery schedule for this slot (or its grid target), in the remaining headroom
 
 Sign conventions: battery power positive when discharging; grid power positive when importing. The load the
 batteries see is ``L = grid + battery`` (what the grid would carry without them).
@@ -26,6 +29,7 @@ from numpy.typing import NDArray
 from powerplane.physics.battery import BessParams
 
 F64 = NDArray[np.float64]
+RAMP_AIM = 0.9  # the limiter aims at this share of the ramp limit (frequency response and lags ride on top)
 
 
 @dataclass
@@ -57,6 +61,7 @@ class FastSettings:
     ramp_limit_w_per_s: float = 1e6
     damping_tau_s: float = 15.0
     damping: bool = True
+    damping_lowpass: bool = False  # True: the grid follows a low-passed target (every swing to the batteries)
     nominal_hz: float = 50.0
     deadband_hz: float = 0.02
     droop: float = 0.05
@@ -96,9 +101,11 @@ class FastLoop:
         self._window_id = -1
         self._window_energy_j = 0.0
         self._last_t: float | None = None
+        self._last_load_w: float | None = None
         self._stale_since: float | None = None
         self.plan_grid_w: float | None = None  # set by the plan follower's source each slot
         self.plan_bess_w: float | None = None
+        self.peak_target_w: float | None = None  # the plan's 15-min peak: a soft cap on the window's average
         self.dr_limit_w: float | None = None  # set while a demand-response event is active
 
     # ------------------------------------------------------------------------------- 1. limits guard
@@ -151,7 +158,7 @@ class FastLoop:
             reasons.append(f"backup: grid lost, batteries carry {target / 1e6:.2f} MW")
             self._grid_filtered = None
             self._grid_out = None
-            return self._finish(m, "backup", target, lo, hi, unit_lo, unit_hi, 0.0, shed, reasons)
+            return self._finish(m, "backup", target, lo, hi, unit_lo, unit_hi, 0.0, shed, reasons, dt_s)
         # 4. Contract cap: instantaneous and what the rest of the 15-minute window allows.
         limit = min(s.contract_w * s.contract_instant_factor, s.poi_limit_w)
         window = int(m.t_s // s.demand_window_s)
@@ -171,6 +178,13 @@ class FastLoop:
                 shed = need_lo - hi
                 reasons.append(f"contract/DR: {shed / 1e6:.2f} MW beyond the batteries, shed compute")
             lo = min(need_lo, hi)
+        if self.peak_target_w is not None:
+            # The plan's peak, as the rest of this window allows it: the batteries hold it if they can (soft).
+            peak_room = (self.peak_target_w * s.demand_window_s - self._window_energy_j) / remaining
+            need_peak = load - min(peak_room, grid_max)
+            if need_peak > lo:
+                lo = min(need_peak, hi)
+                reasons.append("peak target")
         # 8. Plan follower (slow target) -> 6. damping -> 7. frequency response.
         if self.plan_grid_w is not None:
             desired_grid = self.plan_grid_w
@@ -179,6 +193,9 @@ class FastLoop:
         else:
             desired_grid = load
         if s.damping:
+            if self._grid_out is not None and self._last_load_w is not None:
+                # The grid as it really ran last cycle (the batteries' actual power, after their response lag).
+                self._grid_out = self._last_load_w - float(np.sum(m.bess_w))
             desired_grid = self._damp(desired_grid, dt_s)
         target = load - desired_grid
         df = m.frequency_hz - s.nominal_hz
@@ -186,10 +203,14 @@ class FastLoop:
             response = -(df - np.sign(df) * s.deadband_hz) / (s.nominal_hz * s.droop)
             target += float(np.clip(response, -1.0, 1.0)) * s.frequency_share * float(self.params.power_max_w.sum())
             reasons.append(f"frequency {m.frequency_hz:.3f} Hz: droop response")
-        return self._finish(m, "normal", target, lo, hi, unit_lo, unit_hi, desired_grid, shed, reasons)
+        return self._finish(m, "normal", target, lo, hi, unit_lo, unit_hi, desired_grid, shed, reasons, dt_s)
 
     def _damp(self, desired_grid: float, dt_s: float) -> float:
-        """Low-pass then ramp-limit the grid target."""
+        """Ramp-limit the grid target: the grid takes ``desired_grid`` whenever that is within the ramp limit of
+        the last grid power, else the nearest power that is. A plain limiter can sit off-centre under a fast
+        symmetric swing (it moves up and down by the same step), so its window also drifts toward the
+        low-passed target (time constant ``damping_tau_s``) by a share of that gap each cycle, within the ramp.
+        With ``damping_lowpass`` the grid follows the low-passed target itself (every swing to the batteries)."""
         s = self.s
         if self._grid_filtered is None or self._grid_out is None:
             self._grid_filtered = desired_grid
@@ -197,8 +218,14 @@ class FastLoop:
             return desired_grid
         a = float(np.exp(-dt_s / s.damping_tau_s))
         self._grid_filtered = a * self._grid_filtered + (1.0 - a) * desired_grid
-        step = s.ramp_limit_w_per_s * dt_s
-        self._grid_out = float(np.clip(self._grid_filtered, self._grid_out - step, self._grid_out + step))
+        step = s.ramp_limit_w_per_s * RAMP_AIM * dt_s
+        last = self._grid_out
+        if s.damping_lowpass:
+            self._grid_out = float(min(max(self._grid_filtered, last - step), last + step))
+            return self._grid_out
+        centre = last + (1.0 - a) * (self._grid_filtered - last)
+        lo, hi = max(centre, last) - step, min(centre, last) + step
+        self._grid_out = float(min(max(desired_grid, lo), hi))
         return self._grid_out
 
     def _finish(
@@ -213,19 +240,33 @@ class FastLoop:
         grid_target: float,
         shed: float,
         reasons: list[str],
+        dt_s: float = 1.0,
     ) -> Decision:
         total = float(np.clip(target, lo, hi)) if lo <= hi else hi
         if total != target and mode == "normal":
             reasons.append(f"limits: {target / 1e6:.2f} MW clipped to [{lo / 1e6:.2f}, {hi / 1e6:.2f}] MW")
         unit = allocate(total, unit_lo, unit_hi, m.soc, self.params, m.hall_it_w, self.s.busbar_w, self.s.unit_hall)
         self.last_unit_w = unit
+        command = unit if mode == "safe" else self._lead(unit, np.asarray(m.bess_w, dtype=np.float64), dt_s)
         # The window's energy uses the grid power this decision implies.
         if self._last_t is not None:
             self._window_energy_j += max(m.load_w - float(unit.sum()), 0.0) * max(m.t_s - self._last_t, 0.0)
         self._last_t = m.t_s
+        self._last_load_w = m.load_w
         if self._grid_out is not None and mode == "normal":
-            self._grid_out = m.load_w - float(unit.sum())  # what the grid really carries, for the next ramp step
-        return Decision(m.t_s, mode, float(unit.sum()), unit, grid_target, shed, (lo, hi), reasons)
+            self._grid_out = m.load_w - float(unit.sum())  # what the grid carries, for the next ramp step
+        return Decision(m.t_s, mode, float(unit.sum()), command, grid_target, shed, (lo, hi), reasons)
+
+    def _lead(self, unit_w: F64, actual_w: F64, dt_s: float) -> F64:
+        """The setpoints that bring the units to ``unit_w`` within this cycle through their first-order response
+        (``response_time_s``): a 50 ms lag leaves 14 % of a change undone after a 100 ms cycle, which would put
+        the batteries' share of a training swing on the grid. Within nameplate; unchanged at steps >> the lag."""
+        tau = self.params.response_time_s
+        alpha = np.where(tau > 0, -np.expm1(-dt_s / np.maximum(tau, 1e-12)), 1.0)
+        if actual_w.shape != unit_w.shape or np.all(alpha > 1.0 - 1e-6):
+            return unit_w
+        pmax = self.params.power_max_w
+        return np.asarray(np.clip(actual_w + (unit_w - actual_w) / alpha, -pmax, pmax), dtype=np.float64)
 
 
 def allocate(

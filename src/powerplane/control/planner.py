@@ -12,12 +12,12 @@ Per step t (length ``dt_h``) and battery unit u, in MW / MWh:
     s.t.      g_t - x_t + sum_u (d_tu - c_tu) + s_t - r_t = L_t - R_t            site balance
               e_tu = e_t-1,u + (eta_c c_tu - d_tu / eta_d) dt                    state of charge
               E_min_u <= e_tu <= E_max_u,  e_T-1,u >= e_final_u                  SOC window, reserve, terminal
-              P >= mean of g over each demand window,  P >= P_sofar              peak demand
+              P >= mean of (g + h) over each demand window,  P >= P_sofar        peak demand (h: headroom)
               O >= P - threshold * contract                                      contract overrun
               hall_load_th + sum_{u in h} (c_tu - d_tu) <= busbar_h              hall busbars
               g_t - z_t <= dr_limit_t                                            demand-response commitments
               g_t + q_t <= dr_baseline_t,  0 <= q_t                              energy below the DR baseline
-              g_t - y_t <= grid_cap                                              contract, with headroom (soft)
+              g_t + h_t - y_t <= grid_cap                                        contract, with headroom (soft)
               0 <= s_t <= shed_max_t                                             compute lever (GPU caps, deferral)
 
 Built from arrays in small ``_define_*`` steps (PyPSA/linopy style); no solver state is kept on the plan.
@@ -78,6 +78,9 @@ class PlanInputs:
     terminal_value_per_kwh: float | None = None
     grid_cap_w: float | None = None  # contracted demand the plan must not exceed (soft, at cap_penalty_per_kwh)
     cap_penalty_per_kwh: float = 10.0
+    # [T] load above ``load_w`` to keep room for in the peak and the contract rows (e.g. forecast P90 - P50, with
+    # ``load_w`` the P50: energy is planned on the median, demand on the upper band)
+    peak_headroom_w: F64 | None = None
 
 
 @dataclass
@@ -216,6 +219,9 @@ def check_inputs(p: PlanInputs) -> None:
             raise ValueError(f"{name} has shape {arr.shape}, expected ({t},)")
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"{name} holds NaN or infinite values")
+    h = p.peak_headroom_w
+    if h is not None and (h.shape != (t,) or not np.all(np.isfinite(h))):
+        raise ValueError(f"peak_headroom_w must be {t} finite values")
     if p.hall_load_w.shape != (t, p.busbar_w.size):
         raise ValueError(f"hall_load_w has shape {p.hall_load_w.shape}, expected ({t}, {p.busbar_w.size})")
     for name in ("energy_j", "soc0", "soc_min", "soc_max", "eta_charge", "eta_discharge", "unit_hall"):
@@ -274,9 +280,10 @@ def solve_plan(p: PlanInputs, time_limit_s: float = 10.0) -> Plan:
         lp.coef(row, peak, 1.0)
         lp.coef(row, over, -1.0)
     _define_busbars(lp, p, c, d, t_n)
+    headroom = np.zeros(t_n) if p.peak_headroom_w is None else p.peak_headroom_w
     if p.grid_cap_w is not None and np.isfinite(p.grid_cap_w):
         over = lp.var(t_n, 0.0, INF, p.cap_penalty_per_kwh * kwh)
-        rows = lp.rows(t_n, -INF, p.grid_cap_w * mw)
+        rows = lp.rows(t_n, -INF, (p.grid_cap_w - headroom) * mw)
         lp.coef(rows, g, 1.0)
         lp.coef(rows, over, -1.0)
     if p.dr_limit_w is not None:
@@ -342,12 +349,15 @@ def _define_soc(
 
 
 def _define_peak(lp: _Lp, p: PlanInputs, g: NDArray[np.int64], peak: NDArray[np.int64], t_n: int) -> None:
-    """peak >= mean of grid import over each demand window (aligned to the epoch, like the bill)."""
+    """peak >= mean of grid import (plus the headroom) over each demand window (aligned to the epoch, like the
+    bill)."""
     if p.demand_rate_per_kw <= 0 and p.contract_w is None:
         return
     window = np.floor(p.t_s / p.demand_window_s).astype(np.int64)
     _, inverse, counts = np.unique(window, return_inverse=True, return_counts=True)
-    rows = lp.rows(counts.size, -INF, 0.0)
+    headroom = np.zeros(t_n) if p.peak_headroom_w is None else p.peak_headroom_w
+    rhs = -np.bincount(inverse, weights=headroom * 1e-6, minlength=counts.size) / counts
+    rows = lp.rows(counts.size, -INF, rhs)
     lp.coef(rows[inverse], g, 1.0 / counts[inverse])
     lp.coef(rows, peak, -1.0)
 

@@ -15,8 +15,8 @@ The batteries are commanded every step from the previous step's readings; GPU ca
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +32,9 @@ from powerplane.control.dr import (
     LoadHistory,
     baseline_w,
     caps_for_level,
+    event_window_s,
     marginal_facility_per_gpu_w,
+    parse_dr,
     sustainable_discharge_w,
 )
 from powerplane.control.fast import Decision, FastLoop, Measurements, allocate
@@ -46,7 +48,7 @@ from powerplane.runtime.energy_inputs import BESS_CELL_TEMP_C, _settings, planne
 from powerplane.twin.twin import Twin, TwinBlock
 
 F64 = NDArray[np.float64]
-__all__ = ["BESS_CELL_TEMP_C", "POLICIES", "make_policy", "planner_inputs"]
+__all__ = ["BESS_CELL_TEMP_C", "POLICIES", "event_window_s", "make_policy", "parse_dr", "planner_inputs"]
 POLICIES = ("none", "threshold", "mpc", "oracle")
 IT_HISTORY_BLOCKS = 60  # blocks of IT load kept for the simple forecast (an hour at 1 s steps)
 IT_FORECAST_QUANTILE = 0.9
@@ -55,21 +57,6 @@ IT_FORECAST_QUANTILE = 0.9
 DR_CREDIT_PER_KWH = 0.5
 DR_BASELINE_RULE = BASELINE_RULE
 DR_END_MARGIN_S = 600.0  # the batteries' DR share is sized to last this long past the event's end
-
-
-def parse_dr(text: str, timezone: str) -> DemandResponseEvent:
-    """``2026-07-15T15:00/3h/-25%`` -> a demand-response event (local start, duration, reduction)."""
-    m = re.fullmatch(r"\s*([0-9T:\-]+)\s*/\s*([0-9.]+)\s*h\s*/\s*-?\s*([0-9.]+)\s*%\s*", text)
-    if m is None:
-        raise ValueError(f"not a demand-response event: {text!r} (expected e.g. 2026-07-15T15:00/3h/-25%)")
-    start, hours, pct = m.group(1), float(m.group(2)), float(m.group(3))
-    dt.datetime.fromisoformat(start)  # raises a clear ValueError on a bad date
-    return DemandResponseEvent(start=start, duration_h=hours, reduction=pct / 100.0)
-
-
-def event_window_s(ev: DemandResponseEvent, timezone: str) -> tuple[float, float]:
-    start = dt.datetime.fromisoformat(ev.start).replace(tzinfo=ZoneInfo(timezone)).timestamp()
-    return start, start + ev.duration_h * 3600.0
 
 
 @dataclass
@@ -228,10 +215,14 @@ class ManagedPolicy(Policy):
             t0 = time.perf_counter()
             if self.active_event is not None:
                 # During an event the batteries hold the commitment; the compute level makes their energy last.
-                self.loop.plan_grid_w = None
+                self.loop.plan_bess_w = self.loop.peak_target_w = None
             elif self.plan is not None:
+                # Follow the plan's battery schedule (the grid takes the load's deviations from the forecast, so
+                # forecast error does not turn into battery throughput), holding the plan's 15-min peak (soft).
                 k = int((t - self.plan.t_s[0]) // self.plan.dt_s)
-                self.loop.plan_grid_w = float(self.plan.grid_w[k]) if 0 <= k < self.plan.t_s.size else None
+                inside = 0 <= k < self.plan.t_s.size
+                self.loop.plan_bess_w = float(self.plan.bess_w[k].sum()) if inside else None
+                self.loop.peak_target_w = max(self.plan.peak_w, self.month_peak_w) if inside else None
             m = Measurements(t, grid, bess, soc, freq, island, hall)
             d: Decision = self.loop.step(m, self.twin.dt_s)
             self.safe_mode = d.mode == "safe"
@@ -476,6 +467,9 @@ class MpcPolicy(ManagedPolicy):
         self._it_recent: list[float] = []
         self._hall_recent: F64 | None = None
         self.forecast_source: Callable[[float], Mapping[str, Any] | None] | None = None
+        # Energy left at the horizon's end: None holds the terminal floor (e_T >= e_0); a value in money per kWh
+        # prices it instead (see energy_inputs.terminal_value_per_kwh).
+        self.terminal_value_per_kwh: float | None = None
         self.it_source = "persistence"  # what the last plan's IT load came from: "forecast <model>" or persistence
         self._facility_now_w = float("nan")
         self._it_now_w = float("nan")
@@ -499,27 +493,25 @@ class MpcPolicy(ManagedPolicy):
         step = e.planner_step_min * 60.0
         start = np.floor(t_s / step) * step
         t = start + step * np.arange(round(e.planner_horizon_h * 3600.0 / step))
-        # IT load: a high quantile of the last hour, so checkpoint dips and faults do not make the plan count on
-        # less load than the site will draw (an underestimate spends the batteries early and lets peaks through).
-        it = (
-            float(np.quantile(self._it_recent, IT_FORECAST_QUANTILE))
-            if self._it_recent
-            else self.twin.fleet.design_it_power_w * 0.7
-        )
+        # IT load: energy is planned on the median (P50), demand and the contract on the upper band (P90), so
+        # checkpoint dips and faults do not make the plan count on less peak than the site will draw.
+        recent = np.asarray(self._it_recent if self._it_recent else [self.twin.fleet.design_it_power_w * 0.7])
+        p50, p90 = np.quantile(recent, [0.5, IT_FORECAST_QUANTILE])
         halls = (
             self._hall_recent
             if self._hall_recent is not None
-            else np.full(self.twin.topo.n_halls, it / self.twin.topo.n_halls)
+            else np.full(self.twin.topo.n_halls, p90 / self.twin.topo.n_halls)
         )
-        it_w = self._forecast_it(t_s, t, step)
-        if it_w is None:
-            it_w = np.full(t.size, it)
-            hall_w = np.repeat(halls[None, :], t.size, axis=0)
+        bands = self._forecast_bands(t_s, t, step)
+        if bands is None:
+            it_w, it_hi_w = np.full(t.size, p50), np.full(t.size, p90)
             self.it_source = "persistence"
-        else:  # the halls keep their present shares of the forecast load
-            total = float(halls.sum())
-            share = halls / total if total > 0 else np.full(halls.size, 1.0 / halls.size)
-            hall_w = it_w[:, None] * share[None, :]
+        else:
+            it_w, it_hi_w = bands
+        # The halls keep their present shares of the upper band (busbars are limits: plan them on P90).
+        total = float(halls.sum())
+        share = halls / total if total > 0 else np.full(halls.size, 1.0 / halls.size)
+        hall_w = it_hi_w[:, None] * share[None, :]
         inputs = planner_inputs(
             self.twin,
             t,
@@ -531,7 +523,10 @@ class MpcPolicy(ManagedPolicy):
             self.demand_rate_scale,
             self.dr_credit_per_kwh,
             self._reducible_compute_w(t_s),
+            it_hi_w,
         )
+        if self.terminal_value_per_kwh is not None:
+            inputs = dataclasses.replace(inputs, terminal_value_per_kwh=self.terminal_value_per_kwh)
         try:
             self.plan = solve_plan(inputs)
             # Deferrable jobs start in the plan's cheaper windows (cost: energy price of the slot).
@@ -555,6 +550,11 @@ class MpcPolicy(ManagedPolicy):
 
     def _forecast_it(self, t_s: float, t: F64, step_s: float) -> F64 | None:
         """IT load per slot from the forecaster's P90, or None (no source, no forecast, stale, not finite)."""
+        bands = self._forecast_bands(t_s, t, step_s)
+        return None if bands is None else bands[1]
+
+    def _forecast_bands(self, t_s: float, t: F64, step_s: float) -> tuple[F64, F64] | None:
+        """IT load per slot from the forecaster (P50, P90), or None (no source, no forecast, stale, not finite)."""
         if self.forecast_source is None:
             return None
         fc = self.forecast_source(t_s)
@@ -563,10 +563,11 @@ class MpcPolicy(ManagedPolicy):
         if float(fc["t_s"][-1]) < t_s:  # a forecast whose hour has passed says nothing about what comes
             return None
         res = planner_it_load(fc, t, step_s, self._facility_now_w, self._it_now_w)
-        if res is None or not np.all(np.isfinite(res[1])) or not np.all(res[1] > 0):
+        if res is None or not all(np.all(np.isfinite(x)) and np.all(x > 0) for x in res):
             return None
         self.it_source = f"forecast {fc.get('model', '')}".strip()
-        return np.asarray(res[1], np.float64)
+        p50 = np.asarray(res[0], np.float64)
+        return p50, np.maximum(np.asarray(res[1], np.float64), p50)
 
 
 def _finite_mean(x: F64) -> float | None:

@@ -64,18 +64,23 @@ def planner_inputs(
     demand_rate_scale: float = 1.0,
     dr_credit_per_kwh: float = 0.0,
     dr_shed_max_w: float = 0.0,
+    it_hi_w: F64 | None = None,
 ) -> PlanInputs:
     """Planner inputs from an IT-load forecast: facility load via the cooling model and the weather, renewables
     from the weather year, prices from the tariff, battery state from the plant. Demand-response events become
     commitments (grid at most baseline x (1 - reduction)), a credit per kWh below the baseline, and compute that
-    may be shed during them (``dr_shed_max_w`` facility watts, at ``shed_cost_per_kwh``)."""
+    may be shed during them (``dr_shed_max_w`` facility watts, at ``shed_cost_per_kwh``). With ``it_hi_w`` (the
+    forecast's upper band, ``it_w`` its median) the facility load between the two is headroom the plan keeps in
+    its peak and contract rows."""
     site = twin.site
     plant = twin.plant
     mid = t + 0.5 * (t[1] - t[0] if t.size > 1 else 900.0)
     temp = plant.outdoor_temp_c(mid)
     cop = cooling.cop(temp, plant.cop_curve)
     aux = float(plant.bess.aux_power_w.sum())
-    load = it_w * (1.0 + plant.other_fraction) + it_w / np.maximum(cop, 0.5) + aux
+    per_it = 1.0 + plant.other_fraction + 1.0 / np.maximum(cop, 0.5)
+    load = it_w * per_it + aux
+    headroom = None if it_hi_w is None else np.maximum(it_hi_w - it_w, 0.0) * per_it
     hour = weather.hour_of_year(mid, site.timezone)
     renew = weather.interpolate_hourly(plant.solar_hourly, hour) + weather.interpolate_hourly(plant.wind_hourly, hour)
     price = tariff.price_per_kwh(mid, site.tariff, site.timezone)
@@ -107,6 +112,7 @@ def planner_inputs(
         dr_limit_w=dr if in_event.any() else None,
         dr_baseline_w=dr_base if in_event.any() else None,
         dr_credit_per_kwh=dr_credit_per_kwh,
+        peak_headroom_w=headroom,
     )
 
 
