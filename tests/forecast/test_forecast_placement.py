@@ -69,9 +69,13 @@ def test_weather_forecast_ahead_with_persistence_of_its_error(topo: Topology) ->
 def test_placement_describes_new_jobs_from_the_job_table(topo: Topology, tmp_path: Path) -> None:
     site, _ = load_scenario("small")
     fc = LiveForecaster(site, topo)
-    jobs = type("Jobs", (), {"n": 2, "kind": np.array([2, 0]), "n_gpus": np.array([8, 64])})()
+    jobs = type("Jobs", (), {"n": 2, "kind": np.array([2, 0]), "n_gpus": np.array([8, 64]), "names": ["i", "p"]})()
     wl = type("Workload", (), {"gpu_job": np.full(topo.n_gpus, -1, np.int64), "jobs": jobs})()
     fc.set_placement(wl)
     assert fc.gpu_job is not None and fc.state.kind[:2].tolist() == [2, 0] and fc.state.n_gpus[:2].tolist() == [8, 64]
+    # the scheduler's timeline names jobs by attempt: a running one's expected end becomes its end minute
+    fc.base_min = 100
+    fc._describe_ends(["p#2", "x#1", "i#1"], np.array([True, True, False]), np.array([7200.0, 60.0, 60.0]))
+    assert fc.state.end_min[:2].tolist() == [np.inf, 20.0]
     fc.set_placement(type("Bus", (), {"gpu_job": np.zeros(3, np.int64)})())  # wrong size: no placement
     assert fc.gpu_job is None

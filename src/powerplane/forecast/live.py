@@ -103,6 +103,7 @@ class LiveForecaster:
         self._jobsum = _Grow()  # summed job power per closed minute (the marginal IT factor of rack forecasts)
         self.gpu_job: I64 | None = None  # the GPU -> job placement (set_placement), None: unknown
         self._described = 0  # jobs of the placement's job table whose kind and size were passed on
+        self._job_of_name: dict[str, int] = {}  # job table name -> id, to read the scheduler's timeline per job
         self.weather_c: Callable[[F64], F64] | None = None  # outdoor temperature forecast by time (set_weather)
 
     # ------------------------------------------------------------------ model
@@ -137,6 +138,9 @@ class LiveForecaster:
         if jobs is not None and n > self._described and hasattr(jobs, "kind") and hasattr(jobs, "n_gpus"):
             ids = np.arange(self._described, n, dtype=np.int64)
             self.state.describe(ids, np.asarray(jobs.kind[ids], np.int64), np.asarray(jobs.n_gpus[ids], np.int64))
+            names = getattr(jobs, "names", None)
+            if names is not None:
+                self._job_of_name.update(zip(names[self._described : n], range(self._described, n), strict=False))
             self._described = n
 
     def set_weather(self, outdoor_temp_c: Callable[[F64], F64] | None) -> None:
@@ -245,6 +249,16 @@ class LiveForecaster:
         err = float(seen[-1] - ahead[0])
         return np.concatenate([seen, ahead[1:] + (err if np.isfinite(err) else 0.0)])
 
+    def _describe_ends(self, names: list[str], running: NDArray[np.bool_], end_s: F64) -> None:
+        """The timeline's expected end of each running job it names (``name#attempt``), as that job's end minute,
+        so the per-job projection (rack forecasts) removes it where the site's end feature does."""
+        if not self._job_of_name or not names:
+            return
+        ids = np.array([self._job_of_name.get(nm.split("#")[0], -1) for nm in names], np.int64)
+        ok = running & (ids >= 0) & (ids < self.state.end_min.size)
+        if np.any(ok):
+            self.state.end_min[ids[ok]] = end_s[ok] / STEP_S - (self.base_min or 0)
+
     def _features(self, i: int, h: I64, now_s: float, timeline: object | None) -> tuple[FeatureSet, Projection]:
         n = i + 1
         F = self._F.a[:n]
@@ -258,14 +272,17 @@ class LiveForecaster:
         queued = np.zeros(h.size)
         x = np.zeros((1, h.size, len(FEATURES)))
         temp = self._temp_ahead(i, int(h.max()) if h.size else 0)
-        pr = origin_features(x[0], self.state, i, h, filled, self._it.a[:n], temp, cum_new, queued)
-        if timeline is not None and all(hasattr(timeline, a) for a in ("state", "power_w", "start_s", "end_s", "gpus")):
-            tl: Any = timeline
-            t_h = now_s + STEP_S * h
+        tl: Any = timeline
+        use_tl = tl is not None and all(hasattr(tl, a) for a in ("state", "power_w", "start_s", "end_s", "gpus"))
+        if use_tl:
             running = np.asarray([s == "running" for s in tl.state], dtype=np.bool_)
+            en = np.asarray(tl.end_s, np.float64)
+            self._describe_ends(list(getattr(tl, "names", [])), running, en)
+        pr = origin_features(x[0], self.state, i, h, filled, self._it.a[:n], temp, cum_new, queued)
+        if use_tl:
+            t_h = now_s + STEP_S * h
             pw = np.asarray(tl.power_w, np.float64)
             st = np.asarray(tl.start_s, np.float64)
-            en = np.asarray(tl.end_s, np.float64)
             g = np.asarray(tl.gpus, np.float64)
             ends = running[:, None] & (en[:, None] <= t_h[None, :])
             x[0, :, FEATURES.index("end_w")] = -(pw[:, None] * ends).sum(axis=0)
