@@ -96,6 +96,9 @@ def backtest(
     seeds: Annotated[int, typer.Option(help="seeds per scenario (0..N-1)")] = 1,
     run_dir: Annotated[list[Path], typer.Option("--run", help="an existing simulate run to backtest too")] = [],  # noqa: B006
     cache: Annotated[Path, typer.Option(help="cache of twin runs")] = DEFAULT_CACHE,
+    merge: Annotated[
+        list[Path], typer.Option(help="a backtest.json (or its folder) whose runs join the summary, repeatable")
+    ] = [],  # noqa: B006
     statsforecast: Annotated[bool, typer.Option(help="include AutoETS and MSTL")] = True,
     traces: Annotated[bool, typer.Option(help="also backtest the real Azure inference arrival traces")] = True,
     register: Annotated[bool, typer.Option(help="register the first run's job-aware model (champion if none)")] = False,
@@ -120,17 +123,30 @@ def backtest(
             res = backtest_run(load_run(d), with_statsforecast=statsforecast)
             plot_bands(res, tmp / f"bands_{res['run']}.png")
             results.append(res)
-        summary = summarize(results)
+        runs = [public(r) for r in results]
+        run_dirs = [str(d) for d in dirs]
+        for prev in merge:  # backtests run apart (in parallel, on other machines) join this summary
+            mf = prev / "backtest.json" if prev.is_dir() else prev
+            if not mf.exists():
+                raise PowerPlaneError(f"--merge {prev}: no backtest.json there")
+            old = json.loads(mf.read_text())
+            runs += old.get("runs", [])
+            run_dirs += old.get("run_dirs", [])
+            for png in mf.parent.glob("bands_*.png"):
+                shutil.copy(png, tmp / png.name)
+        if not runs:
+            raise PowerPlaneError("nothing to backtest (no --scenario seeds, --run or --merge)")
+        summary = summarize(runs)
         doc: dict[str, Any] = {
             "scenarios": scenario,
             "days": days,
             "seeds": list(range(seeds)),
-            "run_dirs": [str(d) for d in dirs],  # what was backtested: the simulated seeds and every --run
+            "run_dirs": run_dirs,  # what was backtested: the simulated seeds, every --run and the merged ones
             "horizons": ["1min", "15min", "1h", "24h"],
             "mase_scale": "training-window MAE of persistence at the same horizon",
             "summary": summary,
-            "targets": targets(summary, results),
-            "runs": [public(r) for r in results],
+            "targets": targets(summary, runs),
+            "runs": runs,
         }
         if traces:
             from powerplane.forecast.traces import backtest_traces
