@@ -239,7 +239,12 @@ def test_silence_is_listed_and_lifted_with_its_audit(
     srow = page.locator(f"#silences-body tr[data-silence='{sid}']")
     text = srow.inner_text()
     assert "operator-ui" in text and "from the cockpit" in text, text
-    assert page.inner_text(f"#alerts-body tr[data-rule='{rule}']").count("(silenced)") >= 1
+    # The alert itself shows as silenced from the next published cycle on.
+    page.wait_for_function(
+        f"[...document.querySelectorAll(\"#alerts-body tr[data-rule='{rule}']\")]"
+        ".some(r => r.textContent.includes('(silenced)'))",
+        timeout=15_000,
+    )
     page.screenshot(path=str(ARTIFACTS / "alerts-silenced.png"), full_page=True)
     srow.locator("button.unsil").click()
     page.wait_for_function(f"!document.querySelector(\"#silences-body tr[data-silence='{sid}']\")", timeout=15_000)
