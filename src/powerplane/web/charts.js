@@ -28,7 +28,9 @@
     const [a, b] = uPlot.rangeNum(Math.min(0, lo), Math.max(0, hi), 0.1, true);
     return [Math.min(0, a), b];
   };
-  const uplotOpts = (el, spec) => {
+  // The options read the chart's current spec (entry.spec), so an update that moves the x range takes effect.
+  const uplotOpts = (entry) => {
+    const { el, spec } = entry;
     const tz = PP.topo ? PP.topo.timezone : "UTC";
     const series = [{ label: "site time" }];
     for (const s of spec.series) {
@@ -53,7 +55,7 @@
       axes.push(axis({ scale: "y2", side: 1, label: spec.y2.label, grid: { show: false } }));
       scales.y2 = spec.y2.range ? { range: () => spec.y2.range } : { auto: true };
     }
-    if (spec.xRange) scales.x.range = () => spec.xRange;
+    if (spec.xRange) scales.x.range = (u, lo, hi) => entry.spec.xRange || [lo, hi];
     const legend = spec.legend !== false;
     return {
       width: Math.max(200, el.clientWidth), height: Math.max(120, el.clientHeight - (legend ? 34 : 0)),
@@ -66,7 +68,7 @@
   // All series on one time axis (uPlot wants aligned columns): uPlot.join merges the series' own time stamps.
   const uplotData = (spec) => uPlot.join(spec.series.map((s) => [s.t, s.y.map((v) => (v == null ? null : v))]));
   const drawUplot = (id, el, spec, t0) => {
-    const sig = JSON.stringify([spec.series.map((s) => [s.label, s.axis, s.step]), spec.bands, spec.y, spec.y2]);
+    const sig = JSON.stringify([spec.series.map((s) => [s.label, s.axis, s.step]), spec.bands, spec.y, spec.y2, !!spec.xRange]);
     const data = uplotData(spec);
     const c = charts[id];
     if (c && c.sig === sig && c.el === el) {
@@ -76,7 +78,8 @@
     } else {
       if (c) c.u.destroy();
       el.textContent = "";
-      charts[id] = { sig, el, spec, u: new uPlot(uplotOpts(el, spec), data, el) };
+      const entry = (charts[id] = { sig, el, spec });
+      entry.u = new uPlot(uplotOpts(entry), data, el);
     }
     markDrawn(id, el, "uplot", t0);
   };
