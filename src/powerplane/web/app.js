@@ -14,7 +14,8 @@ PP.fmt = {
   num: (x, d = 1) => (x == null || !isFinite(x) ? "–" : Number(x).toFixed(d)),
   int: (x) => (x == null ? "–" : Math.round(x).toLocaleString("en-US")),
   pct: (x, d = 1) => (x == null ? "–" : (x * 100).toFixed(d)),
-  money: (x, cur) => (x == null ? "–" : `${cur === "USD" ? "$" : ""}${Number(x).toLocaleString("en-US", { maximumFractionDigits: 0 })}${cur === "USD" ? "" : " " + cur}`),
+  // Rounded to whole units; a value that rounds to zero shows as 0, not "-0".
+  money: (x, cur) => (x == null ? "–" : `${cur === "USD" ? "$" : ""}${(Math.round(Number(x)) || 0).toLocaleString("en-US")}${cur === "USD" ? "" : " " + cur}`),
   time: (t, withDate) => {
     if (t == null) return "–";
     const o = { timeZone: PP.topo ? PP.topo.timezone : "UTC", hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false };
