@@ -20,7 +20,8 @@ from pydantic import BaseModel, Field
 from powerplane.api import views
 from powerplane.api.auth import ROLES, Principal, TokenStore
 from powerplane.api.stream import Broadcaster
-from powerplane.runtime.live import CommandRefused, LiveRuntime
+from powerplane.runtime.live_commands import CommandRefused
+from powerplane.runtime.live_core import LiveCore
 from powerplane.runtime.live_view import clean
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
@@ -122,7 +123,7 @@ class NewToken(BaseModel):
 # ---------------------------------------------------------------------------------------------- app
 
 
-def create_app(runtime: LiveRuntime, tokens: TokenStore, chart_libs: dict[str, Path] | None = None) -> FastAPI:
+def create_app(runtime: LiveCore, tokens: TokenStore, chart_libs: dict[str, Path] | None = None) -> FastAPI:
     """``chart_libs``: name -> JavaScript file served at /vendor/charts.js?lib=NAME, the first one by default
     (default: :func:`chart_libraries`)."""
     bc = Broadcaster(runtime)

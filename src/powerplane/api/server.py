@@ -11,6 +11,7 @@ from pathlib import Path
 from powerplane.api.auth import TokenStore
 from powerplane.api.cli import tokens_path
 from powerplane.runtime.live import LiveOptions, LiveRuntime
+from powerplane.runtime.live_core import LiveCore
 
 
 @dataclass
@@ -46,6 +47,7 @@ def serve(live: LiveOptions, opts: ServeOptions, announce: Callable[[str], None]
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, terminate)
     tokens = TokenStore(tokens_path(live.state_dir))
+    runtime: LiveCore
     if opts.bus is None:
         runtime = LiveRuntime(live)
     else:
@@ -101,7 +103,7 @@ class BackgroundServer:
 
     def __init__(
         self,
-        runtime: LiveRuntime,
+        runtime: LiveCore,
         tokens: TokenStore,
         host: str = "127.0.0.1",
         port: int = 0,

@@ -15,7 +15,7 @@ from typing import Any
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from powerplane.api import views
-from powerplane.runtime.live import LiveRuntime
+from powerplane.runtime.live_core import LiveCore
 from powerplane.runtime.live_state import LiveState
 
 
@@ -24,7 +24,7 @@ def _dumps(doc: Any) -> str:
 
 
 class Broadcaster:
-    def __init__(self, runtime: LiveRuntime) -> None:
+    def __init__(self, runtime: LiveCore) -> None:
         self.runtime = runtime
         self._loop: asyncio.AbstractEventLoop | None = None
         self._event: asyncio.Event | None = None

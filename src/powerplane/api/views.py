@@ -10,7 +10,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from powerplane.physics import gpu_power
-from powerplane.runtime.live import LiveRuntime
+from powerplane.runtime.live_core import LiveCore
 from powerplane.runtime.live_state import LiveState
 from powerplane.runtime.live_view import clean
 from powerplane.telemetry.snapshot import Quality
@@ -26,7 +26,7 @@ FLOOR_METRICS = {  # metric -> (unit, low, high) of the uint8 scale
 MISSING = 255
 
 
-def topology_doc(rt: LiveRuntime) -> dict[str, Any]:
+def topology_doc(rt: LiveCore) -> dict[str, Any]:
     t: Topology = rt.topology
     return {
         "site": t.site_name,
@@ -52,12 +52,12 @@ def topology_doc(rt: LiveRuntime) -> dict[str, Any]:
     }
 
 
-def power_scale_w(rt: LiveRuntime) -> float:
+def power_scale_w(rt: LiveCore) -> float:
     tdp = [gpu_power.GPU_PROFILES[m].tdp_w for m in rt.topology.gpu_models if m in gpu_power.GPU_PROFILES]
     return float(max(tdp) if tdp else 1000.0)
 
 
-def floor_doc(rt: LiveRuntime, state: LiveState, metric: str) -> dict[str, Any]:
+def floor_doc(rt: LiveCore, state: LiveState, metric: str) -> dict[str, Any]:
     """Every GPU's ``metric`` quantized to one byte (0-254 over [lo, hi], 255: no valid reading), base64."""
     if metric not in FLOOR_METRICS:
         raise ValueError(f"unknown floor metric {metric!r}; valid: {', '.join(FLOOR_METRICS)}")
@@ -82,9 +82,7 @@ def floor_doc(rt: LiveRuntime, state: LiveState, metric: str) -> dict[str, Any]:
     }
 
 
-def _hot(
-    rt: LiveRuntime, v: NDArray[np.float64], ok: NDArray[np.bool_], metric: str, k: int = 8
-) -> list[dict[str, Any]]:
+def _hot(rt: LiveCore, v: NDArray[np.float64], ok: NDArray[np.bool_], metric: str, k: int = 8) -> list[dict[str, Any]]:
     """The ``k`` highest GPUs: the hot spots named beside the heatmap."""
     x = np.where(ok, v, -np.inf)
     k = min(k, x.size)
@@ -145,7 +143,7 @@ def _job_counts(state: LiveState) -> dict[str, int]:
     }
 
 
-def silences(rt: LiveRuntime) -> list[dict[str, Any]]:
+def silences(rt: LiveCore) -> list[dict[str, Any]]:
     """The alert engine's active silences, soonest to end first ([] without an engine). The engine may sit behind
     the ops stack (``OpsStack.engine``); its ``silence_list`` reads under the engine's own lock."""
     engine = rt.alerts
@@ -155,7 +153,7 @@ def silences(rt: LiveRuntime) -> list[dict[str, Any]]:
     return sorted(lister(), key=lambda s: (s["ends_s"], s["id"]))
 
 
-def energy_doc(rt: LiveRuntime, state: LiveState) -> dict[str, Any]:
+def energy_doc(rt: LiveCore, state: LiveState) -> dict[str, Any]:
     return clean(
         {
             "t_s": state.t_s,
@@ -233,7 +231,7 @@ def jobs_doc(state: LiveState, status: str = "all", limit: int = 200, offset: in
     )
 
 
-def level_doc(rt: LiveRuntime, state: LiveState, level: str, offset: int = 0, limit: int = 1000) -> dict[str, Any]:
+def level_doc(rt: LiveCore, state: LiveState, level: str, offset: int = 0, limit: int = 1000) -> dict[str, Any]:
     """The snapshot at one level: every metric read at that level and the GPU rollups, one row per entity."""
     if level not in LEVELS:
         raise ValueError(f"unknown level {level!r}; valid: {', '.join(LEVELS)}")
@@ -263,7 +261,7 @@ def level_doc(rt: LiveRuntime, state: LiveState, level: str, offset: int = 0, li
     return clean({"t_s": state.t_s, "level": level, "total": len(names), "offset": lo, "rows": rows})
 
 
-def entity_doc(rt: LiveRuntime, state: LiveState, level: str, index: int) -> dict[str, Any]:
+def entity_doc(rt: LiveCore, state: LiveState, level: str, index: int) -> dict[str, Any]:
     """One rack, node or GPU: its readings, its place in the tree and its children (drill-down)."""
     t = rt.topology
     if level not in ("rack", "node", "gpu"):

@@ -35,7 +35,6 @@ from powerplane.core.clock import Clock, perf_counter_s
 from powerplane.core.commands import BessSetpoint, GpuPowerCap
 from powerplane.core.frames import Frame
 from powerplane.physics import gpu_power, tariff
-from powerplane.runtime.live import LiveRuntime
 from powerplane.runtime.live_bus_energy import BUS_POLICIES, BusEnergy
 from powerplane.runtime.live_bus_view import bus_bess_rows, bus_site_view, bus_status, reading, unit_readings
 from powerplane.runtime.live_commands import COMMAND_KINDS, CommandRefused, OperatorCommand, _alert_command
@@ -72,8 +71,9 @@ class BusSiteClock:
         return self._t_s + (self._mono() - self._at) if np.isfinite(self._t_s) else float("nan")
 
 
-class BusLiveRuntime(LiveRuntime):
-    """:class:`LiveRuntime` on a :class:`~powerplane.bus.wiring.BusSite` instead of an embedded twin."""
+class BusLiveRuntime(LiveCore):
+    """The live runtime on a :class:`~powerplane.bus.wiring.BusSite` instead of an embedded twin: the shared
+    :class:`LiveCore` cycle, with readings, control, accounting and views of its own."""
 
     command_kinds = BUS_COMMAND_KINDS
     money_note = (
@@ -103,10 +103,7 @@ class BusLiveRuntime(LiveRuntime):
         self.clock = BusSiteClock(bus.topology.n_gpus, monotonic_s)
         self.twin = cast(Any, self.clock)  # the site's time and (unknown) jobs where shared code reads rt.twin
         self.steps_per_cycle = 1
-        # The shared core only: LiveRuntime.__init__ would build and drive an embedded twin.
-        LiveCore.__init__(
-            self, opts, bus.site, bus.topology, monotonic_s, wall, alert_engine, forecaster, opts.period_s
-        )
+        super().__init__(opts, bus.site, bus.topology, monotonic_s, wall, alert_engine, forecaster, opts.period_s)
         from powerplane.config.loader import load_scenario
         from powerplane.twin.twin import Twin
 

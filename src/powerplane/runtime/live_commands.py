@@ -17,6 +17,7 @@ from powerplane.twin.jobs import State
 
 if TYPE_CHECKING:
     from powerplane.runtime.live import LiveRuntime
+    from powerplane.runtime.live_core import LiveCore
 
 COMMAND_KINDS = ("dr_start", "dr_end", "set_policy", "cap_job", "cap_gpus", "ack_alert", "silence", "unsilence")
 
@@ -159,7 +160,7 @@ def _cap_job(rt: LiveRuntime, a: dict[str, Any]) -> str:
     return f"job {job}: {res.detail}{clipped}"
 
 
-def _alert_command(rt: LiveRuntime, cmd: OperatorCommand) -> tuple[str, dict[str, Any]]:
+def _alert_command(rt: LiveCore, cmd: OperatorCommand) -> tuple[str, dict[str, Any]]:
     if rt.alerts is None:
         raise CommandRefused(rt.alert_status)
     a = cmd.args
