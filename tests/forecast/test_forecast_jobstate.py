@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from powerplane.forecast.jobstate import JobState, gpu_bucket
 
@@ -45,6 +46,20 @@ def test_checkpoint_rhythm_predicts_the_next_dip() -> None:
     due = np.flatnonzero(pr.ckpt_w < -100) + 1  # horizons with a dip
     assert due.tolist() == [6]  # minute 45
     assert np.isclose(pr.ckpt_w[5], -700.0, rtol=0.3)
+
+
+def test_a_rhythm_learned_wrong_relocks_onto_evenly_spaced_checkpoints() -> None:
+    st = JobState()
+    st.describe(np.array([0]), np.array([0]), np.array([64]))
+    s = [1000.0] * 70
+    for m in (5, 16, 31, 46):  # two dips 11 minutes apart teach a period of 11; the true one is 15
+        s[m] = 300.0
+    _feed(st, {0: s[:30]})
+    assert abs(st.period_min[0] - 11.0) < 0.1
+    _feed_from(st, 30, {0: s[30:48]})
+    assert st.period_min[0] == pytest.approx(15.0)  # 31 and 46 are off the beat of 11 and 15 apart, like 16 and 31
+    pr = st.project(np.arange(1, 20), 47)
+    assert (np.flatnonzero(pr.ckpt_w < -100) + 1 + 47).tolist() == [61]
 
 
 def test_a_stall_returns_after_the_learned_restart_delay_then_ramps() -> None:

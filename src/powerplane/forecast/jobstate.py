@@ -27,6 +27,7 @@ DIP_RATIO = 0.9  # a minute below this share of the level is a dip (checkpoint o
 DEFAULT_CKPT_DEPTH = 0.25  # checkpoint power / level until a job's own is seen
 MAX_CKPT_MINUTES = 3  # longer dips are stalls (faults), not checkpoints
 BEAT_TOL_MIN = 1.5  # a dip within this of a multiple of the period is a checkpoint on the beat
+RELOCK_DEPTH = 0.75  # a short dip below this share of the level is deep (a checkpoint, not a straggler)
 STALL_DEPTH_SHARE = 0.95  # a dip below this share of the checkpoint depth is a stall from its first minute
 MIN_LEVEL_MINUTES = 3  # minutes before a job's own level is trusted
 N_GPU_BUCKETS = 6  # 1, 2-3, 4-7, 8-31, 32-255, 256+
@@ -146,6 +147,8 @@ class JobState:
         self.ckpt_area_min = np.zeros(0)  # learned checkpoint area: minutes x (1 - power / level)
         self.dip_area = np.zeros(0)  # area of the current dip
         self.last_dip_f = np.zeros(0)  # start of the last short dip, on the beat or not (-1: none)
+        self.last_deep_f = np.zeros(0)  # start of the last deep short dip (-1: none)
+        self.deep_gap = np.zeros(0)  # minutes between the last two deep short dips (-1: none)
         self.stall_end = np.zeros(0, np.int64)  # minute the last stall ended, until the next checkpoint (-1)
         self.ckpt_depth = np.zeros(0)  # learned power during a checkpoint / level (NaN: not seen yet)
         self.floor_last = np.zeros(0, np.int64)  # last minute of the current dip spent near its lowest power
@@ -188,6 +191,8 @@ class JobState:
             ("dip_area", 0.0),
             ("stall_end", -1),
             ("last_dip_f", -1.0),
+            ("last_deep_f", -1.0),
+            ("deep_gap", -1.0),
             ("ckpt_depth", np.nan),
             ("floor_last", -1),
             ("in_dip", False),
@@ -264,9 +269,19 @@ class JobState:
         k2 = np.where(old_p > 0, np.maximum(np.round(gap2 / np.where(old_p > 0, old_p, 1.0)), 1.0), 1.0)
         shifted = (old_p > 0) & (self.last_dip_f[jc] >= 0) & (np.abs(gap2 - k2 * old_p) < BEAT_TOL_MIN)
         self.last_dip_f[jc] = start_f
-        accept = ~after_ckpt | (old_p <= 0) | on_beat | shifted
+        # deep dips (checkpoints, not stragglers) that keep an even spacing off a known rhythm mean the rhythm was
+        # learned wrong (e.g. a fraction of the true period from two close dips): it locks onto their spacing
+        deep = self.dip_min_w[jc] < RELOCK_DEPTH * self.level_w[jc]
+        gap3 = start_f - self.last_deep_f[jc]
+        seen = deep & (self.last_deep_f[jc] >= 0)
+        relock = seen & (old_p > 0) & ~on_beat & ~shifted & (self.deep_gap[jc] > 0)
+        relock &= np.abs(gap3 - self.deep_gap[jc]) < BEAT_TOL_MIN
+        self.deep_gap[jc] = np.where(seen, gap3, np.where(deep, -1.0, self.deep_gap[jc]))
+        self.last_deep_f[jc] = np.where(deep, start_f, self.last_deep_f[jc])
+        accept = ~after_ckpt | (old_p <= 0) | on_beat | shifted | relock
         learn = after_ckpt & ((old_p <= 0) | on_beat) & (gap > 0)
         self.period_min[jc] = np.where(learn, np.where(old_p > 0, 0.5 * old_p + 0.5 * gap / k, gap), old_p)
+        self.period_min[jc] = np.where(relock, gap3, self.period_min[jc])
         # the first checkpoint after a restart teaches how it sits relative to the stall's end
         first_after = self.stall_end[jc] >= 0
         lag = start_f - self.stall_end[jc] - self.period_min[jc]
