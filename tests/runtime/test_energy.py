@@ -162,3 +162,43 @@ def test_month_peak_is_the_highest_completed_15min_window_not_a_block_mean() -> 
     assert policy.month_peak_w == 0.0  # the window is not complete yet
     policy.after_block(block(t0 + 900, 60, 1e6))
     assert policy.month_peak_w == pytest.approx((60 * 10e6 + 840 * 1e6) / 900)  # 1.6 MW, what the bill sees
+
+
+def test_mpc_follows_the_plans_battery_schedule_and_holds_its_peak(monkeypatch: pytest.MonkeyPatch) -> None:
+    from powerplane.runtime import energy
+    from powerplane.twin.twin import Twin
+
+    site, path = load_scenario("small")
+    twin = Twin(site, path, seed=0)
+    policy = energy.make_policy("mpc", twin, [])
+    assert isinstance(policy, energy.MpcPolicy)
+    seen = []
+    real_solve = energy.solve_plan
+
+    def solve(inputs: object) -> object:
+        seen.append(inputs)
+        return real_solve(inputs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(energy, "solve_plan", solve)
+    step = policy.controller()
+    policy.before_block(twin.now_s)
+    block = twin.advance(120, step)  # type: ignore[arg-type]
+    policy.after_block(block)
+    policy._next_plan_s = -np.inf
+    policy.before_block(twin.now_s)  # a plan on two minutes of history: P50 and P90 of the IT load
+    inputs = seen[-1]
+    it = np.asarray(policy._it_recent)
+    p50, p90 = np.quantile(it, [0.5, energy.IT_FORECAST_QUANTILE])
+    assert p90 > p50
+    assert inputs.peak_headroom_w is not None and np.all(inputs.peak_headroom_w >= 0)  # type: ignore[attr-defined]
+    # The headroom is the band's facility watts: (P90 - P50) x the facility watts per IT watt of the slot.
+    per_it = (inputs.load_w - float(twin.plant.bess.aux_power_w.sum())) / p50  # type: ignore[attr-defined]
+    np.testing.assert_allclose(inputs.peak_headroom_w, (p90 - p50) * per_it, rtol=1e-9)  # type: ignore[attr-defined]
+    plan = policy.plan
+    assert plan is not None
+    u = twin.plant.bess_soc.size
+    t = float(plan.t_s[0]) + 1.0
+    step(t, 1e5, np.zeros(u), twin.plant.bess_soc, 50.0, False, None)  # type: ignore[operator]
+    assert policy.loop.plan_bess_w == pytest.approx(float(plan.bess_w[0].sum()))
+    assert policy.loop.plan_grid_w is None
+    assert policy.loop.peak_target_w == pytest.approx(max(plan.peak_w, policy.month_peak_w))
