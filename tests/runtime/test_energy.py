@@ -181,11 +181,11 @@ def test_mpc_follows_the_plans_battery_schedule_and_holds_its_peak(monkeypatch: 
 
     monkeypatch.setattr(energy, "solve_plan", solve)
     step = policy.controller()
-    policy.before_block(twin.now_s)
-    block = twin.advance(120, step)  # type: ignore[arg-type]
-    policy.after_block(block)
+    for _ in range(3):
+        policy.before_block(twin.now_s)
+        policy.after_block(twin.advance(60, step))  # type: ignore[arg-type]
     policy._next_plan_s = -np.inf
-    policy.before_block(twin.now_s)  # a plan on two minutes of history: P50 and P90 of the IT load
+    policy.before_block(twin.now_s)  # a plan on three minutes of history: P50 and P90 of the IT load
     inputs = seen[-1]
     it = np.asarray(policy._it_recent)
     p50, p90 = np.quantile(it, [0.5, energy.IT_FORECAST_QUANTILE])
