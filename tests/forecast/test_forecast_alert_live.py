@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from powerplane.forecast.live import REGISTRY_FILE, MonitoredForecaster, prior_model
+from powerplane.forecast.live import REGISTRY_FILE, prior_model
+from powerplane.forecast.monitor import MonitoredForecaster
 from powerplane.forecast.registry import Registry
 from powerplane.runtime.live import LiveOptions, LiveRuntime
 

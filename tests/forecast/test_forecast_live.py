@@ -9,7 +9,8 @@ import pytest
 
 from powerplane.config.loader import load_scenario
 from powerplane.forecast.jobaware import JobAwareModel
-from powerplane.forecast.live import REGISTRY_FILE, LiveForecaster, MonitoredForecaster, prior_model
+from powerplane.forecast.live import REGISTRY_FILE, LiveForecaster, prior_model
+from powerplane.forecast.monitor import MonitoredForecaster
 from powerplane.forecast.registry import Registry
 from powerplane.telemetry.snapshot import LevelData, Snapshot
 from powerplane.telemetry.tracker import Tracker
@@ -105,3 +106,43 @@ def test_monitor_alerts_retrains_and_promotes_only_a_winner(tmp_path: Path, smal
     assert hist[-1]["by"] == "monitor" and hist[-1]["from_version"] == v
     # the promoted model is a real job-aware model, loadable from the registry
     assert isinstance(JobAwareModel.from_bytes(reg.load("champion")[1]), JobAwareModel)
+
+
+def test_monitor_in_the_background_trains_off_the_cycle_and_judges_when_done(
+    tmp_path: Path, small: tuple[object, Path]
+) -> None:
+    site, _ = small
+    topo = Topology.from_site(site)  # type: ignore[arg-type]
+    reg = Registry(tmp_path / REGISTRY_FILE)
+    champ = prior_model(1e6)
+    champ.meta = {"backtest": {"15min": {"mae_w": 2000.0}}}
+    v = reg.register("job-aware", champ.to_bytes(), champ.meta, t_s=0.0)
+    reg.promote(v, t_s=0.0)
+    mon = MonitoredForecaster(site, topo, tmp_path, background=True)  # type: ignore[arg-type]
+    rng = np.random.default_rng(1)
+    t0 = 1.78e9
+
+    def feed(m: int) -> None:
+        big = 300e3 if m % 25 == 3 else 1000e3
+        mon.observe(_snap(t0 + 60.0 * m, 400e3 + 1.3 * big + rng.normal(0, 4e3), {0: big, 1: 200e3}))
+
+    m = 0
+    while mon._training is None and m < 600:  # until the alert fires and a challenger is started
+        feed(m)
+        m += 1
+    assert mon._training is not None, "the alert never started a challenger"
+    first = mon.drain_alerts()
+    fired = [a for a in first if a.get("state") == "firing" and "retrain" in a]
+    assert fired and fired[-1]["retrain"] == {  # the first tries may lack history; this one started
+        "trained": False,
+        "started": True,
+        "reason": "training a challenger in the background",
+    }
+    assert reg.alias("champion") == v  # nothing judged yet: the cycle did not wait for the training
+    mon._training.result(timeout=120)  # the worker is done; the next minute closed judges it
+    feed(m)
+    feed(m + 1)
+    assert mon._training is None
+    done = [a["retrain"] for a in mon.drain_alerts() if a.get("retrain", {}).get("trained")]
+    assert done and done[0]["promoted"] is (done[0]["challenger_mae_w"] < done[0]["champion_mae_w"])
+    assert done[0]["promoted"] and reg.alias("champion") == done[0]["challenger"] == mon.version

@@ -5,8 +5,12 @@ from typing import Any
 
 def __getattr__(name: str) -> Any:
     """``from powerplane.forecast import LiveForecaster`` without importing the live stack with the package."""
-    if name in ("LiveForecaster", "MonitoredForecaster"):
-        from powerplane.forecast import live
+    if name == "LiveForecaster":
+        from powerplane.forecast.live import LiveForecaster
 
-        return getattr(live, name)
+        return LiveForecaster
+    if name == "MonitoredForecaster":
+        from powerplane.forecast.monitor import MonitoredForecaster
+
+        return MonitoredForecaster
     raise AttributeError(name)

@@ -11,14 +11,12 @@ jobs reported with partial GPU coverage are scaled up by their coverage (dropped
 a gap in telemetry widens the bands with the age of the last reading; jobs with unknown profiles use the fleet's
 and widen the bands (see :mod:`powerplane.forecast.jobaware`).
 
-:class:`MonitoredForecaster` adds the monitoring loop: it scores its own 15-minute-ahead forecasts; when the
-rolling MAE is more than 5 % worse than the champion's registered backtest MAE it raises an alert record, trains
-a challenger on the recent history, and promotes it only if it beats the champion on the same window.
+:class:`~powerplane.forecast.monitor.MonitoredForecaster` adds the monitoring loop.
 """
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,7 @@ from numpy.typing import NDArray
 from powerplane.config.schema import SiteConfig
 from powerplane.forecast.data import STEP_S, JobInfo, RunData
 from powerplane.forecast.features import FEATURES, FeatureSet, origin_features
-from powerplane.forecast.jobaware import NAME, JobAwareModel, min_fit_rows
+from powerplane.forecast.jobaware import NAME, JobAwareModel
 from powerplane.forecast.jobstate import JobState, Projection
 from powerplane.forecast.placement import marginal_ratio, rack_forecast
 from powerplane.forecast.registry import Registry, RegistryError
@@ -419,166 +417,3 @@ class LiveForecaster:
             ids,
             pw,
         )
-
-
-class MonitoredForecaster(LiveForecaster):
-    """A live forecaster that watches its own 15-minute-ahead error (see the module docstring)."""
-
-    HORIZON_MIN = 15
-    WINDOW_MIN = 360  # rolling window scored against the registered backtest error
-    MIN_SCORED = 60
-    DEGRADED = 1.05
-    RETRY_MIN = 60
-
-    def __init__(self, site: SiteConfig, topology: Topology, registry_dir: Path | None = None) -> None:
-        super().__init__(site, topology, registry_dir)
-        self._pending: dict[int, float] = {}  # target minute -> P50 issued 15 minutes before
-        self.errors: deque[tuple[int, float]] = deque(maxlen=self.WINDOW_MIN)
-        self.alerts: list[dict[str, Any]] = []
-        self._firing = False
-        self._retrained = False
-        self._last_try = -(10**9)
-
-    def reference_mae_w(self) -> float | None:
-        """The champion's registered 15-minute backtest MAE."""
-        bt = self.model.meta.get("backtest", {}).get("15min", {})
-        v = bt.get("mae_w")
-        return float(v) if v is not None else None
-
-    def rolling_mae_w(self) -> float | None:
-        return float(np.mean([e for _, e in self.errors])) if len(self.errors) >= self.MIN_SCORED else None
-
-    @property
-    def degraded(self) -> bool:
-        """Whether the degradation alert is firing (the runtime's alert context: ``forecast_degraded``)."""
-        return self._firing
-
-    def error_ratio(self) -> float:
-        """Rolling 15-minute MAE over the registered backtest MAE (NaN until both are known)."""
-        ref, roll = self.reference_mae_w(), self.rolling_mae_w()
-        return roll / ref if ref and roll is not None else float("nan")
-
-    def _on_close(self, m: int) -> None:
-        actual = self._F.a[m]
-        if m in self._pending and np.isfinite(actual):
-            self.errors.append((m, abs(float(actual) - self._pending.pop(m))))
-        self._pending.pop(m, None)
-        t_s = float(((self.base_min or 0) + m + 1) * STEP_S)
-        res = self.predict(t_s, np.array([self.HORIZON_MIN]))
-        if res is not None:
-            self._pending[m + self.HORIZON_MIN] = float(res[1][0])
-        ref, roll = self.reference_mae_w(), self.rolling_mae_w()
-        if ref is None or roll is None:
-            return
-        if self._firing and not self._retrained and m - self._last_try >= self.RETRY_MIN:
-            again = self.retrain(t_s)  # the first try lacked history: try again while the alert holds
-            self._last_try = m
-            self._retrained = bool(again.get("trained"))
-            self.alerts.append(
-                {
-                    "rule": "forecast_degraded",
-                    "state": "firing",
-                    "since_s": t_s,
-                    "retrain": again,
-                    "labels": {"model": self.model_name, "horizon": "15min"},
-                }
-            )
-            return
-        if roll > self.DEGRADED * ref and not self._firing:
-            self._firing = True
-            alert: dict[str, Any] = {
-                "rule": "forecast_degraded",
-                "severity": "warning",
-                "state": "firing",
-                "since_s": t_s,
-                "value": roll / ref,
-                "labels": {"model": self.model_name, "horizon": "15min"},
-                "annotations": {
-                    "summary": f"rolling 15-min MAE {roll / 1e3:.0f} kW is {100 * (roll / ref - 1):.1f} % "
-                    f"above the backtest's {ref / 1e3:.0f} kW"
-                },
-            }
-            self.alerts.append(alert)  # before the retrain, whose promotion resolves it
-            first = self.retrain(t_s)
-            alert["retrain"] = first
-            self._retrained = bool(first.get("trained"))
-            self._last_try = m
-        elif roll <= self.DEGRADED * ref and self._firing:
-            self._firing = False
-            self.alerts.append(
-                {
-                    "rule": "forecast_degraded",
-                    "state": "resolved",
-                    "since_s": t_s,
-                    "value": roll / ref,
-                    "labels": {"model": self.model_name, "horizon": "15min"},
-                }
-            )
-
-    def drain_alerts(self) -> list[dict[str, Any]]:
-        out, self.alerts = self.alerts, []
-        return out
-
-    def retrain(self, t_s: float) -> dict[str, Any]:
-        """Train a challenger on the history before the scored window; promote it if it wins on that window."""
-        from powerplane.forecast.backtest import Split, train_job_aware
-
-        run = self.history_run()
-        win = [m for m, _ in self.errors]
-        w0 = win[0] - self.HORIZON_MIN
-        # origins start a third of the way in (see backtest.split) and end a horizon before the window
-        if w0 < max(120, int(np.ceil(1.5 * (min_fit_rows() + self.HORIZON_MIN + 2)))):
-            return {"trained": False, "reason": "not enough history before the scored window"}
-        sp = Split(np.arange(min(1440, w0 // 3), w0 - 1, dtype=np.int64), w0, np.zeros(0, np.int64), np.zeros(0, bool))
-        challenger, _ = train_job_aware(run, sp)
-        from powerplane.forecast.features import build_features
-
-        origins = np.array(win, dtype=np.int64) - self.HORIZON_MIN
-        fs = build_features(run, origins, challenger.horizons_min, challenger.overrun_s)
-        k = int(np.searchsorted(challenger.horizons_min, self.HORIZON_MIN))
-        actual = fs.y[:, k] + fs.now_w
-        ok = np.isfinite(actual)
-        ch_mae = float(np.mean(np.abs(challenger.predict(fs).p50_w[ok, k] - actual[ok])))
-        if not np.isfinite(ch_mae):
-            return {"trained": False, "reason": "the challenger could not fit the 15-minute horizon"}
-        champ_mae = float(np.mean([e for _, e in self.errors]))
-        out: dict[str, Any] = {
-            "trained": True,
-            "challenger_mae_w": ch_mae,
-            "champion_mae_w": champ_mae,
-            "window_minutes": len(win),
-            "promoted": False,
-        }
-        challenger.meta["backtest"] = {"15min": {"mae_w": ch_mae, "n": int(ok.sum()), "window": "live"}}
-        if self.registry is not None:
-            v = self.registry.register(NAME, challenger.to_bytes(), challenger.meta, t_s, bump="patch")
-            self.registry.promote(v, "challenger", t_s=t_s, by="monitor", reason="rolling error above backtest")
-            out["challenger"] = v
-            if ch_mae < champ_mae:
-                self.registry.promote(
-                    v,
-                    "champion",
-                    t_s=t_s,
-                    by="monitor",
-                    reason=f"challenger {ch_mae:.0f} W < champion {champ_mae:.0f} W on the same window",
-                )
-                self.reload()
-                out["promoted"] = True
-        elif ch_mae < champ_mae:
-            self.model, self.version = challenger, "live-challenger"
-            out["promoted"] = True
-        if out["promoted"]:
-            self.errors.clear()
-            self._pending.clear()
-            if self._firing:
-                self.alerts.append(
-                    {
-                        "rule": "forecast_degraded",
-                        "state": "resolved",
-                        "since_s": t_s,
-                        "labels": {"model": self.model_name, "horizon": "15min"},
-                        "annotations": {"summary": "a challenger won on the scored window and is the champion"},
-                    }
-                )
-            self._firing = False
-        return out

@@ -71,11 +71,12 @@ def _load_alert_engine(runtime: LiveCore) -> tuple[Any, str]:
 
 def _load_forecaster(runtime: LiveCore, registry: Path | None) -> tuple[Any, str]:
     try:  # the monitored forecaster: a LiveForecaster that also watches its own error (issue 5)
-        from powerplane.forecast.live import MonitoredForecaster  # type: ignore[import-not-found,unused-ignore]
+        from powerplane.forecast.monitor import MonitoredForecaster  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
         return None, "no forecaster (powerplane.forecast is not installed)"
     try:
-        return MonitoredForecaster(runtime.site, runtime.topology, registry_dir=registry), "ok"
+        # a challenger trains in a worker thread: the cycle never waits for it
+        return MonitoredForecaster(runtime.site, runtime.topology, registry_dir=registry, background=True), "ok"
     except Exception as exc:
         return None, f"forecaster failed to start: {exc}"
 
