@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -146,3 +147,21 @@ def test_monitor_in_the_background_trains_off_the_cycle_and_judges_when_done(
     done = [a["retrain"] for a in mon.drain_alerts() if a.get("retrain", {}).get("trained")]
     assert done and done[0]["promoted"] is (done[0]["challenger_mae_w"] < done[0]["champion_mae_w"])
     assert done[0]["promoted"] and reg.alias("champion") == done[0]["challenger"] == mon.version
+
+
+def test_a_champion_this_code_cannot_read_is_reported_not_silently_replaced(
+    tmp_path: Path, small: tuple[object, Path]
+) -> None:
+    site, _ = small
+    topo = Topology.from_site(site)  # type: ignore[arg-type]
+    reg = Registry(tmp_path / REGISTRY_FILE)
+    assert LiveForecaster(site, topo, tmp_path).champion_problem is None  # type: ignore[arg-type]  # none yet
+    old = json.loads(prior_model(1e6).to_bytes())
+    old["features"] = [*old["features"][:-1], "a_feature_of_an_older_build"]
+    v = reg.register("job-aware", json.dumps(old).encode(), {}, t_s=0.0)
+    reg.promote(v, t_s=0.0)
+    fc = LiveForecaster(site, topo, tmp_path)  # type: ignore[arg-type]
+    assert fc.version == "prior"
+    assert fc.champion_problem is not None and f"champion {v} cannot be loaded" in fc.champion_problem
+    assert "do not match this code's" in fc.champion_problem
+    assert fc.forecast(1.78e9)["champion_problem"] == fc.champion_problem

@@ -16,6 +16,7 @@ and widen the bands (see :mod:`powerplane.forecast.jobaware`).
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +34,8 @@ from powerplane.forecast.placement import marginal_ratio, rack_forecast
 from powerplane.forecast.registry import Registry, RegistryError
 from powerplane.telemetry.snapshot import Quality, Snapshot
 from powerplane.topology import Topology
+
+log = logging.getLogger(__name__)
 
 F64 = NDArray[np.float64]
 I64 = NDArray[np.int64]
@@ -107,12 +110,19 @@ class LiveForecaster:
     # ------------------------------------------------------------------ model
 
     def _load_champion(self) -> tuple[JobAwareModel, str]:
+        """The registry's champion, or the prior: no registry, no champion yet, or a champion this code cannot
+        read (then ``champion_problem`` says why, and the log too; re-register: ``forecast backtest --register``)."""
+        self.champion_problem: str | None = None
         if self.registry is not None:
             try:
                 rec, blob = self.registry.load("champion")
+            except RegistryError:
+                return prior_model(self.scale_w), "prior"  # no champion yet
+            try:
                 return JobAwareModel.from_bytes(blob), rec.version
-            except (RegistryError, ValueError):
-                pass
+            except (ValueError, KeyError, TypeError) as exc:
+                self.champion_problem = f"champion {rec.version} cannot be loaded ({exc}); forecasting with the prior"
+                log.warning("%s", self.champion_problem)
         return prior_model(self.scale_w), "prior"
 
     def reload(self) -> str:
@@ -319,6 +329,8 @@ class LiveForecaster:
     def forecast(self, now_s: float, timeline: object | None = None) -> dict[str, Any]:
         """Site facility power over the next hour at 1-minute steps, JSON-ready (see the interface)."""
         out: dict[str, Any] = {"model": self.model_name, "t_s": [], "p10_w": [], "p50_w": [], "p90_w": []}
+        if self.champion_problem:
+            out["champion_problem"] = self.champion_problem
         res = self.predict(now_s, HOUR_H, timeline)
         if res is None:
             out["status"] = "no data yet"

@@ -96,7 +96,8 @@
         series.push(Object.assign(fy("p90_w"), { label: "forecast p90", width: 0 }));
         series.push(Object.assign(fy("p10_w"), { label: "forecast p10", width: 0 }));
         series.push(Object.assign(fy("p50_w"), { label: `forecast p50 (${f.model || "model"})`, color: "#ff8a5b", width: 1.2, dash: [2, 3] }));
-        $("ov-forecast-note").textContent = `Forecast of facility power: ${f.model || ""}, next hour at 1-min steps; shaded: P10-P90.`;
+        const problem = f.champion_problem ? ` Warning: ${f.champion_problem}.` : "";
+        $("ov-forecast-note").textContent = `Forecast of facility power: ${f.model || ""}, next hour at 1-min steps; shaded: P10-P90.${problem}`;
       } else {
         $("ov-forecast-note").textContent = `Forecast band: ${d.forecast_status}.`;
       }
