@@ -212,3 +212,13 @@ def test_peak_target_is_held_by_the_batteries_and_never_sheds() -> None:
     loop._window_id, loop._window_energy_j, loop._last_t = 0, 11e6 * 450.0, 450.0
     d = loop.step(_m(450.0, 11e6), 1.0)
     assert d.bess_total_w == pytest.approx(2e6) and d.shed_w == 0.0
+
+
+def test_no_discharge_past_the_load_when_export_is_not_allowed() -> None:
+    loop = FastLoop(_params(2), FastSettings(contract_w=1e9, damping=False, export_limit_w=0.0))
+    loop.plan_bess_w = 2e6  # the plan counted on 2 MW of load; 0.5 MW is there (net of solar)
+    d = loop.step(_m(0.0, 0.5e6), 1.0)
+    assert d.bess_total_w == pytest.approx(0.5e6) and "export limit" in d.reasons
+    loop = FastLoop(_params(2), FastSettings(contract_w=1e9, damping=False, export_limit_w=0.2e6))
+    loop.plan_bess_w = 2e6
+    assert loop.step(_m(0.0, 0.5e6), 1.0).bess_total_w == pytest.approx(0.7e6)

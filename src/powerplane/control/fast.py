@@ -3,7 +3,7 @@
 Each controller narrows the feasible interval of total battery power (a constraint a lower-priority controller
 cannot override) or shapes the grid-power target; the plan follower supplies the slow target. In priority order:
 
-1. limits guard   nameplate, SOC window, backup reserve, ramp rate, unit availability -> [lo, hi]
+1. limits guard   nameplate, SOC window, backup reserve, ramp rate, unit availability, export limit -> [lo, hi]
 2. safe mode      stale or invalid readings: hold the last setpoint, then return the batteries to idle
 3. backup         islanded: batteries carry the load (UPS role), compute is shed lowest class first
 4. contract cap   grid power at most the contract, instantaneously and as the 15-minute average
@@ -58,6 +58,7 @@ class FastSettings:
     contract_instant_factor: float = 1.1
     demand_window_s: float = 900.0
     poi_limit_w: float = np.inf
+    export_limit_w: float = np.inf  # grid export allowed at the point of interconnection (0: none)
     ramp_limit_w_per_s: float = 1e6
     damping_tau_s: float = 15.0
     damping: bool = True
@@ -159,6 +160,11 @@ class FastLoop:
             self._grid_filtered = None
             self._grid_out = None
             return self._finish(m, "backup", target, lo, hi, unit_lo, unit_hi, 0.0, shed, reasons, dt_s)
+        # Export limit: discharge beyond the load would push power out through the point of interconnection (or
+        # curtail the site's own renewables when export is not allowed): the batteries stop at it.
+        if load + s.export_limit_w < hi:
+            hi = max(load + s.export_limit_w, lo)
+            reasons.append("export limit")
         # 4. Contract cap: instantaneous and what the rest of the 15-minute window allows.
         limit = min(s.contract_w * s.contract_instant_factor, s.poi_limit_w)
         window = int(m.t_s // s.demand_window_s)

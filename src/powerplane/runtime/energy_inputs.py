@@ -125,6 +125,7 @@ def _settings(site: SiteConfig, damping: bool) -> FastSettings:
         contract_instant_factor=e.contract_instant_factor,
         demand_window_s=site.tariff.demand_window_min * 60.0,
         poi_limit_w=(el.poi_limit_kw or np.inf) * 1e3,
+        export_limit_w=el.export_limit_kw * 1e3,
         ramp_limit_w_per_s=e.ramp_limit_mw_per_s * 1e6,
         damping_tau_s=e.damping_time_constant_s,
         damping=damping,
