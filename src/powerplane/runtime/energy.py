@@ -465,6 +465,7 @@ class MpcPolicy(ManagedPolicy):
         super().__init__(twin, events)
         self._next_plan_s = -np.inf
         self._it_recent: list[float] = []
+        self._block_s = 60.0  # length of the blocks whose means _it_recent holds [s]
         self._hall_recent: F64 | None = None
         self.forecast_source: Callable[[float], Mapping[str, Any] | None] | None = None
         # Energy left at the horizon's end: None holds the terminal floor (e_T >= e_0); a value in money per kWh
@@ -475,6 +476,7 @@ class MpcPolicy(ManagedPolicy):
         self._it_now_w = float("nan")
 
     def after_block(self, block: TwinBlock) -> None:
+        self._block_s = float(block.t_s.size * self.twin.dt_s)
         self._it_recent.append(float(block.plant.it_power_w.mean()))
         self._it_recent = self._it_recent[-IT_HISTORY_BLOCKS:]
         self._hall_recent = block.fleet.hall_it_power_w.mean(axis=0)
@@ -494,9 +496,14 @@ class MpcPolicy(ManagedPolicy):
         start = np.floor(t_s / step) * step
         t = start + step * np.arange(round(e.planner_horizon_h * 3600.0 / step))
         # IT load: energy is planned on the median (P50), demand and the contract on the upper band (P90), so
-        # checkpoint dips and faults do not make the plan count on less peak than the site will draw.
+        # checkpoint dips and faults do not make the plan count on less peak than the site will draw. The band is
+        # that of demand-window means (what the bill sees), not of single blocks: minute swings average out.
         recent = np.asarray(self._it_recent if self._it_recent else [self.twin.fleet.design_it_power_w * 0.7])
-        p50, p90 = np.quantile(recent, [0.5, IT_FORECAST_QUANTILE])
+        per_window = max(round(self.site.tariff.demand_window_min * 60.0 / self._block_s), 1)
+        kernel = np.full(min(per_window, recent.size), 1.0 / min(per_window, recent.size))
+        windows = np.convolve(recent, kernel, "valid")
+        p50 = float(np.quantile(recent, 0.5))
+        p90 = max(float(np.quantile(windows, IT_FORECAST_QUANTILE)), p50)
         halls = (
             self._hall_recent
             if self._hall_recent is not None
