@@ -302,6 +302,23 @@ def create_app(runtime: LiveCore, tokens: TokenStore, chart_libs: dict[str, Path
         s = state()
         return clean({"status": s.forecast_status, "forecast": s.forecast})
 
+    @app.get("/api/forecast/racks")
+    def forecast_racks(p: Viewer) -> dict[str, Any]:
+        """Every rack's P10/P50/P90 (and every hall's P50) at 10 s, 1 min, 15 min, 1 h and 24 h ahead, in W, rows in
+        the topology's rack (hall) order, following the jobs placed on each rack; made once a simulated minute."""
+        s = state()
+        fc = s.forecast_racks
+        if fc is None:
+            return {"status": s.forecast_status if s.forecast_status != "ok" else "no data yet", "forecast": None}
+        return clean(
+            {
+                "status": s.forecast_status,
+                "racks": runtime.topology.rack_names,
+                "halls": runtime.topology.hall_names,
+                "forecast": fc,
+            }
+        )
+
     @app.get("/api/audit")
     def audit(p: Viewer, limit: Annotated[int, Query(ge=1, le=5000)] = 200, actor: str | None = None) -> dict[str, Any]:
         total, rows = runtime.audit(limit, actor)

@@ -154,6 +154,7 @@ class LiveCore:
         if self.forecaster is None and forecaster is None:
             self.forecast_status = "no forecaster"
         self._forecast: dict[str, Any] | None = None
+        self._forecast_racks: dict[str, Any] | None = None
         self._next_forecast_s = -np.inf
         # Cycle bookkeeping.
         self.cycles = 0
@@ -339,7 +340,11 @@ class LiveCore:
             self.forecaster.observe(snap)
             if snap.t_s >= self._next_forecast_s:
                 self._next_forecast_s = snap.t_s + FORECAST_EVERY_S
-                self._forecast = self.forecaster.forecast(snap.t_s, self._job_timeline(snap.t_s))
+                timeline = self._job_timeline(snap.t_s)
+                self._forecast = self.forecaster.forecast(snap.t_s, timeline)
+                racks = getattr(self.forecaster, "forecast_racks", None)
+                if racks is not None:  # every rack at every horizon, ~2 ms a minute
+                    self._forecast_racks = _rack_forecast_doc(snap.t_s, racks(snap.t_s, timeline))
                 self.forecast_status = "ok"
         except Exception as exc:
             self.forecast_status = f"forecast failed: {exc}"
@@ -497,6 +502,7 @@ class LiveCore:
             alerts=alerts,
             alert_status=self.alert_status,
             forecast=self._forecast,
+            forecast_racks=self._forecast_racks,
             forecast_status=self.forecast_status,
             cycle=CycleInfo(
                 cycles=self.cycles,
@@ -520,3 +526,10 @@ def _jsonable(rec: Any) -> dict[str, Any]:
     out = clean(rec if isinstance(rec, dict) else {"value": rec})
     assert isinstance(out, dict)
     return out
+
+
+def _rack_forecast_doc(t_s: float, fc: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The forecaster's per-rack arrays as JSON-ready lists ([rack][horizon], W), stamped with when it was made."""
+    if fc is None:
+        return None
+    return {"t_s": t_s, **{k: np.asarray(v, np.float64).tolist() for k, v in fc.items()}}

@@ -135,3 +135,6 @@ class LiveState:
     cycle: CycleInfo
     audit_count: int
     extra: dict[str, Any] = field(default_factory=dict)
+    # P10/P50/P90 per rack (and P50 per hall) at 10 s, 1 min, 15 min, 1 h, 24 h, computed with the site forecast
+    # (LiveForecaster.forecast_racks); served by GET /api/forecast/racks, not streamed
+    forecast_racks: dict[str, Any] | None = None
