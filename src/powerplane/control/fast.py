@@ -258,9 +258,7 @@ class FastLoop:
         if self._last_t is not None:
             self._window_energy_j += max(m.load_w - float(unit.sum()), 0.0) * max(m.t_s - self._last_t, 0.0)
         self._last_t = m.t_s
-        self._last_load_w = m.load_w
-        if self._grid_out is not None and mode == "normal":
-            self._grid_out = m.load_w - float(unit.sum())  # what the grid carries, for the next ramp step
+        self._last_load_w = m.load_w  # the next cycle's damping takes the grid as it ran from it (and bess_w)
         return Decision(m.t_s, mode, float(unit.sum()), command, grid_target, shed, (lo, hi), reasons)
 
     def _lead(self, unit_w: F64, actual_w: F64, dt_s: float) -> F64:
