@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -79,7 +80,11 @@ def _snap(t_s: float, power_w: float, jobs: dict[int, float]) -> Snapshot:
     )
 
 
-def test_monitor_alerts_retrains_and_promotes_only_a_winner(tmp_path: Path, small: tuple[object, Path]) -> None:
+def _overpromising_champion(
+    tmp_path: Path, small: tuple[object, Path], background: bool
+) -> tuple[Registry, str, MonitoredForecaster, Callable[[int], None]]:
+    """A registry whose champion (the prior) claims a 2 kW backtest MAE, its monitor, and ``feed(minute)``: the
+    site with a job checkpointing every 25 minutes, which the prior cannot forecast that well."""
     site, _ = small
     topo = Topology.from_site(site)  # type: ignore[arg-type]
     reg = Registry(tmp_path / REGISTRY_FILE)
@@ -87,13 +92,22 @@ def test_monitor_alerts_retrains_and_promotes_only_a_winner(tmp_path: Path, smal
     champ.meta = {"backtest": {"15min": {"mae_w": 2000.0}}}  # a promise the prior cannot keep here
     v = reg.register("job-aware", champ.to_bytes(), champ.meta, t_s=0.0)
     reg.promote(v, t_s=0.0)
-    mon = MonitoredForecaster(site, topo, tmp_path)  # type: ignore[arg-type]
-    assert mon.model_name == f"job-aware {v}"
+    mon = MonitoredForecaster(site, topo, tmp_path, background=background)  # type: ignore[arg-type]
     rng = np.random.default_rng(1)
     t0 = 1.78e9
-    for m in range(560):
+
+    def feed(m: int) -> None:
         big = 300e3 if m % 25 == 3 else 1000e3  # a job checkpointing every 25 minutes
         mon.observe(_snap(t0 + 60.0 * m, 400e3 + 1.3 * big + rng.normal(0, 4e3), {0: big, 1: 200e3}))
+
+    return reg, v, mon, feed
+
+
+def test_monitor_alerts_retrains_and_promotes_only_a_winner(tmp_path: Path, small: tuple[object, Path]) -> None:
+    reg, v, mon, feed = _overpromising_champion(tmp_path, small, background=False)
+    assert mon.model_name == f"job-aware {v}"
+    for m in range(560):
+        feed(m)
     alerts = mon.drain_alerts()
     assert alerts and alerts[0]["rule"] == "forecast_degraded" and alerts[0]["state"] == "firing"
     assert alerts[0]["value"] > 1.05
@@ -112,21 +126,7 @@ def test_monitor_alerts_retrains_and_promotes_only_a_winner(tmp_path: Path, smal
 def test_monitor_in_the_background_trains_off_the_cycle_and_judges_when_done(
     tmp_path: Path, small: tuple[object, Path]
 ) -> None:
-    site, _ = small
-    topo = Topology.from_site(site)  # type: ignore[arg-type]
-    reg = Registry(tmp_path / REGISTRY_FILE)
-    champ = prior_model(1e6)
-    champ.meta = {"backtest": {"15min": {"mae_w": 2000.0}}}
-    v = reg.register("job-aware", champ.to_bytes(), champ.meta, t_s=0.0)
-    reg.promote(v, t_s=0.0)
-    mon = MonitoredForecaster(site, topo, tmp_path, background=True)  # type: ignore[arg-type]
-    rng = np.random.default_rng(1)
-    t0 = 1.78e9
-
-    def feed(m: int) -> None:
-        big = 300e3 if m % 25 == 3 else 1000e3
-        mon.observe(_snap(t0 + 60.0 * m, 400e3 + 1.3 * big + rng.normal(0, 4e3), {0: big, 1: 200e3}))
-
+    reg, v, mon, feed = _overpromising_champion(tmp_path, small, background=True)
     m = 0
     while mon._training is None and m < 600:  # until the alert fires and a challenger is started
         feed(m)
