@@ -85,30 +85,15 @@ class MonitoredForecaster(LiveForecaster):
             again = self._retrain_now_or_later(t_s)  # the first try lacked history: again while the alert holds
             self._last_try = m
             self._retrained = bool(again.get("trained"))
-            self.alerts.append(
-                {
-                    "rule": "forecast_degraded",
-                    "state": "firing",
-                    "since_s": t_s,
-                    "retrain": again,
-                    "labels": {"model": self.model_name, "horizon": "15min"},
-                }
-            )
+            self.alerts.append(self._record("firing", t_s, retrain=again))
             return
         if roll > self.DEGRADED * ref and not self._firing:
             self._firing = True
-            alert: dict[str, Any] = {
-                "rule": "forecast_degraded",
-                "severity": "warning",
-                "state": "firing",
-                "since_s": t_s,
-                "value": roll / ref,
-                "labels": {"model": self.model_name, "horizon": "15min"},
-                "annotations": {
-                    "summary": f"rolling 15-min MAE {roll / 1e3:.0f} kW is {100 * (roll / ref - 1):.1f} % "
-                    f"above the backtest's {ref / 1e3:.0f} kW"
-                },
-            }
+            summary = (
+                f"rolling 15-min MAE {roll / 1e3:.0f} kW is {100 * (roll / ref - 1):.1f} % "
+                f"above the backtest's {ref / 1e3:.0f} kW"
+            )
+            alert = self._record("firing", t_s, severity="warning", value=roll / ref, summary=summary)
             self.alerts.append(alert)  # before the retrain, whose promotion resolves it
             first = self._retrain_now_or_later(t_s)
             alert["retrain"] = first
@@ -116,15 +101,15 @@ class MonitoredForecaster(LiveForecaster):
             self._last_try = m
         elif roll <= self.DEGRADED * ref and self._firing:
             self._firing = False
-            self.alerts.append(
-                {
-                    "rule": "forecast_degraded",
-                    "state": "resolved",
-                    "since_s": t_s,
-                    "value": roll / ref,
-                    "labels": {"model": self.model_name, "horizon": "15min"},
-                }
-            )
+            self.alerts.append(self._record("resolved", t_s, value=roll / ref))
+
+    def _record(self, state: str, t_s: float, summary: str | None = None, **fields: Any) -> dict[str, Any]:
+        """One ``forecast_degraded`` alert record (what :meth:`drain_alerts` hands to the runtime)."""
+        rec: dict[str, Any] = {"rule": "forecast_degraded", "state": state, "since_s": t_s, **fields}
+        rec["labels"] = {"model": self.model_name, "horizon": "15min"}
+        if summary is not None:
+            rec["annotations"] = {"summary": summary}
+        return rec
 
     def drain_alerts(self) -> list[dict[str, Any]]:
         out, self.alerts = self.alerts, []
@@ -158,12 +143,7 @@ class MonitoredForecaster(LiveForecaster):
 
     def _finish_background(self, fut: Future[Any], t_s: float) -> None:
         """The background challenger is done: register and judge it, and say so in an alert record."""
-        record: dict[str, Any] = {
-            "rule": "forecast_degraded",
-            "state": "firing" if self._firing else "resolved",
-            "since_s": t_s,
-            "labels": {"model": self.model_name, "horizon": "15min"},
-        }
+        record = self._record("firing" if self._firing else "resolved", t_s)
         self.alerts.append(record)  # before the judgement, whose promotion resolves the alert
         try:
             out = self._judge(fut.result(), t_s)
@@ -222,15 +202,8 @@ class MonitoredForecaster(LiveForecaster):
             self.errors.clear()
             self._pending.clear()
             if self._firing:
-                self.alerts.append(
-                    {
-                        "rule": "forecast_degraded",
-                        "state": "resolved",
-                        "since_s": t_s,
-                        "labels": {"model": self.model_name, "horizon": "15min"},
-                        "annotations": {"summary": "a challenger won on the scored window and is the champion"},
-                    }
-                )
+                summary = "a challenger won on the scored window and is the champion"
+                self.alerts.append(self._record("resolved", t_s, summary=summary))
             self._firing = False
         return out
 
