@@ -23,18 +23,36 @@ from powerplane.runtime.live_bus import BusLiveRuntime
 from powerplane.telemetry.snapshot import Quality
 
 
+def _live_status(proc_dir: Path) -> dict[str, str] | None:
+    """The fields of ``/proc/<pid>/status`` of a live process; None when it is gone or a zombie."""
+    try:
+        text = (proc_dir / "status").read_text()
+    except OSError:
+        return None
+    fields = dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
+    return None if fields.get("State", "").startswith("Z") else fields
+
+
+def _processes() -> list[tuple[int, dict[str, str]]]:
+    """(pid, status fields) of every live process but this one."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and int(d.name) != os.getpid():
+            st = _live_status(d)
+            if st is not None:
+                out.append((int(d.name), st))
+    return out
+
+
 def _processes_mentioning(text: str) -> list[str]:
     """Command lines of live processes that name ``text`` (the agents and trackers name their log directory)."""
     found = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit() or int(d.name) == os.getpid():
-            continue
+    for pid, _ in _processes():
         try:
-            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            status = (d / "status").read_text()
+            cmd = (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if text in cmd and "\nState:\tZ" not in status:
+        if text in cmd:
             found.append(cmd)
     return found
 
@@ -158,25 +176,11 @@ def test_cap_gpus_in_the_embedded_runtime_and_bad_arguments(tmp_path: Path) -> N
 
 def _alive_children(ppid: int) -> list[int]:
     """Pids of live (not zombie) processes whose parent is ``ppid``."""
-    found = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            status = (d / "status").read_text()
-        except OSError:
-            continue
-        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
-        if fields.get("PPid", "").strip() == str(ppid) and not fields.get("State", "").startswith("Z"):
-            found.append(int(d.name))
-    return found
+    return [pid for pid, st in _processes() if st.get("PPid", "").strip() == str(ppid)]
 
 
 def _alive(pid: int) -> bool:
-    try:
-        return not (Path("/proc") / str(pid) / "status").read_text().split("State:\t", 1)[1].startswith("Z")
-    except (OSError, IndexError):
-        return False
+    return _live_status(Path("/proc") / str(pid)) is not None
 
 
 @pytest.mark.slow
