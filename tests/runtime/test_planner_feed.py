@@ -32,8 +32,9 @@ def test_planner_counts_on_the_forecast_p90_as_it_load() -> None:
     t0 = 1_000_000.0
     pol.forecast_source = lambda now: _forecast(t0, 300e3)
     slots = t0 + 900.0 * np.arange(4)
-    it = pol._forecast_it(t0, slots, 900.0)
-    assert it is not None
+    bands = pol._forecast_bands(t0, slots, 900.0)
+    assert bands is not None
+    it = bands[1]  # the P90 the plan's peak and contract rows count on
     np.testing.assert_allclose(it, 150e3)  # 300 kW facility P90 x the present IT share 0.5, held past the hour
     assert pol.it_source == "forecast job-aware v1.0.0"
 
@@ -53,7 +54,7 @@ def test_planner_falls_back_to_persistence_without_a_usable_forecast(fc: Any) ->
     elif fc == "nan":
         fc = _forecast(t0, float("nan"))
     pol.forecast_source = lambda now: fc
-    assert pol._forecast_it(t0, t0 + 900.0 * np.arange(4), 900.0) is None
+    assert pol._forecast_bands(t0, t0 + 900.0 * np.arange(4), 900.0) is None
 
 
 def test_live_mpc_replans_on_the_live_forecast(tmp_path: Path) -> None:

@@ -554,12 +554,6 @@ class MpcPolicy(ManagedPolicy):
                 {"t_s": t_s, "actor": "planner", "mode": "plan", "why": f"solve failed: {exc}; {keep}"}
             )
 
-
-    def _forecast_it(self, t_s: float, t: F64, step_s: float) -> F64 | None:
-        """IT load per slot from the forecaster's P90, or None (no source, no forecast, stale, not finite)."""
-        bands = self._forecast_bands(t_s, t, step_s)
-        return None if bands is None else bands[1]
-
     def _forecast_bands(self, t_s: float, t: F64, step_s: float) -> tuple[F64, F64] | None:
         """IT load per slot from the forecaster (P50, P90), or None (no source, no forecast, stale, not finite)."""
         if self.forecast_source is None:
