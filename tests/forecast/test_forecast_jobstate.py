@@ -65,12 +65,12 @@ def test_a_rhythm_learned_wrong_relocks_onto_evenly_spaced_checkpoints() -> None
 def test_a_stall_returns_after_the_learned_restart_delay_then_ramps() -> None:
     st = JobState()
     st.describe(np.array([0]), np.array([0]), np.array([64]))
-    st.flat_samples_min, st.ramp_len_min = np.array([6.0, 10.0]), 4.0
+    st.flat_samples_min, st.flat_weights, st.ramp_len_min = np.array([6.0, 10.0]), np.array([1.0, 1.0]), 4.0
     s = [1000.0] * 20 + [100.0] * 4  # stalled for 4 minutes at the end (minutes 20-23)
     _feed(st, {0: s})
     pr = st.project(np.array([1, 5, 10, 20]), len(s) - 1)
-    # minute 23 + h is (3.5 + h - D) / 4 of the way up the ramp for each learned flat duration D (6 and 10)
-    assert np.allclose(pr.now_w + pr.stall_w, [100.0, 100.0 + 900.0 * 0.3125, 100.0 + 900.0 * 0.9375, 1000.0])
+    # minute 23 + h is (3.5 + h - D) / 4 of the way up the ramp, D the median learned flat duration (6 of 6, 10)
+    assert np.allclose(pr.now_w + pr.stall_w, [100.0, 100.0 + 900.0 * 0.625, 1000.0, 1000.0])
     assert np.allclose(pr.ckpt_w, 0.0)  # a stall's return is its own feature, not a checkpoint's
     assert np.allclose(pr.job_delta_w[0], pr.stall_w)
     # flat for 8 minutes: only the 10-minute restart delay is still possible
@@ -86,7 +86,9 @@ def test_stalls_of_training_jobs_teach_the_restart_delay_not_service_dips() -> N
     service = [1000.0] * 10 + [300.0] * 12 + [1000.0] * 2  # an inference service's load falling for 12 minutes
     _feed(st, {0: train, 1: service})
     assert st.flat_samples_min.tolist() == [7.0, 7.0]  # the prior and the training job's 7 flat minutes
-    assert abs(st.ramp_len_min - (0.8 * 5.0 + 0.2 * 2.0)) < 1e-9
+    assert st.ramp_samples_min.tolist() == [5.0, 2.0]  # the prior and the training job's 2-minute ramp
+    assert st.ramp_len_min == pytest.approx(3.5)  # their median, for jobs that have not restarted yet
+    assert st.own_ramp_min[0] == pytest.approx(2.0) and np.isnan(st.own_ramp_min[1])  # the job restarts its way
 
 
 def test_services_repeat_with_their_learned_period() -> None:
@@ -125,3 +127,67 @@ def test_bad_values_are_dropped_not_zeroed() -> None:
 
 def test_gpu_bucket_edges() -> None:
     assert gpu_bucket(np.array([1, 3, 7, 31, 255, 256])).tolist() == [0, 1, 2, 3, 4, 5]
+
+
+def test_the_restart_delay_is_the_gpu_weighted_median_of_the_stalls_seen() -> None:
+    st = JobState()
+    # flat durations seen: 8, 10 and 12 minutes on an 8,192-GPU job, 400 (a pause, not a fault) on 128 GPUs
+    st.flat_samples_min = np.array([12.0, 400.0, 8.0, 10.0])
+    st.flat_weights = np.array([8192.0, 128.0, 8192.0, 8192.0])
+    got = st._median_flat_min(np.array([1.0, 9.0, 11.0, 13.0, 500.0]))
+    assert got.tolist() == [10.0, 12.0, 12.0, 400.0, 501.0]  # longer than every one seen: it ends about now
+    # (a mean over the samples would put the first at 107.5 minutes, pulled by the one pause)
+
+
+def test_a_job_restarts_along_its_own_ramp_and_steps_up_to_its_level() -> None:
+    st = JobState()
+    st.describe(np.array([0]), np.array([0]), np.array([64]))
+    # a stall: 6 flat minutes at 200 W, a 3-minute start-up ramp to 680 W (60 % of the way), then the level
+    first = [1000.0] * 20 + [200.0] * 6 + [360.0, 520.0, 680.0] + [1000.0] * 20
+    _feed(st, {0: first})
+    assert st.own_ramp_min[0] == pytest.approx(3.0)
+    assert st.own_top[0] == pytest.approx(0.6)
+    assert st.own_floor[0] == pytest.approx(0.2)
+    # the next stall, 2 minutes flat so far: median delay 6 (the prior 7 weighs 1 GPU against 64), then the ramp
+    _feed_from(st, 49, {0: [200.0, 200.0]})
+    pr = st.project(np.array([4, 5, 6, 7, 8]), 50)
+    # minute 50 + h is (h + 1.5 - 6) / 3 of the way up: 0.6 of the span times that, the level once it is done
+    want = [200.0, 200.0 + 800.0 * 0.6 * 0.5 / 3, 200.0 + 800.0 * 0.6 * 1.5 / 3, 200.0 + 800.0 * 0.6 * 2.5 / 3, 1000.0]
+    assert np.allclose(pr.now_w + pr.stall_w, want)
+
+
+def test_a_deep_dip_off_the_beat_is_a_stall_from_its_first_minute() -> None:
+    def rhythm(last: float) -> JobState:
+        st = JobState()
+        st.describe(np.array([0]), np.array([0]), np.array([64]))
+        s = [1000.0] * 60
+        for m in (10, 30, 50):  # checkpoints every 20 minutes
+            s[m] = 400.0
+        _feed(st, {0: [*s, last]})
+        return st
+
+    st = rhythm(500.0)  # minute 60: half way down, 10 minutes off the beat (the next checkpoint is due at 70)
+    assert abs(st.period_min[0] - 20.0) < 0.3
+    pr = st.project(np.array([1, 5]), 60)
+    # a stall: it stays down (at its lowest so far, no stall floor learned yet) for the restart delay, where a
+    # checkpoint or a blip would be back at the level
+    assert np.allclose(pr.now_w + pr.job_delta_w.sum(axis=0), 500.0) and np.allclose(pr.ckpt_w, 0.0)
+    st = rhythm(880.0)  # a shallow dip off the beat (a straggler): back at the level
+    pr = st.project(np.array([1, 5]), 60)
+    assert np.allclose(pr.stall_w, 0.0) and np.all(pr.now_w + pr.job_delta_w.sum(axis=0) > 990.0)
+
+
+def test_a_checkpoint_off_its_beat_moves_the_beat_half_way() -> None:
+    st = JobState()
+    st.describe(np.array([0]), np.array([0]), np.array([64]))
+    s = [1000.0] * 80
+    for m in (10, 30, 50):
+        s[m] = 400.0
+    s[71] = 400.0  # a minute late
+    _feed(st, {0: s[:60]})
+    beat, period = st.anchor_f[0] + st.period_min[0], st.period_min[0]
+    _feed_from(st, 60, {0: s[60:]})
+    miss = st.dip_start_f[0] - beat
+    assert 0.5 < miss < 1.5
+    assert st.anchor_f[0] == pytest.approx(beat + 0.5 * miss)  # half of the miss: one dip's noise is damped
+    assert st.period_min[0] == pytest.approx(period + 0.2 * miss)

@@ -27,6 +27,8 @@ DIP_RATIO = 0.9  # a minute below this share of the level is a dip (checkpoint o
 DEFAULT_CKPT_DEPTH = 0.25  # checkpoint power / level until a job's own is seen
 MAX_CKPT_MINUTES = 3  # longer dips are stalls (faults), not checkpoints
 BEAT_TOL_MIN = 1.5  # a dip within this of a multiple of the period is a checkpoint on the beat
+PLL_PHASE = 0.5  # share of a checkpoint's miss of its beat that moves the beat
+PLL_PERIOD = 0.2  # share of the miss (per beat) that moves the period
 RELOCK_DEPTH = 0.75  # a short dip below this share of the level is deep (a checkpoint, not a straggler)
 STALL_DEPTH_SHARE = 0.95  # a dip below this share of the checkpoint depth is a stall from its first minute
 MIN_LEVEL_MINUTES = 3  # minutes before a job's own level is trusted
@@ -36,6 +38,8 @@ SERVICE_KINDS = (2, 3)  # kinds whose long dips are load, not stalls (inference,
 STALL_DEPTH = 0.5  # a dip below this share of the level, longer than a checkpoint, teaches the stall shape
 N_STALL_SAMPLES = 32  # recent stalls whose flat duration is kept (the restart delay's distribution)
 PRIOR_FLAT_MIN = 7.0  # flat minutes of a stall before any is seen
+PRIOR_RAMP_MIN = 5.0  # minutes of a restart ramp before any is seen
+OWN_RAMP_WEIGHT = 0.5  # weight of a job's latest restart ramp in its own (a job restarts the same way each time)
 PERIOD_MIN_RANGE = (30.0, 90.0)  # where the services' load period (tiled arrival traces) is searched [min]
 PERIOD_STEP_MIN = 0.05
 PERIOD_EVERY_MIN = 60  # how often the period is searched again
@@ -158,12 +162,19 @@ class JobState:
         self.kind = np.zeros(0, np.int64)  # -1 unknown
         self.n_gpus = np.zeros(0, np.int64)
         self.end_min = np.zeros(0)  # expected end minute (inf unknown)
+        self.own_ramp_min = np.zeros(0)  # the job's own restart ramp [min] (NaN: it has not restarted yet)
+        self.own_floor = np.zeros(0)  # the job's power while stalled / its level (NaN: not stalled yet)
+        self.own_top = np.zeros(0)  # where the job's restart ramp ends before it jumps to its level (share of span)
         # class profiles: EWMA of W per GPU by (kind + 1 for unknown, bucket)
         self.profile_w_per_gpu = np.full((n_kinds + 1, N_GPU_BUCKETS), np.nan)
         self.fleet_w_per_gpu = np.nan
         # learned from the stalls of training jobs: flat minutes (the restart delay) and the restart ramp
         self.flat_samples_min = np.array([PRIOR_FLAT_MIN])
-        self.ramp_len_min = 5.0
+        self.flat_weights = np.array([1.0])  # GPUs of the job each flat duration was seen on
+        self.ramp_samples_min = np.array([PRIOR_RAMP_MIN])
+        self.ramp_len_min = PRIOR_RAMP_MIN  # median of the recent ramps: for jobs that have not restarted yet
+        self.floor_samples = np.zeros(0)  # recent stalls' floor power / level
+        self.top_samples = np.zeros(0)  # recent restart ramps' last minute before the level, as a share of the span
         # the services' summed power per minute and its period (arrival traces repeat), 0: none found yet
         self.service_hist_w = np.full(1024, np.nan)
         self.service_period_min = 0.0
@@ -201,6 +212,9 @@ class JobState:
             ("kind", -1),
             ("n_gpus", 0),
             ("end_min", np.inf),
+            ("own_ramp_min", np.nan),
+            ("own_floor", np.nan),
+            ("own_top", np.nan),
         ):
             old = getattr(self, name)
             new = np.full(cap, fill, dtype=old.dtype)
@@ -280,7 +294,14 @@ class JobState:
         self.last_deep_f[jc] = np.where(deep, start_f, self.last_deep_f[jc])
         accept = ~after_ckpt | (old_p <= 0) | on_beat | shifted | relock
         learn = after_ckpt & ((old_p <= 0) | on_beat) & (gap > 0)
+        # a checkpoint on the beat nudges the rhythm (a phase-locked loop): the beat moves part of the way to the
+        # dip's estimated start and the period by a smaller share of the miss, so one dip's estimation noise (its
+        # start comes from a partial minute) does not move the next beat by all of it
+        locked = learn & (old_p > 0) & on_beat
+        miss = gap - k * old_p
+        pll_start = np.where(locked, self.anchor_f[jc] + k * old_p + PLL_PHASE * miss, start_f)
         self.period_min[jc] = np.where(learn, np.where(old_p > 0, 0.5 * old_p + 0.5 * gap / k, gap), old_p)
+        self.period_min[jc] = np.where(locked, old_p + PLL_PERIOD * miss / k, self.period_min[jc])
         self.period_min[jc] = np.where(relock, gap3, self.period_min[jc])
         # the first checkpoint after a restart teaches how it sits relative to the stall's end
         first_after = self.stall_end[jc] >= 0
@@ -290,6 +311,7 @@ class JobState:
             self.post_stall_lag_min = 0.7 * self.post_stall_lag_min + 0.3 * float(np.mean(lag[use_lag]))
         self.stall_end[jc] = -1
         jc = jc[accept]
+        beat_f = pll_start[accept]
         start_f = start_f[accept]
         self.n_dips[jc] += 1
         # the full depth is the deepest minute seen (a checkpoint never goes below it); the duration follows
@@ -299,7 +321,7 @@ class JobState:
         area = self.dip_area[jc]
         self.ckpt_area_min[jc] = np.where(self.n_dips[jc] == 1, area, 0.7 * self.ckpt_area_min[jc] + 0.3 * area)
         self.ckpt_dur_min[jc] = self.ckpt_area_min[jc] / np.maximum(1.0 - self.ckpt_depth[jc], 0.05)
-        self.anchor_f[jc] = start_f
+        self.anchor_f[jc] = beat_f
         self.anchor_is_ckpt[jc] = True
         js = je[~short]
         # only deep dips of training jobs teach the stall shape (a service's long dip is its load falling)
@@ -307,8 +329,27 @@ class JobState:
         if teach.size:
             flat_min = (self.floor_last[teach] + 1 - self.dip_start[teach]).astype(np.float64)
             self.flat_samples_min = np.concatenate([self.flat_samples_min, flat_min])[-N_STALL_SAMPLES:]
-            ramp = minute - 1 - self.floor_last[teach]
-            self.ramp_len_min = 0.8 * self.ramp_len_min + 0.2 * float(np.mean(np.clip(ramp, 1, None)))
+            gpus = np.maximum(self.n_gpus[teach], 1).astype(np.float64)
+            self.flat_weights = np.concatenate([self.flat_weights, gpus])[-N_STALL_SAMPLES:]
+            ramp = np.clip(minute - 1 - self.floor_last[teach], 1, None).astype(np.float64)
+            # a restart replays the job's own start-up (its checkpoint re-read): its ramp is the job's, the
+            # median of recent ones stands in for jobs that have not restarted yet (robust to odd long dips)
+            self.ramp_samples_min = np.concatenate([self.ramp_samples_min, ramp])[-N_STALL_SAMPLES:]
+            self.ramp_len_min = float(np.median(self.ramp_samples_min))
+            floor = self.dip_min_w[teach] / np.maximum(self.level_w[teach], 1e-9)
+            self.floor_samples = np.concatenate([self.floor_samples, floor])[-N_STALL_SAMPLES:]
+            self.own_floor[teach] = floor
+            # a restart ramps through its start-up and then steps up to the level: the last ramp minute's share of
+            # the way up (self.last_w still holds the previous minute here)
+            lv = np.maximum(self.level_w[teach], 1e-9)
+            top = (self.last_w[teach] - self.dip_min_w[teach]) / np.maximum(lv - self.dip_min_w[teach], 1e-9)
+            top = np.where(ramp >= 2, np.clip(top, 0.2, 1.0), np.nan)  # a one-minute ramp shows no shape
+            self.top_samples = np.concatenate([self.top_samples, top[np.isfinite(top)]])[-N_STALL_SAMPLES:]
+            self.own_top[teach] = np.where(np.isfinite(top), top, self.own_top[teach])
+            own = self.own_ramp_min[teach]
+            self.own_ramp_min[teach] = np.where(
+                np.isfinite(own), (1.0 - OWN_RAMP_WEIGHT) * own + OWN_RAMP_WEIGHT * ramp, ramp
+            )
         # a stalled job restarts, its checkpoint timer with it: the next checkpoint comes about a period after
         # the stall ends (a learned lag)
         self.anchor_f[js] = minute + self.post_stall_lag_min
@@ -432,12 +473,15 @@ class JobState:
         # a dip that lasts too long or goes deeper than any checkpoint is a stall: flat, then a restart ramp
         dipping = self.in_dip[ids] & ~service
         too_deep = now < STALL_DEPTH_SHARE * depth * self.level_w[ids]
-        stalled = dipping & ((m - self.dip_start[ids] >= MAX_CKPT_MINUTES) | too_deep)
-        in_short = dipping & ~stalled
-        # a dip in progress continues as a checkpoint only on the beat of a known rhythm (else it is a blip)
         gap_now = self.dip_start_f[ids] - self.anchor_f[ids]
         p_now = np.where(known, period, 1.0)
         beat_now = np.abs(gap_now - np.maximum(np.round(gap_now / p_now), 1.0) * p_now) < BEAT_TOL_MIN
+        # a deep dip off the beat of a known rhythm is a fault from its first minute: stragglers are shallow and
+        # checkpoints keep the beat (on texas 59 of 73 such first minutes of the 8,192-GPU job were faults)
+        off_beat = known & ~beat_now & (now < RELOCK_DEPTH * self.level_w[ids])
+        stalled = dipping & ((m - self.dip_start[ids] >= MAX_CKPT_MINUTES) | too_deep | off_beat)
+        in_short = dipping & ~stalled
+        # a dip in progress continues as a checkpoint only on the beat of a known rhythm (else it is a blip)
         in_short &= ~known | beat_now
         rs = np.flatnonzero(in_short)
         if rs.size:
@@ -474,25 +518,47 @@ class JobState:
         )
 
     def _stall_return(self, jobs: I64, now_w: F64, m: int, h: I64) -> F64:
-        """Expected power [jobs, horizons] of stalled jobs: flat for the rest of their restart delay (averaged over
-        the learned flat durations longer than the time already spent flat), then the restart ramp to the level;
-        a job already ramping continues from where it is on the ramp."""
-        lv, fl = self.level_w[jobs], self.dip_min_w[jobs]
+        """Median power [jobs, horizons] of stalled jobs: flat for the rest of their restart delay, then the
+        restart ramp (the job's own, else the recent median) to the level; a job already ramping continues from
+        where it is on the ramp. Over the learned flat durations longer than the time already spent flat the
+        power at a future minute falls with the duration, so its median (what MAE rewards; a mean is pulled by
+        the rare long stall) is the power of the median remaining delay."""
+        lv = self.level_w[jobs]
+        # the floor: the lowest minute so far, or lower where the job's earlier stalls (else recent ones) went
+        # lower: the first minute of a fault holds only part of a minute at the floor
+        prior = self.own_floor[jobs]
+        if self.floor_samples.size:
+            prior = np.where(np.isfinite(prior), prior, float(np.median(self.floor_samples)))
+        fl = np.fmin(self.dip_min_w[jobs], prior * lv)
         span = np.maximum(lv - fl, 1.0)
-        ramp_n = max(self.ramp_len_min, 1.0)
+        own = self.own_ramp_min[jobs]
+        ramp_n = np.maximum(np.where(np.isfinite(own), own, self.ramp_len_min), 1.0)[:, None]  # [J, 1]
+        top = self.own_top[jobs]
+        if self.top_samples.size:
+            top = np.where(np.isfinite(top), top, float(np.median(self.top_samples)))
+        top = np.where(np.isfinite(top), top, 1.0)[:, None]  # [J, 1]; 1: a straight ramp to the level
         ramping = self.floor_last[jobs] < m
         # ramping: position along the ramp [min] from the power reached
-        pos = np.clip((now_w - fl) / span, 0.0, 1.0) * ramp_n
-        ahead = (pos[:, None] + h[None, :]) / ramp_n  # [J, H]
-        # flat: the ramp starts at dip_start + D, D a learned flat duration at least the minutes spent flat
+        pos = np.clip((now_w - fl)[:, None] / (span[:, None] * top), 0.0, 1.0) * ramp_n
+        ahead = (pos + h[None, :]) / ramp_n  # [J, H]
+        # flat: the ramp starts at dip_start + D, D the median of the learned flat durations at least the minutes
+        # spent flat, each weighted by its job's GPUs (a large job's floor and ramp are clean; a small job's long
+        # deep dip is as often throttling or a pause as a fault)
         elapsed = (m + 1 - self.dip_start[jobs]).astype(np.float64)
-        d = self.flat_samples_min[None, :]  # [1, S]
-        cond = d >= elapsed[:, None]  # [J, S]
-        d_eff = np.where(cond, d, np.nan)
-        none = ~cond.any(axis=1)
-        d_eff[none] = (elapsed[none] + 1.0)[:, None]  # longer than every stall seen: it ends about now
+        d_med = self._median_flat_min(elapsed)
         # minute m + h lies (m + h + 0.5) - (dip_start + D) minutes into the ramp
-        into = (m + h[None, :, None] + 0.5 - self.dip_start[jobs][:, None, None] - d_eff[:, None, :]) / ramp_n
-        share_flat = np.nanmean(np.clip(into, 0.0, 1.0), axis=2)
-        share = np.where(ramping[:, None], np.clip(ahead, 0.0, 1.0), share_flat)
+        into = (m + h[None, :] + 0.5 - (self.dip_start[jobs] + d_med)[:, None]) / ramp_n
+        u = np.where(ramping[:, None], ahead, into)  # share of the ramp done at each future minute
+        share = np.where(u >= 1.0, 1.0, top * np.clip(u, 0.0, 1.0))
         return np.asarray(fl[:, None] + span[:, None] * share)
+
+    def _median_flat_min(self, elapsed_min: F64) -> F64:
+        """Weighted median of the learned flat durations at least ``elapsed_min`` (per job); a stall longer than
+        every one seen ends about a minute from now."""
+        order = np.argsort(self.flat_samples_min)
+        d, w = self.flat_samples_min[order], self.flat_weights[order]
+        cond = d[None, :] >= elapsed_min[:, None]  # [J, S]
+        cw = np.cumsum(np.where(cond, w[None, :], 0.0), axis=1)
+        total = cw[:, -1:]
+        k = np.argmax(cw >= 0.5 * total, axis=1)
+        return np.asarray(np.where(total[:, 0] > 0, d[k], elapsed_min + 1.0))
