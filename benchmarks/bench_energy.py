@@ -319,14 +319,14 @@ def _realized_it(hours: float) -> tuple[Any, Any]:
 
 def _ablation_run(variant: str, hours: float) -> dict[str, Any]:
     """One variant: a policy with one change, through the same `simulate` (make_policy swapped in this process)."""
-    from powerplane.runtime import energy
+    from powerplane.runtime import energy, energy_mpc
 
     site_arg = "texas"
     make = energy.make_policy
     if variant.startswith("mpc-"):
         realized = _realized_it(hours + 25.0) if variant == "mpc-realized" else None
 
-        class Variant(energy.MpcPolicy):
+        class Variant(energy_mpc.MpcPolicy):
             def _forecast_bands(self, t_s: float, t: Any, step_s: float) -> Any:
                 if realized is None:
                     return super()._forecast_bands(t_s, t, step_s)

@@ -113,3 +113,44 @@ def test_peak_headroom_plans_demand_on_the_upper_band() -> None:
     assert capped.grid_w[2] <= 0.2e6 + 1
     with pytest.raises(ValueError, match="peak_headroom_w"):
         check_inputs(_inputs(peak_headroom_w=np.zeros(3)))
+
+
+def test_load_scenarios_hold_the_peak_with_recourse_paid_by_probability() -> None:
+    # Each hour the load may be 0.5 MW higher (even odds). Keeping that room in every hour, as if it were certain,
+    # takes 2 MWh of planned discharge to hold 1 MW, which a 1 MWh battery cannot give: the peak rises to 1.25 MW.
+    # With scenarios the battery covers the excess only when it comes (0.5 MWh expected over the 4 hours... and
+    # the worst case within the SOC window), so it holds a lower peak.
+    common = dict(price_per_kwh=np.full(4, 0.1), demand_rate_per_kw=10.0, soc0=np.array([1.0]),
+                  soc_final=np.array([0.0]))
+    headroom = solve_plan(_inputs(peak_headroom_w=np.full(4, 0.5e6), **common))
+    assert headroom.peak_w == pytest.approx(1.25e6, rel=1e-6)
+    eps = np.tile([0.0, 0.5e6], (4, 1))
+    scen = solve_plan(_inputs(peak_scenarios_w=eps, peak_scenario_p=np.array([0.5, 0.5]), **common))
+    assert 1e6 <= scen.peak_w < headroom.peak_w - 0.1e6
+    # The plan keeps energy back for the recourse: its expected use is reported, at most half the excess.
+    assert 0 < scen.info["recourse_expected_kwh"] <= 0.5 * 0.5 * 4 * 1000 + 1e-6
+    # The same plan with no excess possible needs no recourse.
+    calm = solve_plan(_inputs(peak_scenarios_w=np.zeros((4, 2)), peak_scenario_p=np.array([0.5, 0.5]), **common))
+    assert calm.info["recourse_expected_kwh"] == pytest.approx(0.0, abs=1e-6)
+    assert calm.peak_w == pytest.approx(1e6 - 0.25e6, rel=1e-6)  # 1 MWh spread evenly over the 4 hours
+
+
+def test_damping_wear_is_priced_around_the_plan() -> None:
+    # No spread to trade on: the plan idles, and the damping's +-0.5 MW around it wears the battery all 4 hours.
+    common = dict(price_per_kwh=np.full(4, 0.1), degradation_cost_per_kwh=0.02, soc0=np.array([0.5]),
+                  soc_final=np.array([0.5]))
+    idle = solve_plan(_inputs(**common))
+    damped = solve_plan(_inputs(damping_w=np.tile([-0.5e6, 0.5e6], (4, 1)), **common))
+    assert damped.objective - idle.objective == pytest.approx(4 * 0.5 * 1000 * 0.02, rel=1e-6)
+    # A plan that charges or discharges at least 0.5 MW carries the +-0.5 MW swing at no extra throughput; the
+    # damped plan spreads its 1 MWh trade over the hours so that it never idles, at the same cost.
+    dear = np.array([0.1, 0.1, 0.5, 0.5])
+    trade = solve_plan(_inputs(price_per_kwh=dear, degradation_cost_per_kwh=0.02))
+    trade_damped = solve_plan(_inputs(price_per_kwh=dear, degradation_cost_per_kwh=0.02,
+                                      damping_w=np.tile([-0.5e6, 0.5e6], (4, 1))))
+    assert np.all(np.abs(trade_damped.bess_w) >= 0.5e6 - 1.0)
+    assert trade_damped.objective == pytest.approx(trade.objective, rel=1e-6)
+    with pytest.raises(ValueError, match="damping_w"):
+        check_inputs(_inputs(damping_w=np.zeros((3, 2))))
+    with pytest.raises(ValueError, match="probabilities"):
+        check_inputs(_inputs(peak_scenarios_w=np.zeros((4, 2)), peak_scenario_p=np.array([0.5, 0.6])))

@@ -9,7 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from powerplane.config import load_scenario
+from powerplane.runtime import energy_mpc
 from powerplane.runtime.energy import DR_CREDIT_PER_KWH, parse_dr
+from powerplane.runtime.energy_mpc import MpcPolicy
 from powerplane.runtime.simulate import SimulateOptions, simulate
 
 
@@ -121,9 +123,12 @@ def test_status_reports_safe_mode_planner_failure_and_demand(monkeypatch: pytest
     assert st["contract_w"] == site.electrical.contract_demand_kw * 1e3
     step = policy.controller()
     policy.before_block(twin.now_s)
+    assert isinstance(policy, MpcPolicy) and policy.plan is None  # no plan before the first reading of the load
     block = twin.advance(60, step)  # type: ignore[arg-type]
     policy.after_block(block)
     assert policy.status()["demand_15min_w"] == pytest.approx(float(block.plant.grid_power_w.mean()))
+    policy.before_block(twin.now_s)  # the first plan, on the first block's reading
+    assert policy.plan is not None
     # An invalid reading (NaN grid power) puts the fast loop in safe mode: hold, then idle.
     u = twin.plant.bess_soc.size
     step(twin.now_s, float("nan"), np.zeros(u), twin.plant.bess_soc, 50.0, False, None)  # type: ignore[operator]
@@ -134,7 +139,7 @@ def test_status_reports_safe_mode_planner_failure_and_demand(monkeypatch: pytest
     def fail(*a: object, **k: object) -> None:
         raise PlanError("planner LP not solved: Infeasible")
 
-    monkeypatch.setattr(energy, "solve_plan", fail)
+    monkeypatch.setattr(energy_mpc, "solve_plan", fail)
     policy.before_block(twin.now_s + 3600.0)  # past the replan interval: solves, fails, keeps the last plan
     assert policy.status()["planner_failed"] == 1.0
     assert isinstance(policy, energy.ManagedPolicy) and policy.plan is not None  # the last valid plan is kept
@@ -171,15 +176,15 @@ def test_mpc_follows_the_plans_battery_schedule_and_holds_its_peak(monkeypatch: 
     site, path = load_scenario("small")
     twin = Twin(site, path, seed=0)
     policy = energy.make_policy("mpc", twin, [])
-    assert isinstance(policy, energy.MpcPolicy)
+    assert isinstance(policy, MpcPolicy)
     seen = []
-    real_solve = energy.solve_plan
+    real_solve = energy_mpc.solve_plan
 
     def solve(inputs: object) -> object:
         seen.append(inputs)
         return real_solve(inputs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(energy, "solve_plan", solve)
+    monkeypatch.setattr(energy_mpc, "solve_plan", solve)
     step = policy.controller()
     for _ in range(20):
         policy.before_block(twin.now_s)
@@ -204,3 +209,68 @@ def test_mpc_follows_the_plans_battery_schedule_and_holds_its_peak(monkeypatch: 
     assert policy.loop.plan_bess_w == pytest.approx(float(plan.bess_w[0].sum()))
     assert policy.loop.plan_grid_w is None
     assert policy.loop.peak_target_w == pytest.approx(max(plan.peak_w, policy.month_peak_w))
+
+
+def test_mpc_prices_a_new_peak_by_the_share_of_the_billing_period_left() -> None:
+    from powerplane.runtime.energy_mpc import month_end_s
+    from powerplane.twin.twin import Twin
+
+    site, path = load_scenario("texas")
+    twin = Twin(site, path, seed=0)
+    policy = MpcPolicy(twin, [])
+    policy.demand_rate_scale = 7 / 30.4
+    now = twin.now_s
+    policy.billing_end_s = now + 7 * 86400.0
+    # A 24 h horizon at the start of a 7-day period: a peak set now binds 7 days, each paying to hold it.
+    assert policy.demand_rate_share(now) == pytest.approx(7 / 30.4 / 7)
+    assert policy.demand_rate_share(now + 6.5 * 86400.0) == pytest.approx(7 / 30.4)  # the last horizon: all of it
+    # Live: the calendar month in the site's zone (texas starts 2026-07-14 local: 18 days to 1 August).
+    policy.billing_end_s = None
+    policy.demand_rate_scale = 1.0
+    end = month_end_s(now, site.timezone)
+    assert (end - now) / 86400.0 == pytest.approx(18.0)
+    assert policy.demand_rate_share(now) == pytest.approx(1 / 18)
+
+
+def test_mpc_peak_scenarios_come_from_the_forecast_band_or_the_last_day() -> None:
+    from powerplane.runtime.energy_mpc import SCENARIO_LEVELS, SCENARIO_MIN_WINDOWS
+    from powerplane.twin.twin import Twin
+
+    site, path = load_scenario("small")
+    policy = MpcPolicy(Twin(site, path, seed=0), [])
+    it = np.full(6, 10e6)
+    # Too little history: the P90 headroom is kept instead.
+    scen, source = policy._scenarios(it, it * 1.1, False)
+    assert scen is None and "headroom" in source
+    windows = np.array([9.0, 10.0, 10.0, 11.0, 10.0, 12.0, 10.0, 10.5, 9.5, 10.0]) * 1e6
+    policy._it_windows.extend(windows.tolist())
+    assert len(policy._it_windows) >= SCENARIO_MIN_WINDOWS
+    scen, source = policy._scenarios(it, it * 1.1, False)
+    assert scen is not None and scen.shape == (6, SCENARIO_LEVELS.size) and "demand windows" in source
+    np.testing.assert_allclose(scen[0], np.quantile(windows - np.median(windows), SCENARIO_LEVELS))
+    # From the forecaster: P90 - P50 read as 1.28 sigma of a normal spread; the middle scenario is the median.
+    band = np.linspace(1e6, 2e6, 6)
+    scen, source = policy._scenarios(it, it + band, True)
+    assert scen is not None and source == "forecast band"
+    np.testing.assert_allclose(scen[:, SCENARIO_LEVELS.size // 2], 0.0, atol=1e-6)
+    np.testing.assert_allclose(scen[:, -1] / band, scen[0, -1] / band[0])  # scales with the band
+
+
+def test_mpc_measures_the_fast_loops_work_around_the_plan_and_prices_its_wear() -> None:
+    from powerplane.twin.twin import Twin
+
+    site, path = load_scenario("small")
+    twin = Twin(site, path, seed=0)
+    policy = MpcPolicy(twin, [])
+    step = policy.controller()
+    for _ in range(8):
+        policy.before_block(twin.now_s)
+        policy.after_block(twin.advance(60, step))  # type: ignore[arg-type]
+    r = policy.residual_w[np.isfinite(policy.residual_w)]
+    assert r.size >= 7 * 60  # one per cycle once a plan is followed
+    q = policy._damping_quantiles()
+    assert q is not None and q.size == 8 and np.all(np.diff(q) >= 0)
+    policy._next_plan_s = -np.inf
+    policy.before_block(twin.now_s)
+    assert policy.plan_basis["damping_mean_abs_w"] == pytest.approx(float(np.mean(np.abs(q))))
+    assert 0 < float(policy.plan_basis["demand_rate_share"]) <= 1.0

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from powerplane.config.loader import load_scenario
-from powerplane.runtime.energy import MpcPolicy
+from powerplane.runtime.energy_mpc import MpcPolicy
 from powerplane.runtime.live import LiveOptions, LiveRuntime
 from powerplane.twin.twin import Twin
 

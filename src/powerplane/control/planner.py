@@ -18,6 +18,11 @@ Per step t (length ``dt_h``) and battery unit u, in MW / MWh:
               g_t - z_t <= dr_limit_t                                            demand-response commitments
               g_t + q_t <= dr_baseline_t,  0 <= q_t                              energy below the DR baseline
               g_t + h_t - y_t <= grid_cap                                        contract, with headroom (soft)
+    or, with load scenarios eps_tk (probability p_k) instead of the headroom h:
+              P >= mean of (g + eps_k - v_k) over each demand window, for each k  the peak in every scenario
+              sum_u (d_tu - c_tu) + v_tk <= sum_u Pmax_u,  0 <= v_tk <= max(eps_tk, 0) recourse discharge
+              e_tu -= share_u sum_k p_k v_tk dt / eta_d (expected use), worst case within the SOC window
+              + sum_tk p_k (deg_cost - price_t) v_tk dt                          recourse paid when it happens
               0 <= s_t <= shed_max_t                                             compute lever (GPU caps, deferral)
 
 Built from arrays in small ``_define_*`` steps (PyPSA/linopy style); no solver state is kept on the plan.
@@ -81,6 +86,16 @@ class PlanInputs:
     # [T] load above ``load_w`` to keep room for in the peak and the contract rows (e.g. forecast P90 - P50, with
     # ``load_w`` the P50: energy is planned on the median, demand on the upper band)
     peak_headroom_w: F64 | None = None
+    # [T, K] facility load deviations from ``load_w`` in K scenarios per step, with probabilities
+    # ``peak_scenario_p`` [K]: the peak and contract rows hold in every scenario, the batteries covering a
+    # scenario's excess by recourse discharge that is paid for (energy, wear) only with the scenario's probability.
+    # Replaces ``peak_headroom_w`` (which keeps the upper band's room in every step, as if it were certain).
+    peak_scenarios_w: F64 | None = None
+    peak_scenario_p: F64 | None = None
+    # [T, J] battery power the fast loop's damping adds around the plan in each step (J equally likely values, e.g.
+    # quantiles of the ramp limiter's residual): wear is then priced on E|plan + damping| per step, which is
+    # |plan| when the plan is far from idle and the damping's own throughput when it idles.
+    damping_w: F64 | None = None
 
 
 @dataclass
@@ -222,6 +237,17 @@ def check_inputs(p: PlanInputs) -> None:
     h = p.peak_headroom_w
     if h is not None and (h.shape != (t,) or not np.all(np.isfinite(h))):
         raise ValueError(f"peak_headroom_w must be {t} finite values")
+    sc, sp = p.peak_scenarios_w, p.peak_scenario_p
+    if (sc is None) != (sp is None):
+        raise ValueError("peak_scenarios_w and peak_scenario_p go together")
+    if sc is not None and sp is not None:
+        if sc.ndim != 2 or sc.shape[0] != t or sp.shape != (sc.shape[1],) or not np.all(np.isfinite(sc)):
+            raise ValueError(f"peak_scenarios_w must be ({t}, K) finite values with K probabilities")
+        if np.any(sp < 0) or abs(float(sp.sum()) - 1.0) > 1e-6:
+            raise ValueError("peak_scenario_p must be probabilities that sum to 1")
+    dw = p.damping_w
+    if dw is not None and (dw.ndim != 2 or dw.shape[0] != t or dw.shape[1] < 1 or not np.all(np.isfinite(dw))):
+        raise ValueError(f"damping_w must be ({t}, J) finite values")
     if p.hall_load_w.shape != (t, p.busbar_w.size):
         raise ValueError(f"hall_load_w has shape {p.hall_load_w.shape}, expected ({t}, {p.busbar_w.size})")
     for name in ("energy_j", "soc0", "soc_min", "soc_max", "eta_charge", "eta_discharge", "unit_hall"):
@@ -248,8 +274,11 @@ def solve_plan(p: PlanInputs, time_limit_s: float = 10.0) -> Plan:
     g = lp.var(t_n, 0.0, min(p.import_limit_w, 1e15) * mw, p.price_per_kwh * kwh)
     x = lp.var(t_n, 0.0, p.export_limit_w * mw, -p.export_price_per_kwh * kwh)
     pmax = np.repeat(p.power_max_w[None, :] * mw, t_n, axis=0).ravel()
-    c = lp.var(t_n * u_n, 0.0, pmax, p.degradation_cost_per_kwh * kwh).reshape(t_n, u_n)
-    d = lp.var(t_n * u_n, 0.0, pmax, p.degradation_cost_per_kwh * kwh).reshape(t_n, u_n)
+    unit_wear = p.degradation_cost_per_kwh * kwh if p.damping_w is None else 0.0
+    c = lp.var(t_n * u_n, 0.0, pmax, unit_wear).reshape(t_n, u_n)
+    d = lp.var(t_n * u_n, 0.0, pmax, unit_wear).reshape(t_n, u_n)
+    if p.damping_w is not None:
+        _define_damped_wear(lp, p, c, d, kwh)
     e_cap = p.energy_j / 3.6e9  # MWh
     e_lo = np.repeat((p.soc_min * e_cap)[None, :], t_n, axis=0)
     e_hi = np.repeat((p.soc_max * e_cap)[None, :], t_n, axis=0)
@@ -272,8 +301,11 @@ def solve_plan(p: PlanInputs, time_limit_s: float = 10.0) -> Plan:
     lp.coef(rows[:, None], c, -1.0)
     lp.coef(rows, s, 1.0)
     lp.coef(rows, r, -1.0)
-    _define_soc(lp, p, c, d, e, e_cap, dt_h)
-    _define_peak(lp, p, g, peak, t_n)
+    soc_rows = _define_soc(lp, p, c, d, e, e_cap, dt_h)
+    scen = p.peak_scenarios_w is not None and p.peak_scenario_p is not None
+    v = _define_recourse(lp, p, g, c, d, e, peak, soc_rows, e_cap, dt_h) if scen else None
+    if not scen:
+        _define_peak(lp, p, g, peak, t_n)
     if p.contract_w is not None and p.contract_over_rate_per_kw > 0:
         over = lp.var(1, 0.0, INF, p.contract_over_rate_per_kw * 1000.0)
         row = lp.rows(1, -INF, p.contract_threshold * p.contract_w * mw)
@@ -283,7 +315,12 @@ def solve_plan(p: PlanInputs, time_limit_s: float = 10.0) -> Plan:
     headroom = np.zeros(t_n) if p.peak_headroom_w is None else p.peak_headroom_w
     if p.grid_cap_w is not None and np.isfinite(p.grid_cap_w):
         over = lp.var(t_n, 0.0, INF, p.cap_penalty_per_kwh * kwh)
-        rows = lp.rows(t_n, -INF, (p.grid_cap_w - headroom) * mw)
+        if v is not None and p.peak_scenarios_w is not None:  # the highest scenario, with its recourse
+            top = np.argmax(p.peak_scenarios_w, axis=1)
+            rows = lp.rows(t_n, -INF, (p.grid_cap_w - p.peak_scenarios_w[np.arange(t_n), top]) * mw)
+            lp.coef(rows, v[np.arange(t_n), top], -1.0)
+        else:
+            rows = lp.rows(t_n, -INF, (p.grid_cap_w - headroom) * mw)
         lp.coef(rows, g, 1.0)
         lp.coef(rows, over, -1.0)
     if p.dr_limit_w is not None:
@@ -315,6 +352,9 @@ def solve_plan(p: PlanInputs, time_limit_s: float = 10.0) -> Plan:
             "columns": float(lp.n_col),
             "rows": float(lp.n_row),
             "dr_credited_kwh": float(sol[q].sum() * kwh) if q.size else 0.0,
+            "recourse_expected_kwh": float((sol[v] @ p.peak_scenario_p).sum() * kwh)
+            if v is not None and p.peak_scenario_p is not None
+            else 0.0,
         },
     )
 
@@ -336,8 +376,8 @@ def _define_dr_credit(lp: _Lp, p: PlanInputs, g: NDArray[np.int64], kwh: float) 
 
 def _define_soc(
     lp: _Lp, p: PlanInputs, c: NDArray[np.int64], d: NDArray[np.int64], e: NDArray[np.int64], e_cap: F64, dt_h: float
-) -> None:
-    """e_t - e_{t-1} - eta_c c_t dt + d_t / eta_d dt = 0; e_{-1} = soc0 E."""
+) -> NDArray[np.int64]:
+    """e_t - e_{t-1} - eta_c c_t dt + d_t / eta_d dt = 0; e_{-1} = soc0 E. Returns the rows [T, U]."""
     t_n, u_n = c.shape
     rhs = np.zeros((t_n, u_n))
     rhs[0] = p.soc0 * e_cap
@@ -346,6 +386,74 @@ def _define_soc(
     lp.coef(rows[1:], e[:-1], -1.0)
     lp.coef(rows, c, -p.eta_charge[None, :] * dt_h)
     lp.coef(rows, d, 1.0 / p.eta_discharge[None, :] * dt_h)
+    return rows
+
+
+def _define_recourse(
+    lp: _Lp,
+    p: PlanInputs,
+    g: NDArray[np.int64],
+    c: NDArray[np.int64],
+    d: NDArray[np.int64],
+    e: NDArray[np.int64],
+    peak: NDArray[np.int64],
+    soc_rows: NDArray[np.int64],
+    e_cap: F64,
+    dt_h: float,
+) -> NDArray[np.int64]:
+    """The peak held in every load scenario (two-stage: the schedule is planned on ``load_w``, the batteries cover
+    a scenario's excess when it comes). Returns the recourse columns v [T, K] (MW)."""
+    assert p.peak_scenarios_w is not None and p.peak_scenario_p is not None
+    eps = p.peak_scenarios_w * 1e-6
+    prob = p.peak_scenario_p
+    t_n, k_n = eps.shape
+    kwh = 1000.0 * dt_h
+    # Paid with the scenario's probability: wear, less the grid energy it saves; a hair more than planned
+    # discharge, so that the plan does its arbitrage in d and leaves v to the peak.
+    cost = prob[None, :] * (p.degradation_cost_per_kwh - p.price_per_kwh[:, None] + 1e-4) * kwh
+    v = lp.var(t_n * k_n, 0.0, np.maximum(eps, 0.0).ravel(), cost.ravel()).reshape(t_n, k_n)
+    # Peak in every scenario, per demand window.
+    window = np.floor(p.t_s / p.demand_window_s).astype(np.int64)
+    _, inverse, counts = np.unique(window, return_inverse=True, return_counts=True)
+    w_n = counts.size
+    rhs = -np.stack([np.bincount(inverse, weights=eps[:, k], minlength=w_n) for k in range(k_n)], axis=1)
+    rows = lp.rows(w_n * k_n, -INF, (rhs / counts[:, None]).ravel()).reshape(w_n, k_n)
+    lp.coef(rows[inverse], g[:, None], (1.0 / counts[inverse])[:, None])
+    lp.coef(rows[inverse], v, -(1.0 / counts[inverse])[:, None])
+    lp.coef(rows, peak[0], -1.0)
+    # Discharge power: planned plus recourse within nameplate.
+    pmax = float(p.power_max_w.sum()) * 1e-6
+    rows = lp.rows(t_n * k_n, -INF, pmax).reshape(t_n, k_n)
+    lp.coef(rows[:, :, None], d[:, None, :], 1.0)
+    lp.coef(rows[:, :, None], c[:, None, :], -1.0)
+    lp.coef(rows, v, 1.0)
+    # Expected energy of the recourse, shared by the units as their capacity.
+    share = e_cap / max(float(e_cap.sum()), 1e-12)
+    vals = share[None, None, :] * prob[None, :, None] * dt_h / p.eta_discharge[None, None, :]
+    lp.coef(soc_rows[:, None, :], v[:, :, None], vals)
+    # The worst scenario's recourse must find its energy above the SOC floor (beyond the expected use).
+    top = np.argmax(eps, axis=1)
+    eta = float(np.mean(p.eta_discharge))
+    rows = lp.rows(t_n, float((p.soc_min * e_cap).sum()), INF)
+    lp.coef(rows[:, None], e, 1.0)
+    lp.coef(rows, v[np.arange(t_n), top], -dt_h / eta)
+    lp.coef(rows[:, None], v, prob[None, :] * dt_h / eta)
+    return v
+
+
+def _define_damped_wear(lp: _Lp, p: PlanInputs, c: NDArray[np.int64], d: NDArray[np.int64], kwh: float) -> None:
+    """Wear on E_j |sum_u (d_tu - c_tu) + delta_tj|: a_tj >= +-(plan + delta_tj), priced per kWh / J."""
+    assert p.damping_w is not None
+    delta = p.damping_w * 1e-6
+    t_n, j_n = delta.shape
+    a = lp.var(t_n * j_n, 0.0, INF, p.degradation_cost_per_kwh * kwh / j_n).reshape(t_n, j_n)
+    for sign in (1.0, -1.0):
+        # a - sign * (sum d - sum c) >= sign * delta
+        rows = lp.rows(t_n * j_n, (sign * delta).ravel(), INF).reshape(t_n, j_n)
+        lp.coef(rows, a, 1.0)
+        lp.coef(rows[:, :, None], d[:, None, :], -sign)
+        lp.coef(rows[:, :, None], c[:, None, :], sign)
+    # Charging and discharging at once is no longer priced: the efficiency loss still rules it out.
 
 
 def _define_peak(lp: _Lp, p: PlanInputs, g: NDArray[np.int64], peak: NDArray[np.int64], t_n: int) -> None:

@@ -15,11 +15,8 @@ The batteries are commanded every step from the previous step's readings; GPU ca
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -39,9 +36,8 @@ from powerplane.control.dr import (
 )
 from powerplane.control.fast import Decision, FastLoop, Measurements, allocate
 from powerplane.control.levers import CLASS_ORDER, ComputeLever
-from powerplane.control.planner import Plan, PlanError, solve_plan
+from powerplane.control.planner import Plan
 from powerplane.core.commands import DeferJob, GpuPowerCap
-from powerplane.forecast.planner_feed import planner_it_load
 from powerplane.physics import cooling
 from powerplane.physics.battery import BessParams
 from powerplane.runtime.energy_inputs import BESS_CELL_TEMP_C, _settings, planner_inputs
@@ -88,6 +84,8 @@ class Policy:
         # The bill of a run shorter than a month carries that share of the monthly demand charge; the planner
         # prices a new peak the same way so that it optimises the bill it is judged on (1.0 for live operation).
         self.demand_rate_scale = 1.0
+        # End of the billing period the demand charge is for (simulate: the run's end; None: the calendar month's).
+        self.billing_end_s: float | None = None
         self.dr_credit_per_kwh = DR_CREDIT_PER_KWH
         window = round(self.site.tariff.demand_window_min * 60.0 / twin.dt_s)
         self._grid_ring = np.full(max(window, 1), np.nan)  # the last demand window of grid import [W]
@@ -207,6 +205,10 @@ class ManagedPolicy(Policy):
         self._last_kinds: frozenset[str] = frozenset({"normal"})
         self._pue = 1.3
         self._it_per_gpu_w = 1.5  # IT watts per GPU watt (node overhead, network, storage), measured each block
+        # What the fast loop adds to the plan's battery power (damping, frequency response), one entry per cycle
+        # over the last hour (at most 36,000): the planner prices its wear around the plan.
+        self.residual_w = np.full(min(max(round(3600.0 / twin.dt_s), 1), 36_000), np.nan)
+        self._residual_i = 0
 
     def controller(self) -> object:
         import time
@@ -225,6 +227,9 @@ class ManagedPolicy(Policy):
                 self.loop.peak_target_w = max(self.plan.peak_w, self.month_peak_w) if inside else None
             m = Measurements(t, grid, bess, soc, freq, island, hall)
             d: Decision = self.loop.step(m, self.twin.dt_s)
+            if d.mode == "normal" and self.loop.plan_bess_w is not None:
+                self.residual_w[self._residual_i % self.residual_w.size] = d.bess_total_w - self.loop.plan_bess_w
+                self._residual_i += 1
             self.safe_mode = d.mode == "safe"
             self.shed_w = max(self.shed_w, d.shed_w)
             self.stats.decisions += 1
@@ -450,133 +455,13 @@ class ManagedPolicy(Policy):
             )
 
 
-class MpcPolicy(ManagedPolicy):
-    """Replans every ``replan_min`` over ``planner_horizon_h``; cooling and renewables come from the weather.
-
-    IT load: with ``forecast_source`` set (a callable ``now_s -> forecast dict`` of the job-aware forecaster, see
-    :meth:`powerplane.forecast.LiveForecaster.forecast`; the live runtime sets it), the champion's P90 per planner
-    slot (``forecast.planner_feed.planner_it_load``; the last forecast minute is held past its hour), so the plan
-    counts on the load the queue says is coming and keeps the upper band's headroom under the contract. Without one,
-    or when the forecast is missing, stale or empty, a high quantile of the last hour (persistence)."""
-
-    name = "mpc"
-
-    def __init__(self, twin: Twin, events: list[DemandResponseEvent]) -> None:
-        super().__init__(twin, events)
-        self._next_plan_s = -np.inf
-        self._it_recent: list[float] = []
-        self._block_s = 60.0  # length of the blocks whose means _it_recent holds [s]
-        self._hall_recent: F64 | None = None
-        self.forecast_source: Callable[[float], Mapping[str, Any] | None] | None = None
-        # Energy left at the horizon's end: None holds the terminal floor (e_T >= e_0); a value in money per kWh
-        # prices it instead (see energy_inputs.terminal_value_per_kwh).
-        self.terminal_value_per_kwh: float | None = None
-        self.it_source = "persistence"  # what the last plan's IT load came from: "forecast <model>" or persistence
-        self._facility_now_w = float("nan")
-        self._it_now_w = float("nan")
-
-    def after_block(self, block: TwinBlock) -> None:
-        self._block_s = float(block.t_s.size * self.twin.dt_s)
-        self._it_recent.append(float(block.plant.it_power_w.mean()))
-        self._it_recent = self._it_recent[-IT_HISTORY_BLOCKS:]
-        self._hall_recent = block.fleet.hall_it_power_w.mean(axis=0)
-        self._facility_now_w = float(block.plant.facility_power_w[-1])
-        self._it_now_w = float(block.plant.it_power_w[-1])
-        super().after_block(block)
-
-    def before_block(self, t_s: float) -> None:
-        super().before_block(t_s)
-        if t_s >= self._next_plan_s:
-            self._next_plan_s = t_s + self.site.energy.replan_min * 60.0
-            self._replan(t_s)
-
-    def _replan(self, t_s: float) -> None:
-        e = self.site.energy
-        step = e.planner_step_min * 60.0
-        start = np.floor(t_s / step) * step
-        t = start + step * np.arange(round(e.planner_horizon_h * 3600.0 / step))
-        # IT load: energy is planned on the median (P50), demand and the contract on the upper band (P90), so
-        # checkpoint dips and faults do not make the plan count on less peak than the site will draw. The band is
-        # that of demand-window means (what the bill sees), not of single blocks: minute swings average out.
-        recent = np.asarray(self._it_recent if self._it_recent else [self.twin.fleet.design_it_power_w * 0.7])
-        per_window = max(round(self.site.tariff.demand_window_min * 60.0 / self._block_s), 1)
-        kernel = np.full(min(per_window, recent.size), 1.0 / min(per_window, recent.size))
-        windows = np.convolve(recent, kernel, "valid")
-        p50 = float(np.quantile(recent, 0.5))
-        p90 = max(float(np.quantile(windows, IT_FORECAST_QUANTILE)), p50)
-        halls = (
-            self._hall_recent
-            if self._hall_recent is not None
-            else np.full(self.twin.topo.n_halls, p90 / self.twin.topo.n_halls)
-        )
-        bands = self._forecast_bands(t_s, t, step)
-        if bands is None:
-            it_w, it_hi_w = np.full(t.size, p50), np.full(t.size, p90)
-            self.it_source = "persistence"
-        else:
-            it_w, it_hi_w = bands
-        # The halls keep their present shares of the upper band (busbars are limits: plan them on P90).
-        total = float(halls.sum())
-        share = halls / total if total > 0 else np.full(halls.size, 1.0 / halls.size)
-        hall_w = it_hi_w[:, None] * share[None, :]
-        inputs = planner_inputs(
-            self.twin,
-            t,
-            it_w,
-            hall_w,
-            self.month_peak_w,
-            self.events,
-            self.baseline_w,
-            self.demand_rate_scale,
-            self.dr_credit_per_kwh,
-            self._reducible_compute_w(t_s),
-            it_hi_w,
-        )
-        if self.terminal_value_per_kwh is not None:
-            inputs = dataclasses.replace(inputs, terminal_value_per_kwh=self.terminal_value_per_kwh)
-        try:
-            self.plan = solve_plan(inputs)
-            # Deferrable jobs start in the plan's cheaper windows (cost: energy price of the slot).
-            self.twin.workload.sched.set_plan(
-                [(float(a), float(a + inputs.dt_s), float(c)) for a, c in zip(t, inputs.price_per_kwh, strict=True)]
-            )
-            self.stats.plan_solves += 1
-            self.stats.plan_solve_s.append(self.plan.solve_s)
-            self.stats.plan_t_s.extend(t.tolist())
-            self.stats.plan_grid_w.extend(self.plan.grid_w.tolist())
-            self.planner_failed = False
-        except (PlanError, ValueError) as exc:
-            # Keep following the last valid plan; without one the fast loop runs on rules alone.
-            self.stats.plan_failures += 1
-            self.planner_failed = True
-            keep = "keeping the last plan" if self.plan is not None else "rule-based control only"
-            self.stats.audit.append(
-                {"t_s": t_s, "actor": "planner", "mode": "plan", "why": f"solve failed: {exc}; {keep}"}
-            )
-
-    def _forecast_bands(self, t_s: float, t: F64, step_s: float) -> tuple[F64, F64] | None:
-        """IT load per slot from the forecaster (P50, P90), or None (no source, no forecast, stale, not finite)."""
-        if self.forecast_source is None:
-            return None
-        fc = self.forecast_source(t_s)
-        if not fc or fc.get("stale") or not fc.get("t_s"):
-            return None
-        if float(fc["t_s"][-1]) < t_s:  # a forecast whose hour has passed says nothing about what comes
-            return None
-        res = planner_it_load(fc, t, step_s, self._facility_now_w, self._it_now_w)
-        if res is None or not all(np.all(np.isfinite(x)) and np.all(x > 0) for x in res):
-            return None
-        self.it_source = f"forecast {fc.get('model', '')}".strip()
-        p50 = np.asarray(res[0], np.float64)
-        return p50, np.maximum(np.asarray(res[1], np.float64), p50)
-
-
 def _finite_mean(x: F64) -> float | None:
     f = x[np.isfinite(x)]
     return float(f.mean()) if f.size else None
 
 
 def make_policy(name: str, twin: Twin, events: list[DemandResponseEvent]) -> Policy:
+    from powerplane.runtime.energy_mpc import MpcPolicy
     from powerplane.runtime.energy_oracle import OraclePolicy
 
     classes: dict[str, type[Policy]] = {

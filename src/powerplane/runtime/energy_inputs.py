@@ -65,13 +65,20 @@ def planner_inputs(
     dr_credit_per_kwh: float = 0.0,
     dr_shed_max_w: float = 0.0,
     it_hi_w: F64 | None = None,
+    it_scenarios_w: F64 | None = None,
+    scenario_p: F64 | None = None,
+    damping_w: F64 | None = None,
+    terminal_value_per_kwh: float | None = None,
 ) -> PlanInputs:
     """Planner inputs from an IT-load forecast: facility load via the cooling model and the weather, renewables
     from the weather year, prices from the tariff, battery state from the plant. Demand-response events become
     commitments (grid at most baseline x (1 - reduction)), a credit per kWh below the baseline, and compute that
     may be shed during them (``dr_shed_max_w`` facility watts, at ``shed_cost_per_kwh``). With ``it_hi_w`` (the
     forecast's upper band, ``it_w`` its median) the facility load between the two is headroom the plan keeps in
-    its peak and contract rows."""
+    its peak and contract rows. With ``it_scenarios_w`` ([T, K] IT-load deviations from ``it_w``, probabilities
+    ``scenario_p``) the peak and contract rows hold in every scenario instead, with recourse discharge.
+    ``damping_w`` ([T, J] what the fast loop adds around the plan) prices wear on plan plus damping, and
+    ``terminal_value_per_kwh`` values the energy left at the end instead of the terminal SOC floor."""
     site = twin.site
     plant = twin.plant
     mid = t + 0.5 * (t[1] - t[0] if t.size > 1 else 900.0)
@@ -81,6 +88,9 @@ def planner_inputs(
     per_it = 1.0 + plant.other_fraction + 1.0 / np.maximum(cop, 0.5)
     load = it_w * per_it + aux
     headroom = None if it_hi_w is None else np.maximum(it_hi_w - it_w, 0.0) * per_it
+    scenarios = None if it_scenarios_w is None else it_scenarios_w * per_it[:, None]
+    if scenarios is not None:
+        headroom = None
     hour = weather.hour_of_year(mid, site.timezone)
     renew = weather.interpolate_hourly(plant.solar_hourly, hour) + weather.interpolate_hourly(plant.wind_hourly, hour)
     price = tariff.price_per_kwh(mid, site.tariff, site.timezone)
@@ -113,6 +123,10 @@ def planner_inputs(
         dr_baseline_w=dr_base if in_event.any() else None,
         dr_credit_per_kwh=dr_credit_per_kwh,
         peak_headroom_w=headroom,
+        peak_scenarios_w=scenarios,
+        peak_scenario_p=None if scenarios is None else scenario_p,
+        damping_w=damping_w,
+        terminal_value_per_kwh=terminal_value_per_kwh,
     )
 
 

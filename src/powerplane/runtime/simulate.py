@@ -465,6 +465,7 @@ def simulate(opts: SimulateOptions, progress: Callable[[int, int], None] | None 
         twin = Twin(site, site_file, seed=opts.seed, dt_s=opts.step_s)
         policy = make_policy(opts.policy, twin, events)
         policy.demand_rate_scale = min(1.0, opts.hours / (30.4 * 24.0))  # the bill prorates the monthly charge
+        policy.billing_end_s = twin.now_s + opts.hours * S_PER_H  # the run is the billing period
         per_block = block_steps(steps_per_interval)
         t0 = time.perf_counter()
         if isinstance(policy, OraclePolicy):  # perfect foresight: the same twin's load, without batteries
