@@ -191,3 +191,20 @@ def test_a_checkpoint_off_its_beat_moves_the_beat_half_way() -> None:
     assert 0.5 < miss < 1.5
     assert st.anchor_f[0] == pytest.approx(beat + 0.5 * miss)  # half of the miss: one dip's noise is damped
     assert st.period_min[0] == pytest.approx(period + 0.2 * miss)
+
+
+def test_a_restart_restarts_the_checkpoint_beat_at_the_jobs_own_lag() -> None:
+    st = JobState()
+    st.describe(np.array([0]), np.array([0]), np.array([64]))
+    s = [1000.0] * 55
+    for m in (10, 30, 50):  # checkpoints every 20 minutes
+        s[m] = 400.0
+    # a stall at 55-64, the start-up ramp 65-67, back at the level 7/8 of the way through minute 68 (its mean 950
+    # is 7/8 of the way from the ramp's last 600 to the level)
+    s += [200.0] * 10 + [400.0, 500.0, 600.0, 950.0] + [1000.0] * 40
+    _feed(st, {0: s[:69]})
+    assert st.restart_f[0] == pytest.approx(68.125)
+    assert st.anchor_f[0] == pytest.approx(68.125 + st.post_stall_lag_min)  # no lag of its own yet
+    s[88] = 400.0  # the first checkpoint after the restart
+    _feed_from(st, 69, {0: s[69:95]})
+    assert st.own_lag_min[0] == pytest.approx(st.dip_start_f[0] - 68.125 - st.period_min[0])

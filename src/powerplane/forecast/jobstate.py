@@ -154,6 +154,8 @@ class JobState:
         self.last_deep_f = np.zeros(0)  # start of the last deep short dip (-1: none)
         self.deep_gap = np.zeros(0)  # minutes between the last two deep short dips (-1: none)
         self.stall_end = np.zeros(0, np.int64)  # minute the last stall ended, until the next checkpoint (-1)
+        self.restart_f = np.zeros(0)  # fractional minute the last stalled job was back at its level
+        self.own_lag_min = np.zeros(0)  # the job's first checkpoint after a restart = restart + period + this
         self.ckpt_depth = np.zeros(0)  # learned power during a checkpoint / level (NaN: not seen yet)
         self.floor_last = np.zeros(0, np.int64)  # last minute of the current dip spent near its lowest power
         self.in_dip = np.zeros(0, bool)
@@ -201,6 +203,8 @@ class JobState:
             ("ckpt_area_min", 0.75),
             ("dip_area", 0.0),
             ("stall_end", -1),
+            ("restart_f", -1.0),
+            ("own_lag_min", np.nan),
             ("last_dip_f", -1.0),
             ("last_deep_f", -1.0),
             ("deep_gap", -1.0),
@@ -305,10 +309,13 @@ class JobState:
         self.period_min[jc] = np.where(relock, gap3, self.period_min[jc])
         # the first checkpoint after a restart teaches how it sits relative to the stall's end
         first_after = self.stall_end[jc] >= 0
-        lag = start_f - self.stall_end[jc] - self.period_min[jc]
+        lag = start_f - self.restart_f[jc] - self.period_min[jc]
         use_lag = first_after & (self.period_min[jc] > 0) & (np.abs(lag) < 5.0)
         if np.any(use_lag):
             self.post_stall_lag_min = 0.7 * self.post_stall_lag_min + 0.3 * float(np.mean(lag[use_lag]))
+            # the lag is the job's own (its checkpoint's length): a job restarts the same way each time
+            jl, ol = jc[use_lag], self.own_lag_min[jc[use_lag]]
+            self.own_lag_min[jl] = np.where(np.isfinite(ol), 0.5 * ol + 0.5 * lag[use_lag], lag[use_lag])
         self.stall_end[jc] = -1
         jc = jc[accept]
         beat_f = pll_start[accept]
@@ -351,8 +358,14 @@ class JobState:
                 np.isfinite(own), (1.0 - OWN_RAMP_WEIGHT) * own + OWN_RAMP_WEIGHT * ramp, ramp
             )
         # a stalled job restarts, its checkpoint timer with it: the next checkpoint comes about a period after
-        # the stall ends (a learned lag)
-        self.anchor_f[js] = minute + self.post_stall_lag_min
+        # it is back at its level (a learned lag, the job's own once seen); back part way through this minute:
+        # the share of the minute above the ramp's last minute
+        prev = self.last_w[js]
+        p_js = p[ending][~short]
+        up = np.clip((p_js - prev) / np.maximum(self.level_w[js] - prev, 1e-9), 0.0, 1.0)
+        self.restart_f[js] = minute + 1.0 - up
+        own_lag = self.own_lag_min[js]
+        self.anchor_f[js] = self.restart_f[js] + np.where(np.isfinite(own_lag), own_lag, self.post_stall_lag_min)
         self.anchor_is_ckpt[js] = False
         self.stall_end[js] = minute
         self.in_dip[ids] = dip
