@@ -222,3 +222,31 @@ def test_no_discharge_past_the_load_when_export_is_not_allowed() -> None:
     loop = FastLoop(_params(2), FastSettings(contract_w=1e9, damping=False, export_limit_w=0.2e6))
     loop.plan_bess_w = 2e6
     assert loop.step(_m(0.0, 0.5e6), 1.0).bess_total_w == pytest.approx(0.7e6)
+
+
+def test_ramp_limited_series_matches_the_fast_loops_damping() -> None:
+    from powerplane.control.fast import ramp_limited
+
+    # A 3 MW square swing every 5 s on 10 MW, at 1 s: the limiter's grid ramps at most 0.9 MW/s, and the fast loop
+    # itself, idle otherwise (plan-free, batteries ideal), hands the batteries exactly the same share.
+    t = np.arange(600.0)
+    load = 10e6 + 3e6 * ((t // 5) % 2)
+    s = FastSettings(contract_w=50e6, ramp_limit_w_per_s=1e6, nominal_hz=50.0)
+    g = ramp_limited(load, _params(n=4), s, 1.0)
+    assert np.abs(np.diff(g)).max() <= 0.9e6 + 1.0
+    assert np.abs(load - g).sum() > 0
+    loop = FastLoop(_params(n=4), s)
+    taken = []
+    for k in range(t.size):
+        d = loop.step(
+            Measurements(
+                t[k],
+                load[k] - (taken[-1] if taken else 0.0),
+                np.full(4, (taken[-1] if taken else 0.0) / 4),
+                np.full(4, 0.5),
+                50.0,
+            ),
+            1.0,
+        )
+        taken.append(d.bess_total_w)
+    np.testing.assert_allclose(load - np.array(taken), g, atol=1.0)

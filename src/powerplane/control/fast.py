@@ -273,6 +273,18 @@ class FastLoop:
         return np.asarray(np.clip(actual_w + (unit_w - actual_w) / alpha, -pmax, pmax), dtype=np.float64)
 
 
+def ramp_limited(grid_w: F64, params: BessParams, settings: FastSettings, dt_s: float) -> F64:
+    """The grid power the damping (the ramp limiter of :meth:`FastLoop._damp`) lets through for a series of load
+    ``grid_w`` (what the grid would carry with the batteries idle), with ideal batteries: ``grid_w`` minus it is
+    what the batteries take for damping alone. One Python step per sample (the limiter is sequential)."""
+    loop = FastLoop(params, settings)
+    out = np.empty(grid_w.size)
+    damp = loop._damp
+    for i, x in enumerate(np.asarray(grid_w, dtype=np.float64).tolist()):
+        out[i] = damp(x, dt_s)
+    return out
+
+
 def allocate(
     total_w: float,
     unit_lo: F64,

@@ -156,6 +156,9 @@ def energy_summary(
     bound = getattr(policy, "bound", None)
     if bound is not None:
         summary["oracle_bound"] = bound
+    damped = getattr(policy, "bound_damped", None)
+    if damped is not None:
+        summary["oracle_bound_damped"] = damped
     if st.audit:
         import json
 
@@ -237,6 +240,7 @@ def write_report(out: Path, summary: dict[str, Any], s: dict[str, F64], policy: 
         in (
             "bill",
             "oracle_bound",
+            "oracle_bound_damped",
             "demand",
             "grid_friendliness",
             "throughput_lost_gpu_hours",
