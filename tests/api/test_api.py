@@ -303,8 +303,11 @@ def test_rack_forecasts_are_served_for_every_rack_and_horizon(tmp_path: Path) ->
                 if rt.state.forecast_racks is not None:
                     break
             doc = c.get("/api/forecast/racks", headers=h).json()
+            halls = c.get("/api/forecast/racks?racks=false", headers=h).json()  # the energy page's (smaller) view
     finally:
         rt.stop()
+    assert halls["racks"] is None and not {"p10_w", "p50_w", "p90_w"} & set(halls["forecast"])
+    assert halls["forecast"]["hall_p50_w"] == doc["forecast"]["hall_p50_w"] and halls["halls"] == doc["halls"]
     fc = doc["forecast"]
     assert fc is not None, doc
     topo = rt.topology

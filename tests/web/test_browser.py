@@ -325,5 +325,90 @@ def test_floor_shows_10240_cells_and_drills_down(browser: Any, tmp_path_factory:
         page.wait_for_function("document.getElementById('legend-hi').textContent.includes('C')", timeout=15_000)
         time.sleep(0.3)
         page.screenshot(path=str(ARTIFACTS / "floor.png"), full_page=True)
+        check_rack_forecast_view(page, rt, g)
+        check_hall_forecast(page, rt)
         assert not page.errors, page.errors
         page.context.close()
+
+
+# The colour of one GPU cell of each rack asked for, as its palette index (-1: not a palette colour, i.e. not
+# drawn), with the forecast the floor drew (its time and horizon) and the API's rack forecast fetched right after.
+FLOOR_RACKS = """async (racks) => {
+  const cells = document.getElementById('floor-cells'), L = ppFloor.layout, ctx = cells.getContext('2d');
+  const t = Number(cells.dataset.fcT), h = Number(cells.dataset.fcH);
+  const idx = racks.map((k) => {
+    const o = L.off[L.gpuRack.indexOf(k)], px = ctx.getImageData(o % L.W, Math.floor(o / L.W), 1, 1).data;
+    return ppFloor.PALETTE.indexOf(((px[3] << 24) | (px[2] << 16) | (px[1] << 8) | px[0]) >>> 0);
+  });
+  const api = await (await fetch('/api/forecast/racks', {headers: {Authorization: 'Bearer ' + PP.token}})).json();
+  return {t, h, idx, api};
+}"""
+
+
+def check_rack_forecast_view(page: Any, rt: LiveRuntime, gpu: int) -> None:
+    """The floor's forecast view paints each rack's P50 at the chosen horizon: a few racks' cells decoded from the
+    canvas match the API's numbers (to the palette's step), at two horizons; the band is in the tooltip."""
+    n = rt.topology.n_racks
+    page.select_option("#floor-metric", "forecast")
+    page.wait_for_selector("#floor-cells[data-view=forecast]", timeout=20_000)
+    for horizon in (2, 4):  # 15 min, 24 h
+        page.select_option("#floor-horizon", str(horizon))
+        page.wait_for_selector(f"#floor-cells[data-fc-h='{horizon}']", timeout=10_000)
+        for _ in range(30):  # the forecast is remade once a simulated minute: compare the one the floor drew
+            probe = page.evaluate(FLOOR_RACKS, list(range(0, n, max(n // 7, 1))))
+            api = probe["api"]["forecast"]
+            if api is not None and api["t_s"] == probe["t"]:
+                break
+            page.evaluate("ppFloor.refreshForecast()")
+        else:
+            raise AssertionError(f"the floor never drew the API's latest rack forecast: {probe['t']}")
+        assert probe["h"] == horizon
+        p50 = np.array(api["p50_w"], dtype=float)[:, horizon]
+        assert p50.shape == (n,) and np.all(np.isfinite(p50))
+        lo, hi = float(p50.min()), float(p50.max())
+        step = max(hi - lo, 1.0) / 254
+        racks = list(range(0, n, max(n // 7, 1)))
+        idx = np.array(probe["idx"])
+        assert np.all((idx >= 0) & (idx < 255)), idx  # every probed cell is painted with a value
+        drawn = lo + idx * step
+        assert np.allclose(drawn, p50[racks], atol=0.51 * step + 1e-6), (drawn, p50[racks])
+        assert page.inner_text("#legend-hi") == f"{hi / 1e3:.1f} kW"
+    # The band on hover, the five horizons in the drill-down, the racks moving most in the side table.
+    x, y = page.evaluate(
+        f"(() => {{ const L = ppFloor.layout, o = L.off[{gpu}]; return [o % L.W + 1, Math.floor(o / L.W) + 1]; }})()"
+    )
+    page.hover("#floor-cells", position={"x": x, "y": y})
+    tip = page.inner_text("#tooltip")
+    assert "P50" in tip and "P10-P90" in tip and "band" in tip and "24 h" in tip, tip
+    page.click("#floor-cells", position={"x": x, "y": y})
+    page.wait_for_function("document.getElementById('drill-rack-fc').textContent.includes('24 h')", timeout=15_000)
+    assert page.inner_text("#drill-rack-fc").count("kW") == 5
+    assert page.locator("#hot tr[data-rack]").count() > 0
+    page.screenshot(path=str(ARTIFACTS / "floor-forecast.png"), full_page=True)
+
+
+def check_hall_forecast(page: Any, rt: LiveRuntime) -> None:
+    """The energy page shows every hall's P50 at the five horizons: the table against the API, and the chart."""
+    goto(page, "energy")
+    halls = rt.topology.hall_names
+    for _ in range(30):
+        page.wait_for_selector("#en-hallfc-body[data-fc-t]", timeout=20_000)
+        t = float(page.get_attribute("#en-hallfc-body", "data-fc-t") or "nan")
+        rows = page.evaluate(
+            "[...document.querySelectorAll('#en-hallfc-body tr[data-hall]')]"
+            ".map(r => [...r.cells].map(c => c.textContent))"
+        )
+        api = page.evaluate(
+            "async () => (await (await fetch('/api/forecast/racks?racks=false', "
+            "{headers: {Authorization: 'Bearer ' + PP.token}})).json()).forecast"
+        )
+        if api["t_s"] == t:
+            break
+        page.evaluate("PP.pages.energy.refresh()")
+    else:
+        raise AssertionError("the energy page never showed the API's latest hall forecast")
+    assert [r[0] for r in rows] == halls
+    want = [[f"{v / 1e6:.2f}" for v in row] for row in api["hall_p50_w"]]
+    assert [r[1:] for r in rows] == want
+    chart_drawn(page, "en-hallfc", bundled_lib(), min_series=len(halls))
+    page.screenshot(path=str(ARTIFACTS / "energy-hall-forecast.png"), full_page=True)

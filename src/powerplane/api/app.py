@@ -303,17 +303,22 @@ def create_app(runtime: LiveCore, tokens: TokenStore, chart_libs: dict[str, Path
         return clean({"status": s.forecast_status, "forecast": s.forecast})
 
     @app.get("/api/forecast/racks")
-    def forecast_racks(p: Viewer) -> dict[str, Any]:
+    def forecast_racks(
+        p: Viewer, racks: Annotated[bool, Query(description="false: the halls and the site only")] = True
+    ) -> dict[str, Any]:
         """Every rack's P10/P50/P90 (and every hall's P50) at 10 s, 1 min, 15 min, 1 h and 24 h ahead, in W, rows in
-        the topology's rack (hall) order, following the jobs placed on each rack; made once a simulated minute."""
+        the topology's rack (hall) order, following the jobs placed on each rack; made once a simulated minute.
+        ``racks=false`` leaves the rack rows out (the energy page draws the halls only)."""
         s = state()
         fc = s.forecast_racks
         if fc is None:
             return {"status": s.forecast_status if s.forecast_status != "ok" else "no data yet", "forecast": None}
+        if not racks:
+            fc = {k: v for k, v in fc.items() if k not in ("p10_w", "p50_w", "p90_w")}
         return clean(
             {
                 "status": s.forecast_status,
-                "racks": runtime.topology.rack_names,
+                "racks": runtime.topology.rack_names if racks else None,
                 "halls": runtime.topology.hall_names,
                 "forecast": fc,
             }

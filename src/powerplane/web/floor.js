@@ -15,8 +15,10 @@
   }
   PALETTE[255] = (255 << 24) | (90 << 16) | (80 << 8) | 75;
 
+  const HORIZONS = ["10 s", "1 min", "15 min", "1 h", "24 h"];
+  const kW = (w) => (w == null || !isFinite(w) ? "–" : (w / 1e3).toFixed(1));
   const fl = {
-    layout: null, values: null, doc: null, sel: null, drillT: 0,
+    layout: null, values: null, doc: null, sel: null, drillT: 0, fc: null, PALETTE,
     build() {
       const t = PP.topo, nG = t.gpu_node.length;
       const nodeGpus = new Int32Array(t.nodes.length), gpuLocal = new Int32Array(nG);
@@ -65,7 +67,9 @@
         off[g] = y * W + x;
         for (let dy = 0; dy < c; dy++) pick.fill(g, (y + dy) * W + x, (y + dy) * W + x + c);
       }
-      this.layout = { W, H, c, inner, off, pick, labels, nG };
+      const gpuRack = new Int32Array(nG);
+      for (let g = 0; g < nG; g++) gpuRack[g] = t.node_rack[t.gpu_node[g]];
+      this.layout = { W, H, c, inner, off, pick, labels, nG, gpuRack };
       for (const id of ["floor-labels", "floor-cells"]) { const cv = $(id); cv.width = W; cv.height = H; }
       $("floorwrap").style.height = H + "px";
       $("floorwrap").style.width = W + "px";
@@ -109,21 +113,83 @@
       PP.markPainted("floor");
       return ms;
     },
+    // The forecast view: every rack's cells coloured by the rack's P50 at the chosen horizon (GET
+    // /api/forecast/racks, made once a simulated minute); the P10-P90 band is in the tooltip and the drill-down.
+    drawForecast(doc, h) {
+      const L = this.layout, f = doc && doc.forecast, cells = $("floor-cells");
+      if (!f) {
+        $("floor-info").textContent = `rack forecast: ${doc ? doc.status : "unavailable"}`;
+        cells.dataset.view = "forecast-none";
+        return;
+      }
+      const p50 = f.p50_w.map((r) => r[h]), fin = p50.filter((v) => v != null && isFinite(v));
+      let lo = Math.min(...fin), hi = Math.max(...fin);
+      if (!(hi > lo)) hi = lo + 1;
+      const qr = p50.map((v) => (v == null || !isFinite(v) ? 255 : Math.round(((v - lo) / (hi - lo)) * 254)));
+      const q = this.values && this.values.length === L.nG ? this.values : new Uint8Array(L.nG);
+      for (let g = 0; g < L.nG; g++) q[g] = qr[L.gpuRack[g]];
+      this.values = q;
+      const buf = this.buf, W = L.W, c = L.inner, off = L.off;
+      for (let g = 0; g < L.nG; g++) {
+        const color = PALETTE[q[g]], o = off[g];
+        for (let dy = 0; dy < c; dy++) { const r = o + dy * W; for (let dx = 0; dx < c; dx++) buf[r + dx] = color; }
+      }
+      this.ctx.putImageData(this.img, 0, 0);
+      this.fc = { doc, h, lo, hi };
+      $("legend-lo").textContent = `${kW(lo)} kW`;
+      $("legend-hi").textContent = `${kW(hi)} kW`;
+      $("floor-info").textContent = `${F.int(p50.length)} racks · P50 ${HORIZONS[h]} ahead of ${F.time(f.t_s)}`;
+      cells.dataset.view = "forecast";
+      cells.dataset.fcT = String(f.t_s);
+      cells.dataset.fcH = String(h);
+      // The racks whose power moves most by then (P50 against the 10-s forecast, i.e. about now).
+      const moves = p50.map((v, k) => [k, v - f.p50_w[k][0]]).filter((m) => isFinite(m[1]));
+      moves.sort((a, b) => Math.abs(b[1]) - Math.abs(a[1]));
+      $("hot-title").textContent = `Racks moving most by ${HORIZONS[h]}`;
+      $("hot-head").innerHTML = "<tr><th>rack</th><th class=\"num\">change kW</th><th class=\"num\">P50 kW (P10-P90)</th></tr>";
+      $("hot").innerHTML = moves.slice(0, 12).map(([k, d]) => `<tr data-rack="${k}"><td>${F.esc(doc.racks[k])}</td><td class="num">${d >= 0 ? "+" : ""}${kW(d)}</td>
+        <td class="num">${kW(p50[k])} (${kW(f.p10_w[k][h])}-${kW(f.p90_w[k][h])})</td></tr>`).join("");
+      PP.markPainted("floor");
+    },
+    rackForecast(k) {
+      const d = this.fc && this.fc.doc, f = d && d.forecast;
+      if (!f) return "";
+      return HORIZONS.map((name, i) => `${name}: <b>${kW(f.p50_w[k][i])}</b> kW (${kW(f.p10_w[k][i])}-${kW(f.p90_w[k][i])})`).join(" · ");
+    },
     value(g) {
+      if (this.fc && $("floor-metric").value === "forecast") {
+        const { doc, h } = this.fc, f = doc.forecast, k = this.layout.gpuRack[g];
+        const band = f.p90_w[k][h] - f.p10_w[k][h];
+        return `P50 ${kW(f.p50_w[k][h])} kW in ${HORIZONS[h]} (P10-P90 ${kW(f.p10_w[k][h])}-${kW(f.p90_w[k][h])} kW, band ${kW(band)} kW)`;
+      }
       const d = this.doc, q = this.values[g];
       return q === 255 ? "no valid reading" : `${((q / 254) * (d.hi - d.lo) + d.lo).toFixed(0)} ${d.unit}`;
     },
+    async refreshForecast() {
+      this.drawForecast(await PP.api("/api/forecast/racks"), Number($("floor-horizon").value));
+    },
     async enter() {
       if (!this.layout) this.build();
-      const metric = $("floor-metric").value;
-      PP.subscribeFloor(metric);
-      this.draw(await PP.api(`/api/floor?metric=${metric}`));
+      const metric = $("floor-metric").value, forecast = metric === "forecast";
+      $("floor-horizon-wrap").style.display = forecast ? "" : "none";
+      if (forecast) {
+        PP.subscribeFloor(null);
+        await this.refreshForecast();
+        PP.every(10000, () => this.refreshForecast());
+      } else {
+        this.fc = null;
+        $("hot-title").textContent = "Hot spots";
+        $("hot-head").innerHTML = "<tr><th>GPU</th><th>node</th><th class=\"num\">value</th></tr>";
+        PP.subscribeFloor(metric);
+        this.draw(await PP.api(`/api/floor?metric=${metric}`));
+        $("floor-cells").dataset.view = "metric";
+      }
       if (this.sel != null) PP.every(3000, () => this.drill(this.sel));
     },
     leave() { PP.subscribeFloor(null); },
     charts() { if (this.sel != null) this.drill(this.sel); },
     onUpdate(msg, visible) {
-      if (visible && msg.floor && this.layout) this.draw(msg.floor);
+      if (visible && msg.floor && this.layout && $("floor-metric").value !== "forecast") this.draw(msg.floor);
     },
     async drill(g) {
       this.sel = g;
@@ -133,6 +199,8 @@
       const p = d.path;
       $("drill-crumbs").innerHTML = `${F.esc(p.hall)} &gt; ${F.esc(p.row)} &gt; <b>rack ${F.esc(p.rack)}</b> &gt; <b>node ${F.esc(p.node)}</b> &gt; <b>GPU ${g}</b> <span class="muted">(${F.esc(d.gpu.uuid)}, ${F.esc(d.gpu.model)})</span>`;
       $("drill-rack-name").textContent = `${p.rack}: ${F.kw(d.rack.power_w)} kW, inlet ${F.num(d.rack.inlet_temp_c, 1)} °C`;
+      const fcText = this.rackForecast(d.indices.rack);
+      $("drill-rack-fc").innerHTML = fcText ? `forecast P50 (P10-P90): ${fcText}` : "";
       $("drill-nodes").innerHTML = d.nodes.map((n) => `<tr class="linkish ${n.index === d.indices.node ? "sel" : ""}" data-node="${n.index}"><td>${F.esc(n.name)}</td><td class="num">${F.num(n.power_w, 0)}</td>
         <td class="num">${F.num(n.gpu_power_w_sum, 0)}</td><td class="num">${F.num(n.gpu_temp_c_max, 1)}</td><td class="num">${F.num(n.gpu_util_pct_mean, 0)}</td></tr>`).join("");
       $("drill-node-name").textContent = `${p.node}: ${F.kw(d.node.power_w, 2)} kW`;
@@ -157,7 +225,8 @@
   };
 
   document.addEventListener("DOMContentLoaded", () => {
-    $("floor-metric").addEventListener("change", () => fl.enter());
+    $("floor-metric").addEventListener("change", () => PP.show("floor"));
+    $("floor-horizon").addEventListener("change", () => { if (fl.fc) fl.drawForecast(fl.fc.doc, Number($("floor-horizon").value)); });
     const cells = $("floor-cells"), tip = $("tooltip");
     const at = (ev) => {
       const L = fl.layout, r = cells.getBoundingClientRect();
@@ -173,7 +242,13 @@
     });
     cells.addEventListener("mouseleave", () => (tip.style.display = "none"));
     cells.addEventListener("click", (ev) => { const g = at(ev); if (g >= 0) fl.drill(g); });
-    $("hot").addEventListener("click", (ev) => { const tr = ev.target.closest("tr"); if (tr) fl.drill(Number(tr.dataset.gpu)); });
+    $("hot").addEventListener("click", (ev) => {
+      const tr = ev.target.closest("tr");
+      if (!tr) return;
+      // a rack row (the forecast view) drills into the rack's first GPU
+      if (tr.dataset.rack != null) fl.drill(fl.layout.gpuRack.indexOf(Number(tr.dataset.rack)));
+      else fl.drill(Number(tr.dataset.gpu));
+    });
     $("drill-gpus").addEventListener("click", (ev) => { const tr = ev.target.closest("tr"); if (tr) fl.drill(Number(tr.dataset.gpu)); });
     $("drill-nodes").addEventListener("click", (ev) => { const tr = ev.target.closest("tr"); if (tr) fl.drillNode(Number(tr.dataset.node)); });
   });

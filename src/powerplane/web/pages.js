@@ -118,7 +118,14 @@
       await this.refresh();
       PP.every(10000, () => this.refresh());
     },
-    async refresh() { this.doc = await PP.api("/api/energy"); this.render(this.doc); this.charts(); },
+    async refresh() {
+      this.doc = await PP.api("/api/energy");
+      this.render(this.doc);
+      this.charts();
+      // the halls' forecast after the page's own data (it never holds up the first paint)
+      this.fc = await PP.api("/api/forecast/racks?racks=false").catch((e) => ({ status: e.message, forecast: null }));
+      this.hallForecast();
+    },
     onUpdate(msg, visible) { if (visible && this.doc) this.render(msg.overview); },
     render(o) {
       const s = o.site, dr = o.dr;
@@ -159,6 +166,26 @@
       const now = d.t_s, start = t.length ? t[0] : now - 3600;
       PP.chart("en-plan", { series, y: { label: "MW" }, y2: { label: "SOC %", range: [0, 100] },
         xRange: [start, now + Math.max(3 * 3600, now - start)] });
+      this.hallForecast();
+    },
+    // Every hall's IT power P50 at 10 s, 1 min, 15 min, 1 h and 24 h ahead (GET /api/forecast/racks?racks=false).
+    hallForecast() {
+      const d = this.fc, f = d && d.forecast;
+      if (!f) {
+        $("en-hallfc-note").textContent = `Hall forecast: ${d ? d.status : "not loaded yet"}.`;
+        return;
+      }
+      const MW = (v) => (v == null ? null : v / 1e6), t = f.horizons_s.map((h) => f.t_s + h);
+      const colors = ["#4fb3ff", "#ff8a5b", "#a78bfa", "#3ecf8e", "#f5b942", "#38d9c9", "#ff5d5d", "#c9d2dc"];
+      $("en-hallfc-body").innerHTML = d.halls.map((name, k) => `<tr data-hall="${k}"><td>${F.esc(name)}</td>${f.hall_p50_w[k].map((v) => `<td class="num">${F.mw(v, 2)}</td>`).join("")}</tr>`).join("")
+        + `<tr class="muted"><td>site facility P50 (P10-P90)</td>${f.site_p50_w.map((v, i) => `<td class="num">${F.mw(v, 1)} (${F.mw(f.site_p10_w[i], 1)}-${F.mw(f.site_p90_w[i], 1)})</td>`).join("")}</tr>`;
+      $("en-hallfc-note").textContent = `MW, made ${F.time(f.t_s, true)} from each hall's power now and its racks' forecast changes (the jobs placed on them).`;
+      $("en-hallfc-body").dataset.fcT = String(f.t_s);
+      if (!PP.chartsLoaded()) return;
+      PP.chart("en-hallfc", {
+        series: d.halls.map((name, k) => ({ t, y: f.hall_p50_w[k].map(MW), label: `${name} P50 MW`, color: colors[k % colors.length], width: 1.3 })),
+        y: { label: "MW", zero: true },
+      });
     },
   };
   const drStart = () => PP.command({ kind: "dr_start", reduction: Number($("dr-red").value) / 100, duration_s: Number($("dr-min").value) * 60 }).then(() => en.refresh());
