@@ -23,6 +23,7 @@ Per step t (length ``dt_h``) and battery unit u, in MW / MWh:
               sum_u (d_tu - c_tu) + v_tk <= sum_u Pmax_u,  0 <= v_tk <= max(eps_tk, 0) recourse discharge
               e_tu -= share_u sum_k p_k v_tk dt / eta_d (expected use), worst case within the SOC window
               + sum_tk p_k (deg_cost - price_t) v_tk dt                          recourse paid when it happens
+    and with the damping's power delta_tj around the plan, wear on max(|sum_u (d_tu - c_tu)|, E_j |delta_tj|).
               0 <= s_t <= shed_max_t                                             compute lever (GPU caps, deferral)
 
 Built from arrays in small ``_define_*`` steps (PyPSA/linopy style); no solver state is kept on the plan.
@@ -93,8 +94,8 @@ class PlanInputs:
     peak_scenarios_w: F64 | None = None
     peak_scenario_p: F64 | None = None
     # [T, J] battery power the fast loop's damping adds around the plan in each step (J equally likely values, e.g.
-    # quantiles of the ramp limiter's residual): wear is then priced on E|plan + damping| per step, which is
-    # |plan| when the plan is far from idle and the damping's own throughput when it idles.
+    # quantiles of the ramp limiter's residual): wear is then priced on max(|plan|, E|damping|) per step: the
+    # damping's own throughput when the plan idles, none extra when the plan moves more than the swing.
     damping_w: F64 | None = None
 
 
@@ -277,8 +278,9 @@ def solve_plan(p: PlanInputs, time_limit_s: float = 10.0) -> Plan:
     unit_wear = p.degradation_cost_per_kwh * kwh if p.damping_w is None else 0.0
     c = lp.var(t_n * u_n, 0.0, pmax, unit_wear).reshape(t_n, u_n)
     d = lp.var(t_n * u_n, 0.0, pmax, unit_wear).reshape(t_n, u_n)
-    if p.damping_w is not None:
-        _define_damped_wear(lp, p, c, d, kwh)
+    net = _define_net(lp, c, d) if p.damping_w is not None or p.peak_scenarios_w is not None else None
+    if p.damping_w is not None and net is not None:
+        _define_damped_wear(lp, p, net, kwh)
     e_cap = p.energy_j / 3.6e9  # MWh
     e_lo = np.repeat((p.soc_min * e_cap)[None, :], t_n, axis=0)
     e_hi = np.repeat((p.soc_max * e_cap)[None, :], t_n, axis=0)
@@ -303,7 +305,7 @@ def solve_plan(p: PlanInputs, time_limit_s: float = 10.0) -> Plan:
     lp.coef(rows, r, -1.0)
     soc_rows = _define_soc(lp, p, c, d, e, e_cap, dt_h)
     scen = p.peak_scenarios_w is not None and p.peak_scenario_p is not None
-    v = _define_recourse(lp, p, g, c, d, e, peak, soc_rows, e_cap, dt_h) if scen else None
+    v = _define_recourse(lp, p, g, net, e, peak, soc_rows, e_cap, dt_h) if scen and net is not None else None
     if not scen:
         _define_peak(lp, p, g, peak, t_n)
     if p.contract_w is not None and p.contract_over_rate_per_kw > 0:
@@ -393,8 +395,7 @@ def _define_recourse(
     lp: _Lp,
     p: PlanInputs,
     g: NDArray[np.int64],
-    c: NDArray[np.int64],
-    d: NDArray[np.int64],
+    net: NDArray[np.int64],
     e: NDArray[np.int64],
     peak: NDArray[np.int64],
     soc_rows: NDArray[np.int64],
@@ -421,38 +422,51 @@ def _define_recourse(
     lp.coef(rows[inverse], g[:, None], (1.0 / counts[inverse])[:, None])
     lp.coef(rows[inverse], v, -(1.0 / counts[inverse])[:, None])
     lp.coef(rows, peak[0], -1.0)
-    # Discharge power: planned plus recourse within nameplate.
-    pmax = float(p.power_max_w.sum()) * 1e-6
-    rows = lp.rows(t_n * k_n, -INF, pmax).reshape(t_n, k_n)
-    lp.coef(rows[:, :, None], d[:, None, :], 1.0)
-    lp.coef(rows[:, :, None], c[:, None, :], -1.0)
-    lp.coef(rows, v, 1.0)
-    # Expected energy of the recourse, shared by the units as their capacity.
-    share = e_cap / max(float(e_cap.sum()), 1e-12)
-    vals = share[None, None, :] * prob[None, :, None] * dt_h / p.eta_discharge[None, None, :]
-    lp.coef(soc_rows[:, None, :], v[:, :, None], vals)
-    # The worst scenario's recourse must find its energy above the SOC floor (beyond the expected use).
+    # Discharge power: planned plus the highest scenario's recourse within nameplate (the others need less).
     top = np.argmax(eps, axis=1)
+    pmax = float(p.power_max_w.sum()) * 1e-6
+    rows = lp.rows(t_n, -INF, pmax)
+    lp.coef(rows, net, 1.0)
+    lp.coef(rows, v[np.arange(t_n), top], 1.0)
+    # Expected energy of the recourse (one column per step), shared by the units as their capacity.
+    ev = lp.var(t_n, 0.0, INF)
+    rows = lp.rows(t_n, 0.0, 0.0)
+    lp.coef(rows, ev, 1.0)
+    lp.coef(rows[:, None], v, -prob[None, :])
+    share = e_cap / max(float(e_cap.sum()), 1e-12)
+    lp.coef(soc_rows, ev[:, None], share[None, :] * dt_h / p.eta_discharge[None, :])
+    # The worst scenario's recourse must find its energy above the SOC floor (beyond the expected use).
     eta = float(np.mean(p.eta_discharge))
     rows = lp.rows(t_n, float((p.soc_min * e_cap).sum()), INF)
     lp.coef(rows[:, None], e, 1.0)
     lp.coef(rows, v[np.arange(t_n), top], -dt_h / eta)
-    lp.coef(rows[:, None], v, prob[None, :] * dt_h / eta)
+    lp.coef(rows, ev, dt_h / eta)
     return v
 
 
-def _define_damped_wear(lp: _Lp, p: PlanInputs, c: NDArray[np.int64], d: NDArray[np.int64], kwh: float) -> None:
-    """Wear on E_j |sum_u (d_tu - c_tu) + delta_tj|: a_tj >= +-(plan + delta_tj), priced per kWh / J."""
+def _define_net(lp: _Lp, c: NDArray[np.int64], d: NDArray[np.int64]) -> NDArray[np.int64]:
+    """n_t = sum_u (d_tu - c_tu): the plan's net battery power per step (MW), one column the rows below share."""
+    t_n = c.shape[0]
+    net = lp.var(t_n, -INF, INF)
+    rows = lp.rows(t_n, 0.0, 0.0)
+    lp.coef(rows, net, 1.0)
+    lp.coef(rows[:, None], d, -1.0)
+    lp.coef(rows[:, None], c, 1.0)
+    return net
+
+
+def _define_damped_wear(lp: _Lp, p: PlanInputs, net: NDArray[np.int64], kwh: float) -> None:
+    """Wear on max(|n_t|, E_j |delta_tj|): a_t >= +-n_t with a_t >= the damping's mean throughput. It is the
+    convex E|n_t + delta| where that is tight (idle, where the damping's own throughput is paid; and past the
+    swing, where it adds none) and a lower bound between, with 2 rows per step instead of 2 J."""
     assert p.damping_w is not None
-    delta = p.damping_w * 1e-6
-    t_n, j_n = delta.shape
-    a = lp.var(t_n * j_n, 0.0, INF, p.degradation_cost_per_kwh * kwh / j_n).reshape(t_n, j_n)
+    floor_mw = np.abs(p.damping_w * 1e-6).mean(axis=1)
+    t_n = floor_mw.size
+    a = lp.var(t_n, floor_mw, INF, p.degradation_cost_per_kwh * kwh)
     for sign in (1.0, -1.0):
-        # a - sign * (sum d - sum c) >= sign * delta
-        rows = lp.rows(t_n * j_n, (sign * delta).ravel(), INF).reshape(t_n, j_n)
+        rows = lp.rows(t_n, 0.0, INF)  # a - sign n >= 0
         lp.coef(rows, a, 1.0)
-        lp.coef(rows[:, :, None], d[:, None, :], -sign)
-        lp.coef(rows[:, :, None], c[:, None, :], sign)
+        lp.coef(rows, net, -sign)
     # Charging and discharging at once is no longer priced: the efficiency loss still rules it out.
 
 
