@@ -27,6 +27,7 @@ DIP_RATIO = 0.9  # a minute below this share of the level is a dip (checkpoint o
 DEFAULT_CKPT_DEPTH = 0.25  # checkpoint power / level until a job's own is seen
 MAX_CKPT_MINUTES = 3  # longer dips are stalls (faults), not checkpoints
 BEAT_TOL_MIN = 1.5  # a dip within this of a multiple of the period is a checkpoint on the beat
+TAIL_SHARE = 0.02  # a minute next to a dip this far below the level holds part of the checkpoint (not noise)
 PLL_PHASE = 0.5  # share of a checkpoint's miss of its beat that moves the beat
 PLL_PERIOD = 0.2  # share of the miss (per beat) that moves the period
 RELOCK_DEPTH = 0.75  # a short dip below this share of the level is deep (a checkpoint, not a straggler)
@@ -264,10 +265,17 @@ class JobState:
         # share of this minute spent in a checkpoint, from the job's full checkpoint depth
         d_full = np.where(np.isfinite(self.ckpt_depth[ids]), self.ckpt_depth[ids], DEFAULT_CKPT_DEPTH)
         f = np.clip((1.0 - ratio) / np.maximum(1.0 - d_full, 0.05), 0.0, 1.0)
-        self.dip_start_f[ids[starting]] = minute + 1.0 - f[starting]
-        self.dip_frac[ids[starting]] = 0.0
+        # a checkpoint's edges spill into the minutes either side of the dip (above DIP_RATIO of the level): the
+        # minute before it counts towards its start and area when it was below the level by more than noise
+        js0 = ids[starting]
+        before = (self.last_min[js0] == minute - 1) & (lvl[starting] > 0)
+        tail0 = np.where(before, 1.0 - self.last_w[js0] / np.maximum(lvl[starting], 1e-9), 0.0)
+        tail0 = np.where(tail0 > TAIL_SHARE, np.minimum(tail0, 1.0), 0.0)
+        f0 = np.clip(tail0 / np.maximum(1.0 - d_full[starting], 0.05), 0.0, 1.0)
+        self.dip_start_f[js0] = minute + 1.0 - f[starting] - f0
+        self.dip_frac[js0] = f0
         self.dip_frac[jd] += f[dip]
-        self.dip_area[ids[starting]] = 0.0
+        self.dip_area[js0] = tail0
         self.dip_area[jd] += 1.0 - ratio[dip]
         # a dip run that ends: short ones are checkpoints (their starts give the rhythm), long ones stalls
         ending = ~dip & self.in_dip[ids]
@@ -325,7 +333,8 @@ class JobState:
         # from the dip's area (sum of 1 - power/level over its minutes), which needs no depth
         deepest = self.dip_min_w[jc] / np.maximum(self.level_w[jc], 1e-9)
         self.ckpt_depth[jc] = np.fmin(self.ckpt_depth[jc], deepest)
-        area = self.dip_area[jc]
+        tail1 = 1.0 - ratio[ending][short][accept]  # ... and the minute after it
+        area = self.dip_area[jc] + np.where(tail1 > TAIL_SHARE, tail1, 0.0)
         self.ckpt_area_min[jc] = np.where(self.n_dips[jc] == 1, area, 0.7 * self.ckpt_area_min[jc] + 0.3 * area)
         self.ckpt_dur_min[jc] = self.ckpt_area_min[jc] / np.maximum(1.0 - self.ckpt_depth[jc], 0.05)
         self.anchor_f[jc] = beat_f
