@@ -42,6 +42,7 @@ test: $(DEVSTAMP) web-vendor
 	@# The browser tests drive Debian's chromium (no browser downloads): install it when missing and we are root.
 	command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || (apt-get update && apt-get install -y chromium)
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -n 2 --durations=15 $(PYTEST_ARGS)
 

@@ -32,6 +32,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
 def _register_subcommands() -> None:
     from powerplane.control.scheduler.cli import app as schedule_app
     from powerplane.ops.cli import app as logs_app

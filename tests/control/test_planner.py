@@ -48,15 +48,28 @@ def test_efficiency_and_wear_make_small_spreads_unprofitable() -> None:
 
 def test_demand_charge_shaves_the_peak() -> None:
     load = np.array([1e6, 1e6, 3e6, 1e6])
-    plan = solve_plan(_inputs(load_w=load, price_per_kwh=np.full(4, 0.1), demand_rate_per_kw=10.0,
-                              soc0=np.array([1.0]), soc_final=np.array([0.0])))
+    plan = solve_plan(
+        _inputs(
+            load_w=load,
+            price_per_kwh=np.full(4, 0.1),
+            demand_rate_per_kw=10.0,
+            soc0=np.array([1.0]),
+            soc_final=np.array([0.0]),
+        )
+    )
     assert plan.peak_w == pytest.approx(2e6, rel=1e-6)  # 1 MW from the battery in the peak hour
     assert plan.bess_w[2, 0] == pytest.approx(1e6, rel=1e-6)
 
 
 def test_soc_window_busbar_and_dr_limits_hold() -> None:
-    p = _inputs(busbar_w=np.array([1.5e6]), dr_limit_w=np.array([np.inf, np.inf, 0.5e6, np.inf]),
-                soc0=np.array([0.5]), soc_final=np.array([0.5]), soc_min=np.array([0.2]), soc_max=np.array([0.9]))
+    p = _inputs(
+        busbar_w=np.array([1.5e6]),
+        dr_limit_w=np.array([np.inf, np.inf, 0.5e6, np.inf]),
+        soc0=np.array([0.5]),
+        soc_final=np.array([0.5]),
+        soc_min=np.array([0.2]),
+        soc_max=np.array([0.9]),
+    )
     plan = solve_plan(p)
     assert plan.soc.min() >= 0.2 - 1e-9 and plan.soc.max() <= 0.9 + 1e-9
     # Charging adds to the hall's 1 MW load: at most 0.5 MW within a 1.5 MW busbar.
@@ -101,15 +114,31 @@ def test_peak_headroom_plans_demand_on_the_upper_band() -> None:
     # that hour (the demand charge at 10/kW is worth more than anything else here) and the planned peak is 1 MW.
     load = np.full(4, 1e6)
     head = np.array([0.0, 0.0, 1e6, 0.0])
-    plan = solve_plan(_inputs(load_w=load, price_per_kwh=np.full(4, 0.1), demand_rate_per_kw=10.0,
-                              soc0=np.array([1.0]), soc_final=np.array([0.0]), peak_headroom_w=head))
+    plan = solve_plan(
+        _inputs(
+            load_w=load,
+            price_per_kwh=np.full(4, 0.1),
+            demand_rate_per_kw=10.0,
+            soc0=np.array([1.0]),
+            soc_final=np.array([0.0]),
+            peak_headroom_w=head,
+        )
+    )
     assert plan.peak_w == pytest.approx(1e6, rel=1e-6)
     assert plan.bess_w[2, 0] == pytest.approx(1e6, rel=1e-6)
     # Energy is priced on P50: 4 MWh of load less the 1 MWh stored, at 0.1; plus 1,000 kW x 10 of demand.
     assert plan.objective == pytest.approx(300 + 10_000, rel=1e-6)
     # The same headroom in the contract rows: grid + headroom within the cap, or the penalty.
-    capped = solve_plan(_inputs(load_w=load, soc0=np.array([1.0]), soc_final=np.array([0.0]),
-                                peak_headroom_w=head, grid_cap_w=1.2e6, cap_penalty_per_kwh=10.0))
+    capped = solve_plan(
+        _inputs(
+            load_w=load,
+            soc0=np.array([1.0]),
+            soc_final=np.array([0.0]),
+            peak_headroom_w=head,
+            grid_cap_w=1.2e6,
+            cap_penalty_per_kwh=10.0,
+        )
+    )
     assert capped.grid_w[2] <= 0.2e6 + 1
     with pytest.raises(ValueError, match="peak_headroom_w"):
         check_inputs(_inputs(peak_headroom_w=np.zeros(3)))
@@ -120,8 +149,9 @@ def test_load_scenarios_hold_the_peak_with_recourse_paid_by_probability() -> Non
     # takes 2 MWh of planned discharge to hold 1 MW, which a 1 MWh battery cannot give: the peak rises to 1.25 MW.
     # With scenarios the battery covers the excess only when it comes (0.5 MWh expected over the 4 hours... and
     # the worst case within the SOC window), so it holds a lower peak.
-    common = dict(price_per_kwh=np.full(4, 0.1), demand_rate_per_kw=10.0, soc0=np.array([1.0]),
-                  soc_final=np.array([0.0]))
+    common = dict(
+        price_per_kwh=np.full(4, 0.1), demand_rate_per_kw=10.0, soc0=np.array([1.0]), soc_final=np.array([0.0])
+    )
     headroom = solve_plan(_inputs(peak_headroom_w=np.full(4, 0.5e6), **common))
     assert headroom.peak_w == pytest.approx(1.25e6, rel=1e-6)
     eps = np.tile([0.0, 0.5e6], (4, 1))
@@ -137,8 +167,9 @@ def test_load_scenarios_hold_the_peak_with_recourse_paid_by_probability() -> Non
 
 def test_damping_wear_is_priced_around_the_plan() -> None:
     # No spread to trade on: the plan idles, and the damping's +-0.5 MW around it wears the battery all 4 hours.
-    common = dict(price_per_kwh=np.full(4, 0.1), degradation_cost_per_kwh=0.02, soc0=np.array([0.5]),
-                  soc_final=np.array([0.5]))
+    common = dict(
+        price_per_kwh=np.full(4, 0.1), degradation_cost_per_kwh=0.02, soc0=np.array([0.5]), soc_final=np.array([0.5])
+    )
     idle = solve_plan(_inputs(**common))
     damped = solve_plan(_inputs(damping_w=np.tile([-0.5e6, 0.5e6], (4, 1)), **common))
     assert damped.objective - idle.objective == pytest.approx(4 * 0.5 * 1000 * 0.02, rel=1e-6)
@@ -146,8 +177,9 @@ def test_damping_wear_is_priced_around_the_plan() -> None:
     # damped plan spreads its 1 MWh trade over the hours so that it never idles, at the same cost.
     dear = np.array([0.1, 0.1, 0.5, 0.5])
     trade = solve_plan(_inputs(price_per_kwh=dear, degradation_cost_per_kwh=0.02))
-    trade_damped = solve_plan(_inputs(price_per_kwh=dear, degradation_cost_per_kwh=0.02,
-                                      damping_w=np.tile([-0.5e6, 0.5e6], (4, 1))))
+    trade_damped = solve_plan(
+        _inputs(price_per_kwh=dear, degradation_cost_per_kwh=0.02, damping_w=np.tile([-0.5e6, 0.5e6], (4, 1)))
+    )
     assert np.all(np.abs(trade_damped.bess_w) >= 0.5e6 - 1.0)
     assert trade_damped.objective == pytest.approx(trade.objective, rel=1e-6)
     with pytest.raises(ValueError, match="damping_w"):

@@ -56,10 +56,26 @@ def test_bad_source_arguments_fail_clearly(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_live_tracking_serves_metrics_over_http(tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "powerplane.cli", "track", "--source", "twin", "--scenario", "small", "--interval",
-         "200ms", "--port", "0", "--duration", "20"],
+        [
+            sys.executable,
+            "-m",
+            "powerplane.cli",
+            "track",
+            "--source",
+            "twin",
+            "--scenario",
+            "small",
+            "--interval",
+            "200ms",
+            "--port",
+            "0",
+            "--duration",
+            "20",
+        ],
         env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert proc.stderr is not None

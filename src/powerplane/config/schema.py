@@ -311,8 +311,9 @@ class EnergyConfig(_Strict):
         default=0.98, description="aim at this share of the contract demand (headroom for metering error)"
     )
     contract_instant_factor: Annotated[float, Field(ge=1.0, le=2.0)] = Field(
-        default=1.1, description="instantaneous grid power allowed up to this multiple of the contract (the 15-minute"
-        " average, which is billed, is held at contract x margin)"
+        default=1.1,
+        description="instantaneous grid power allowed up to this multiple of the contract (the 15-minute"
+        " average, which is billed, is held at contract x margin)",
     )
     ramp_limit_mw_per_s: PositiveFloat = Field(default=1.0, description="grid-side ramp-rate limit [MW/s]")
     damping_time_constant_s: PositiveFloat = Field(

@@ -90,8 +90,9 @@ class AgingReport:
         }
 
 
-def age_run(t_s: ArrayLike, soc: ArrayLike, energy_kwh: float, capex_per_kwh: float = 250.0,
-            temp_c: float = 25.0) -> AgingReport:
+def age_run(
+    t_s: ArrayLike, soc: ArrayLike, energy_kwh: float, capex_per_kwh: float = 250.0, temp_c: float = 25.0
+) -> AgingReport:
     """Age one battery on a run's SOC series (resampled to 15 min for BLAST-Lite) and count its cycles."""
     import rainflow
 

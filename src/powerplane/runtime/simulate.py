@@ -484,9 +484,7 @@ def simulate(opts: SimulateOptions, progress: Callable[[int, int], None] | None 
                     parts[k].append(np.asarray(v, dtype=np.float64))
                 done += b.t_s.size
             cat = {k: np.concatenate(v) for k, v in parts.items()}
-            policy.set_actual(
-                Realized(cat["t"], opts.step_s, cat["grid"], cat["renew"], cat["curt"], cat["hall"])
-            )
+            policy.set_actual(Realized(cat["t"], opts.step_s, cat["grid"], cat["renew"], cat["curt"], cat["hall"]))
             del shadow, parts, cat
         rec = _Recorder(twin, out, opts, steps_per_interval)
         controller = policy.controller()

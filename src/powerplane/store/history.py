@@ -70,7 +70,6 @@ from powerplane.topology.tree import LEVELS, Topology
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class Retention:
     """How long each table keeps rows, in seconds before the newest second written."""

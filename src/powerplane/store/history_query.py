@@ -25,7 +25,6 @@ class HistoryQueries:
     _sizes: dict[str, int]
     _name_index: dict[str, dict[str, int]]
 
-
     @staticmethod
     def _describe(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
         rows = con.execute(
@@ -33,7 +32,6 @@ class HistoryQueries:
             [table],
         ).fetchall()
         return [r[0] for r in rows]
-
 
     @contextmanager
     def _reader(self) -> Iterator[duckdb.DuckDBPyConnection]:

@@ -53,7 +53,6 @@ NOT_IDENT = re.compile(r"[^a-z0-9_]+")
 ENTITY_FORMS = '"site", "hall:<name>", "row:<name>", "rack:<name>", "node:<hostname>", "gpu:<uuid|index>", "job:<id>"'
 
 
-
 class Acc:
     """Sum, count and max of one array over the samples of a bucket, skipping samples that are not OK."""
 

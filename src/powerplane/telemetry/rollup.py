@@ -61,9 +61,7 @@ def sparse_nonzero(q: NDArray[np.uint8]) -> tuple[NDArray[np.intp], NDArray[np.i
     return np.concatenate(r_out), np.concatenate(c_out)
 
 
-def rollup_level(
-    topo: Topology, child: Level, data: LevelData, metrics: tuple[str, ...]
-) -> dict[str, RollupBlock]:
+def rollup_level(topo: Topology, child: Level, data: LevelData, metrics: tuple[str, ...]) -> dict[str, RollupBlock]:
     """Roll ``metrics`` of level ``child`` up to every level above. Returns ``out[parent][f"{child}.{metric}"]``.
 
     All metrics move together as one [metrics, entities] block, so each level costs a few array passes whatever
@@ -146,11 +144,17 @@ class RollupBlock(Mapping[str, Rollup]):
         i = self._row[key]
         if self._count is None:
             cnt = self._n_children
-            return Rollup(sum=self.sum[i], mean=self.mean[i], max=self.max[i], coverage=np.ones_like(cnt),
-                          count=cnt.astype(np.int64))
+            return Rollup(
+                sum=self.sum[i],
+                mean=self.mean[i],
+                max=self.max[i],
+                coverage=np.ones_like(cnt),
+                count=cnt.astype(np.int64),
+            )
         c = self._count[i]
-        return Rollup(sum=self.sum[i], mean=self.mean[i], max=self.max[i], coverage=c / self._n_children,
-                      count=c.astype(np.int64))
+        return Rollup(
+            sum=self.sum[i], mean=self.mean[i], max=self.max[i], coverage=c / self._n_children, count=c.astype(np.int64)
+        )
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._row)
