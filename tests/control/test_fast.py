@@ -250,3 +250,26 @@ def test_ramp_limited_series_matches_the_fast_loops_damping() -> None:
         )
         taken.append(d.bess_total_w)
     np.testing.assert_allclose(load - np.array(taken), g, atol=1.0)
+
+
+def test_a_swing_within_the_windows_average_sheds_nothing_at_the_soc_floor() -> None:
+    # Batteries at their SOC floor (nothing to discharge), a training swing of 15.7 <-> 18.4
+    # MW each second around 17 MW, contract 18 MW at 98 %: the window's average stays within the contract, so no
+    # compute is shed for the swing's tops; a load that stays at 18.5 MW is shed (the average would be over).
+    s = FastSettings(contract_w=18e6, contract_margin=0.98, ramp_limit_w_per_s=1e6, nominal_hz=50.0)
+    loop = FastLoop(_params(n=4, power_kw=2500, energy_kwh=5000), s)
+    shed = 0.0
+    last = np.zeros(4)
+    for k in range(1800):  # the second window counts (the loop has run through one, its filter settled)
+        load = 15.7e6 if k % 2 else 18.4e6
+        m = Measurements(900.0 + k, load - float(last.sum()), last, np.full(4, 0.1), 50.0)
+        d = loop.step(m, 1.0)
+        last = d.bess_unit_w
+        shed += d.shed_w if k >= 900 else 0.0
+    assert shed == 0.0
+    loop = FastLoop(_params(n=4, power_kw=2500, energy_kwh=5000), s)
+    shed_sustained = 0.0
+    for k in range(900):
+        d = loop.step(_m(900.0 + k, 18.5e6, soc=0.1, n=4), 1.0)
+        shed_sustained += d.shed_w
+    assert shed_sustained > 0.0

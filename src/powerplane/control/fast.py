@@ -103,6 +103,7 @@ class FastLoop:
         self._window_energy_j = 0.0
         self._last_t: float | None = None
         self._last_load_w: float | None = None
+        self._load_smooth_w: float | None = None  # the load low-passed at damping_tau_s (the 15-min rows' view)
         self._stale_since: float | None = None
         self.plan_grid_w: float | None = None  # set by the plan follower's source each slot
         self.plan_bess_w: float | None = None
@@ -174,10 +175,18 @@ class FastLoop:
         remaining = max(s.demand_window_s - elapsed, dt_s)
         avg_room = (s.contract_w * s.contract_margin * s.demand_window_s - self._window_energy_j) / remaining
         grid_max = min(limit, avg_room) if elapsed > 0 else limit
+        # The window's average room binds the load's mean over the rest of the window, not each second of a
+        # training job's swing around it: it is held on the low-passed load (the swing is the damping's), the
+        # instantaneous limit on the load itself. (Held per second, a battery at its SOC floor shed compute for
+        # swings whose window average was well within the contract.)
+        a = float(np.exp(-dt_s / max(s.damping_tau_s, 1e-9)))
+        smooth = load if self._load_smooth_w is None else a * self._load_smooth_w + (1.0 - a) * load
+        self._load_smooth_w = smooth
+        need_lo = max(smooth - grid_max, load - limit) if elapsed > 0 else load - limit
         # 5. Demand response.
         if self.dr_limit_w is not None:
             grid_max = min(grid_max, self.dr_limit_w)
-        need_lo = load - grid_max
+            need_lo = max(need_lo, load - self.dr_limit_w)
         shed = 0.0
         if need_lo > lo:
             if need_lo > hi:
