@@ -159,3 +159,21 @@ def test_sub_second_steps(tmp_path: Path, step: str) -> None:
     assert code == 0, text
     site = pq.read_table(tmp_path / "r" / "site.parquet").column("t_s").to_numpy()
     assert site.size == 720 and np.allclose(np.diff(site), 0.1)
+
+
+def test_jobs_table_says_what_work_the_warm_start_had_done(tmp_path: Path) -> None:
+    from powerplane.forecast.data import load_run
+    from powerplane.runtime.simulate import SimulateOptions, simulate
+
+    simulate(SimulateOptions("small", 0.05, out=tmp_path / "r"))
+    jobs = pq.read_table(tmp_path / "r" / "jobs.parquet").to_pydict()
+    done0 = np.asarray(jobs["work_done_at_start_hours"])
+    work = np.asarray(jobs["work_hours"])
+    start = np.asarray(jobs["start_s"])
+    t0 = float(np.nanmin(start))
+    warm = np.isfinite(work) & (start == t0) & (done0 > 0)
+    assert warm.any()  # training and batch jobs already running at the start, part done
+    assert np.all(done0[warm] < work[warm]) and np.all(done0[start > t0] == 0)
+    # A forecaster reading the run expects the work they had left, as the scheduler does.
+    run = load_run(tmp_path / "r")
+    np.testing.assert_allclose(run.jobs.work_s[warm], (work[warm] - done0[warm]) * 3600.0)

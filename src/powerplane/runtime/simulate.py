@@ -281,10 +281,15 @@ class _Recorder:
         return {c: np.concatenate(v) if v else np.zeros(0) for c, v in self._series.items()}
 
 
-def _write_jobs(twin: Twin, out: Path, job_cost: dict[int, float]) -> None:
+def _write_jobs(twin: Twin, out: Path, job_cost: dict[int, float], done_at_start_s: F64 | None = None) -> None:
     jobs = twin.workload.jobs
     n = jobs.n
     v = jobs.view
+    # Work the jobs already running at the start (the warm start) had done then: declared work minus it is what
+    # the scheduler expects them still to need (a forecaster reading the run must not count the whole work).
+    done0 = np.zeros(n)
+    if done_at_start_s is not None:
+        done0[: min(done_at_start_s.size, n)] = done_at_start_s[:n]
     table = pa.table(
         {
             "job": np.arange(n, dtype=np.int64),
@@ -306,6 +311,7 @@ def _write_jobs(twin: Twin, out: Path, job_cost: dict[int, float]) -> None:
             "lost_work_hours": v("lost_work_s") / S_PER_H,
             "work_done_hours": v("work_done_s") / S_PER_H,
             "work_hours": v("work_s") / S_PER_H,
+            "work_done_at_start_hours": done0 / S_PER_H,
         }
     )
     import pyarrow.parquet as pq
@@ -463,6 +469,7 @@ def simulate(opts: SimulateOptions, progress: Callable[[int, int], None] | None 
     events = list(site.energy.demand_response) + [parse_dr(d, site.timezone) for d in opts.dr]
     with atomic_output_dir(opts.out, opts.force) as out:
         twin = Twin(site, site_file, seed=opts.seed, dt_s=opts.step_s)
+        done_at_start = np.array(twin.workload.jobs.view("work_done_s"), dtype=np.float64)
         policy = make_policy(opts.policy, twin, events)
         policy.demand_rate_scale = min(1.0, opts.hours / (30.4 * 24.0))  # the bill prorates the monthly charge
         policy.billing_end_s = twin.now_s + opts.hours * S_PER_H  # the run is the billing period
@@ -500,7 +507,7 @@ def simulate(opts: SimulateOptions, progress: Callable[[int, int], None] | None 
                 progress(done, total)
         wall = time.perf_counter() - t0
         series = rec.close()
-        _write_jobs(twin, out, rec.job_cost)
+        _write_jobs(twin, out, rec.job_cost, done_at_start)
         summary = summarize(twin, series, wall, opts)
         bill = tariff.Bill(**summary["cost"])  # type: ignore[arg-type]
         summary.update(energy_summary(twin, series, policy, opts.policy, out, bill))
