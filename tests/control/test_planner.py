@@ -31,6 +31,15 @@ def _inputs(**kw: object) -> PlanInputs:
     return PlanInputs(**base)  # type: ignore[arg-type]
 
 
+def _shaving(**kw: object) -> PlanInputs:
+    """Flat price, a demand charge of 10/kW worth more than anything else, 1 MWh stored to spend."""
+    base: dict[str, object] = dict(
+        price_per_kwh=np.full(4, 0.1), demand_rate_per_kw=10.0, soc0=np.array([1.0]), soc_final=np.array([0.0])
+    )
+    base.update(kw)
+    return _inputs(**base)
+
+
 def test_arbitrage_charges_cheap_and_discharges_dear() -> None:
     plan = solve_plan(_inputs())
     # 1 MWh bought at 0.1 and sold back into the load at 0.5: charge in a cheap hour, discharge in a dear one.
@@ -47,16 +56,7 @@ def test_efficiency_and_wear_make_small_spreads_unprofitable() -> None:
 
 
 def test_demand_charge_shaves_the_peak() -> None:
-    load = np.array([1e6, 1e6, 3e6, 1e6])
-    plan = solve_plan(
-        _inputs(
-            load_w=load,
-            price_per_kwh=np.full(4, 0.1),
-            demand_rate_per_kw=10.0,
-            soc0=np.array([1.0]),
-            soc_final=np.array([0.0]),
-        )
-    )
+    plan = solve_plan(_shaving(load_w=np.array([1e6, 1e6, 3e6, 1e6])))
     assert plan.peak_w == pytest.approx(2e6, rel=1e-6)  # 1 MW from the battery in the peak hour
     assert plan.bess_w[2, 0] == pytest.approx(1e6, rel=1e-6)
 
@@ -114,16 +114,7 @@ def test_peak_headroom_plans_demand_on_the_upper_band() -> None:
     # that hour (the demand charge at 10/kW is worth more than anything else here) and the planned peak is 1 MW.
     load = np.full(4, 1e6)
     head = np.array([0.0, 0.0, 1e6, 0.0])
-    plan = solve_plan(
-        _inputs(
-            load_w=load,
-            price_per_kwh=np.full(4, 0.1),
-            demand_rate_per_kw=10.0,
-            soc0=np.array([1.0]),
-            soc_final=np.array([0.0]),
-            peak_headroom_w=head,
-        )
-    )
+    plan = solve_plan(_shaving(load_w=load, peak_headroom_w=head))
     assert plan.peak_w == pytest.approx(1e6, rel=1e-6)
     assert plan.bess_w[2, 0] == pytest.approx(1e6, rel=1e-6)
     # Energy is priced on P50: 4 MWh of load less the 1 MWh stored, at 0.1; plus 1,000 kW x 10 of demand.
@@ -149,18 +140,15 @@ def test_load_scenarios_hold_the_peak_with_recourse_paid_by_probability() -> Non
     # takes 2 MWh of planned discharge to hold 1 MW, which a 1 MWh battery cannot give: the peak rises to 1.25 MW.
     # With scenarios the battery covers the excess only when it comes (0.5 MWh expected over the 4 hours... and
     # the worst case within the SOC window), so it holds a lower peak.
-    common = dict(
-        price_per_kwh=np.full(4, 0.1), demand_rate_per_kw=10.0, soc0=np.array([1.0]), soc_final=np.array([0.0])
-    )
-    headroom = solve_plan(_inputs(peak_headroom_w=np.full(4, 0.5e6), **common))
+    headroom = solve_plan(_shaving(peak_headroom_w=np.full(4, 0.5e6)))
     assert headroom.peak_w == pytest.approx(1.25e6, rel=1e-6)
     eps = np.tile([0.0, 0.5e6], (4, 1))
-    scen = solve_plan(_inputs(peak_scenarios_w=eps, peak_scenario_p=np.array([0.5, 0.5]), **common))
+    scen = solve_plan(_shaving(peak_scenarios_w=eps, peak_scenario_p=np.array([0.5, 0.5])))
     assert 1e6 <= scen.peak_w < headroom.peak_w - 0.1e6
     # The plan keeps energy back for the recourse: its expected use is reported, at most half the excess.
     assert 0 < scen.info["recourse_expected_kwh"] <= 0.5 * 0.5 * 4 * 1000 + 1e-6
     # The same plan with no excess possible needs no recourse.
-    calm = solve_plan(_inputs(peak_scenarios_w=np.zeros((4, 2)), peak_scenario_p=np.array([0.5, 0.5]), **common))
+    calm = solve_plan(_shaving(peak_scenarios_w=np.zeros((4, 2)), peak_scenario_p=np.array([0.5, 0.5])))
     assert calm.info["recourse_expected_kwh"] == pytest.approx(0.0, abs=1e-6)
     assert calm.peak_w == pytest.approx(1e6 - 0.25e6, rel=1e-6)  # 1 MWh spread evenly over the 4 hours
 
