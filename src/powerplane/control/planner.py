@@ -320,7 +320,8 @@ def solve_plan(p: PlanInputs, time_limit_s: float = 10.0) -> Plan:
         if v is not None and p.peak_scenarios_w is not None:  # the highest scenario, with its recourse
             top = np.argmax(p.peak_scenarios_w, axis=1)
             rows = lp.rows(t_n, -INF, (p.grid_cap_w - p.peak_scenarios_w[np.arange(t_n), top]) * mw)
-            lp.coef(rows, v[np.arange(t_n), top], -1.0)
+            v_top = v[np.arange(t_n), top]
+            lp.coef(rows[v_top >= 0], v_top[v_top >= 0], -1.0)
         else:
             rows = lp.rows(t_n, -INF, (p.grid_cap_w - headroom) * mw)
         lp.coef(rows, g, 1.0)
@@ -354,11 +355,19 @@ def solve_plan(p: PlanInputs, time_limit_s: float = 10.0) -> Plan:
             "columns": float(lp.n_col),
             "rows": float(lp.n_row),
             "dr_credited_kwh": float(sol[q].sum() * kwh) if q.size else 0.0,
-            "recourse_expected_kwh": float((sol[v] @ p.peak_scenario_p).sum() * kwh)
+            "recourse_expected_kwh": float(
+                (np.where(v >= 0, sol[np.maximum(v, 0)], 0.0) @ p.peak_scenario_p).sum() * kwh
+            )
             if v is not None and p.peak_scenario_p is not None
             else 0.0,
         },
     )
+
+
+def _expected_recourse_kwh(sol: F64, v: NDArray[np.int64] | None, prob: F64 | None, kwh: float) -> float:
+    if v is None or prob is None:
+        return 0.0
+    return float((np.where(v >= 0, sol[np.maximum(v, 0)], 0.0) @ prob).sum() * kwh)
 
 
 def _define_dr_credit(lp: _Lp, p: PlanInputs, g: NDArray[np.int64], kwh: float) -> NDArray[np.int64]:
@@ -412,34 +421,46 @@ def _define_recourse(
     # Paid with the scenario's probability: wear, less the grid energy it saves; a hair more than planned
     # discharge, so that the plan does its arbitrage in d and leaves v to the peak.
     cost = prob[None, :] * (p.degradation_cost_per_kwh - p.price_per_kwh[:, None] + 1e-4) * kwh
-    v = lp.var(t_n * k_n, 0.0, np.maximum(eps, 0.0).ravel(), cost.ravel()).reshape(t_n, k_n)
+    # Scenarios never above the median need no recourse and only the highest of them binds the peak: one row per
+    # window stands for them all (the LP is the same, smaller).
+    active = np.flatnonzero(np.any(eps > 0.0, axis=0))
+    idle = np.flatnonzero(~np.any(eps > 0.0, axis=0))
+    k_a = active.size
+    va = lp.var(t_n * k_a, 0.0, eps[:, active].ravel(), cost[:, active].ravel()).reshape(t_n, k_a)
     # Peak in every scenario, per demand window.
     window = np.floor(p.t_s / p.demand_window_s).astype(np.int64)
     _, inverse, counts = np.unique(window, return_inverse=True, return_counts=True)
     w_n = counts.size
-    rhs = -np.stack([np.bincount(inverse, weights=eps[:, k], minlength=w_n) for k in range(k_n)], axis=1)
-    rows = lp.rows(w_n * k_n, -INF, (rhs / counts[:, None]).ravel()).reshape(w_n, k_n)
+    cols = [eps[:, k] for k in active.tolist()]
+    if idle.size:
+        cols.append(eps[:, idle].max(axis=1))
+    rhs = -np.stack([np.bincount(inverse, weights=c, minlength=w_n) for c in cols], axis=1) / counts[:, None]
+    rows = lp.rows(w_n * len(cols), -INF, rhs.ravel()).reshape(w_n, len(cols))
     lp.coef(rows[inverse], g[:, None], (1.0 / counts[inverse])[:, None])
-    lp.coef(rows[inverse], v, -(1.0 / counts[inverse])[:, None])
+    lp.coef(rows[inverse][:, :k_a], va, -(1.0 / counts[inverse])[:, None])
     lp.coef(rows, peak[0], -1.0)
+    v = np.full((t_n, k_n), -1, dtype=np.int64)  # recourse columns per scenario; -1: none (never above median)
+    v[:, active] = va
     # Discharge power: planned plus the highest scenario's recourse within nameplate (the others need less).
     top = np.argmax(eps, axis=1)
     pmax = float(p.power_max_w.sum()) * 1e-6
     rows = lp.rows(t_n, -INF, pmax)
     lp.coef(rows, net, 1.0)
-    lp.coef(rows, v[np.arange(t_n), top], 1.0)
+    v_top = v[np.arange(t_n), top]
+    has = v_top >= 0
+    lp.coef(rows[has], v_top[has], 1.0)
     # Expected energy of the recourse (one column per step), shared by the units as their capacity.
     ev = lp.var(t_n, 0.0, INF)
     rows = lp.rows(t_n, 0.0, 0.0)
     lp.coef(rows, ev, 1.0)
-    lp.coef(rows[:, None], v, -prob[None, :])
+    lp.coef(rows[:, None], va, -prob[None, active])
     share = e_cap / max(float(e_cap.sum()), 1e-12)
     lp.coef(soc_rows, ev[:, None], share[None, :] * dt_h / p.eta_discharge[None, :])
     # The worst scenario's recourse must find its energy above the SOC floor (beyond the expected use).
     eta = float(np.mean(p.eta_discharge))
     rows = lp.rows(t_n, float((p.soc_min * e_cap).sum()), INF)
     lp.coef(rows[:, None], e, 1.0)
-    lp.coef(rows, v[np.arange(t_n), top], -dt_h / eta)
+    lp.coef(rows[has], v_top[has], -dt_h / eta)
     lp.coef(rows, ev, dt_h / eta)
     return v
 
