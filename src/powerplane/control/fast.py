@@ -182,7 +182,9 @@ class FastLoop:
         a = float(np.exp(-dt_s / max(s.damping_tau_s, 1e-9)))
         smooth = load if self._load_smooth_w is None else a * self._load_smooth_w + (1.0 - a) * load
         self._load_smooth_w = smooth
-        need_lo = max(smooth - grid_max, load - limit) if elapsed > 0 else load - limit
+        # (min(smooth, load): at a swing's top the mean excess must go to the batteries, at its trough they may
+        # charge as far as the second allows: held on the smoothed load there it would stop the damping charging.)
+        need_lo = max(min(smooth, load) - grid_max, load - limit) if elapsed > 0 else load - limit
         # 5. Demand response.
         if self.dr_limit_w is not None:
             grid_max = min(grid_max, self.dr_limit_w)
@@ -193,20 +195,24 @@ class FastLoop:
                 shed = need_lo - hi
                 reasons.append(f"contract/DR: {shed / 1e6:.2f} MW beyond the batteries, shed compute")
             lo = min(need_lo, hi)
-        if self.peak_target_w is not None:
-            # The plan's peak, as the rest of this window allows it: the batteries hold it if they can (soft).
-            peak_room = (self.peak_target_w * s.demand_window_s - self._window_energy_j) / remaining
-            need_peak = load - min(peak_room, grid_max)
-            if need_peak > lo:
-                lo = min(need_peak, hi)
-                reasons.append("peak target")
-        # 8. Plan follower (slow target) -> 6. damping -> 7. frequency response.
+        # 8. Plan follower (slow target) -> peak target -> 6. damping -> 7. frequency response.
         if self.plan_grid_w is not None:
             desired_grid = self.plan_grid_w
         elif self.plan_bess_w is not None:
             desired_grid = load - self.plan_bess_w
         else:
             desired_grid = load
+        if self.peak_target_w is not None:
+            # The plan's peak, as the rest of this window allows it (soft, within the batteries' limits): the grid
+            # target comes down by the mean excess of the low-passed load over it, so that the damping still
+            # carries the swing around the lowered mean (forcing each second under it would clip the swing's tops
+            # and hand the grid its troughs, a ramp per swing).
+            peak_room = (self.peak_target_w * s.demand_window_s - self._window_energy_j) / remaining
+            slow_grid = smooth - (self.plan_bess_w or 0.0) if self.plan_grid_w is None else self.plan_grid_w
+            excess = slow_grid - min(peak_room, grid_max)
+            if excess > 0:
+                desired_grid -= excess
+                reasons.append("peak target")
         if s.damping:
             if self._grid_out is not None and self._last_load_w is not None:
                 # The grid as it really ran last cycle (the batteries' actual power, after their response lag).
