@@ -106,8 +106,6 @@ def load_run(run_dir: Path) -> RunData:
     jt = pq.read_table(run_dir / "jobs.parquet").to_pydict()
     kind_idx = {k: i for i, k in enumerate(KINDS)}
     work_h = np.asarray(jt["work_hours"], dtype=np.float64)
-    if "work_done_at_start_hours" in jt:  # jobs already running at the run's start: the work they had left
-        work_h = work_h - np.asarray(jt["work_done_at_start_hours"], dtype=np.float64)
     jobs = JobInfo(
         kind=np.array([kind_idx.get(k, -1) for k in jt["kind"]], dtype=np.int64),
         n_gpus=np.asarray(jt["n_gpus"], dtype=np.int64),
