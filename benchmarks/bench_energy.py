@@ -317,7 +317,7 @@ def solver_and_loop() -> tuple[list[str], dict[str, Any]]:
     rows = [
         row(f"planner solve, 24 h x 5 min x 4 halls ({inputs.t_s.size} steps)", solve, "p95 <= 200"),
         row("same, with a 3-h DR event (commitments, credit, compute to shed)", solve_dr, "p95 <= 200"),
-        row("same, as mpc plans: 9 load scenarios with recourse + damping wear (8 levels)", solve_sc, "p95 <= 200"),
+        row("same, as mpc plans: 5 load scenarios with recourse + damping wear (8 levels)", solve_sc, "p95 <= 200"),
         row("fast loop + GPU cap lever, 10,240 GPUs", cyc, "p99 <= 1", ".3f"),
         row("DR compute level + caps, 10,240 GPUs (once a block)", dr_step, "-", ".3f"),
     ]

@@ -41,7 +41,7 @@ from powerplane.runtime.energy_inputs import planner_inputs
 from powerplane.twin.twin import Twin, TwinBlock
 
 F64 = NDArray[np.float64]
-SCENARIO_LEVELS = (np.arange(9) + 0.5) / 9  # equally likely 15-min load scenarios (their quantile levels)
+SCENARIO_LEVELS = (np.arange(5) + 0.5) / 5  # equally likely 15-min load scenarios (their quantile levels)
 SCENARIO_MIN_WINDOWS = 8  # demand windows of history before the scenarios replace the P90 headroom
 DAMPING_LEVELS = (np.arange(8) + 0.5) / 8
 DAMPING_MIN_SHARE = 0.1  # share of the residual ring filled before the planner prices the damping's wear
