@@ -147,6 +147,10 @@ def test_load_scenarios_hold_the_peak_with_recourse_paid_by_probability() -> Non
     assert 1e6 <= scen.peak_w < headroom.peak_w - 0.1e6
     # The plan keeps energy back for the recourse: its expected use is reported, at most half the excess.
     assert 0 < scen.info["recourse_expected_kwh"] <= 0.5 * 0.5 * 4 * 1000 + 1e-6
+    # A scenario above the median in some hours and below it in another plans too (no recourse where below).
+    mixed = eps.copy()
+    mixed[1, 1] = -0.2e6
+    assert solve_plan(_shaving(peak_scenarios_w=mixed, peak_scenario_p=np.array([0.5, 0.5]))).status == "Optimal"
     # The same plan with no excess possible needs no recourse.
     calm = solve_plan(_shaving(peak_scenarios_w=np.zeros((4, 2)), peak_scenario_p=np.array([0.5, 0.5])))
     assert calm.info["recourse_expected_kwh"] == pytest.approx(0.0, abs=1e-6)

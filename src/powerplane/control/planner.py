@@ -355,11 +355,7 @@ def solve_plan(p: PlanInputs, time_limit_s: float = 10.0) -> Plan:
             "columns": float(lp.n_col),
             "rows": float(lp.n_row),
             "dr_credited_kwh": float(sol[q].sum() * kwh) if q.size else 0.0,
-            "recourse_expected_kwh": float(
-                (np.where(v >= 0, sol[np.maximum(v, 0)], 0.0) @ p.peak_scenario_p).sum() * kwh
-            )
-            if v is not None and p.peak_scenario_p is not None
-            else 0.0,
+            "recourse_expected_kwh": _expected_recourse_kwh(sol, v, p.peak_scenario_p, kwh),
         },
     )
 
@@ -426,10 +422,10 @@ def _define_recourse(
     active = np.flatnonzero(np.any(eps > 0.0, axis=0))
     idle = np.flatnonzero(~np.any(eps > 0.0, axis=0))
     k_a = active.size
-    va = lp.var(t_n * k_a, 0.0, eps[:, active].ravel(), cost[:, active].ravel()).reshape(t_n, k_a)
+    # (an active scenario may still sit below the median in some steps: no recourse there)
+    va = lp.var(t_n * k_a, 0.0, np.maximum(eps[:, active], 0.0).ravel(), cost[:, active].ravel()).reshape(t_n, k_a)
     # Peak in every scenario, per demand window.
-    window = np.floor(p.t_s / p.demand_window_s).astype(np.int64)
-    _, inverse, counts = np.unique(window, return_inverse=True, return_counts=True)
+    inverse, counts = _demand_windows(p)
     w_n = counts.size
     cols = [eps[:, k] for k in active.tolist()]
     if idle.size:
@@ -491,13 +487,19 @@ def _define_damped_wear(lp: _Lp, p: PlanInputs, net: NDArray[np.int64], kwh: flo
     # Charging and discharging at once is no longer priced: the efficiency loss still rules it out.
 
 
+def _demand_windows(p: PlanInputs) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Each step's demand window (aligned to the epoch, like the bill) as an index 0..W-1, and the steps per window."""
+    window = np.floor(p.t_s / p.demand_window_s).astype(np.int64)
+    _, inverse, counts = np.unique(window, return_inverse=True, return_counts=True)
+    return inverse, counts
+
+
 def _define_peak(lp: _Lp, p: PlanInputs, g: NDArray[np.int64], peak: NDArray[np.int64], t_n: int) -> None:
     """peak >= mean of grid import (plus the headroom) over each demand window (aligned to the epoch, like the
     bill)."""
     if p.demand_rate_per_kw <= 0 and p.contract_w is None:
         return
-    window = np.floor(p.t_s / p.demand_window_s).astype(np.int64)
-    _, inverse, counts = np.unique(window, return_inverse=True, return_counts=True)
+    inverse, counts = _demand_windows(p)
     headroom = np.zeros(t_n) if p.peak_headroom_w is None else p.peak_headroom_w
     rhs = -np.bincount(inverse, weights=headroom * 1e-6, minlength=counts.size) / counts
     rows = lp.rows(counts.size, -INF, rhs)
