@@ -196,20 +196,14 @@ class FastLoop:
                 reasons.append(f"contract/DR: {shed / 1e6:.2f} MW beyond the batteries, shed compute")
             lo = min(need_lo, hi)
         # 8. Plan follower (slow target) -> peak target -> 6. damping -> 7. frequency response.
-        if self.plan_grid_w is not None:
-            desired_grid = self.plan_grid_w
-        elif self.plan_bess_w is not None:
-            desired_grid = load - self.plan_bess_w
-        else:
-            desired_grid = load
+        desired_grid = self._planned_grid(load)
         if self.peak_target_w is not None:
             # The plan's peak, as the rest of this window allows it (soft, within the batteries' limits): the grid
             # target comes down by the mean excess of the low-passed load over it, so that the damping still
             # carries the swing around the lowered mean (forcing each second under it would clip the swing's tops
             # and hand the grid its troughs, a ramp per swing).
             peak_room = (self.peak_target_w * s.demand_window_s - self._window_energy_j) / remaining
-            slow_grid = smooth - (self.plan_bess_w or 0.0) if self.plan_grid_w is None else self.plan_grid_w
-            excess = slow_grid - min(peak_room, grid_max)
+            excess = self._planned_grid(smooth) - min(peak_room, grid_max)
             if excess > 0:
                 desired_grid -= excess
                 reasons.append("peak target")
@@ -225,6 +219,12 @@ class FastLoop:
             target += float(np.clip(response, -1.0, 1.0)) * s.frequency_share * float(self.params.power_max_w.sum())
             reasons.append(f"frequency {m.frequency_hz:.3f} Hz: droop response")
         return self._finish(m, "normal", target, lo, hi, unit_lo, unit_hi, desired_grid, shed, reasons, dt_s)
+
+    def _planned_grid(self, load_w: float) -> float:
+        """The grid the plan asks for on this load: its grid target, else the load less its battery schedule."""
+        if self.plan_grid_w is not None:
+            return self.plan_grid_w
+        return load_w - (self.plan_bess_w if self.plan_bess_w is not None else 0.0)
 
     def _damp(self, desired_grid: float, dt_s: float) -> float:
         """Ramp-limit the grid target: the grid takes ``desired_grid`` whenever that is within the ramp limit of
