@@ -173,11 +173,10 @@ def damped_bound(twin: Twin, r: Realized, inputs: PlanInputs, e_kwh: F64) -> dic
     """The bound's LP with the damping's wear (see the module docstring), billed by the bill's terms."""
     settings = _settings(twin.site, damping=True)
     damping = r.grid_w - ramp_limited(r.grid_w, twin.plant.bess, settings, r.dt_s)
-    bucket = np.floor((r.t_s - r.t_s[0]) / inputs.dt_s).astype(np.int64)
+    bucket = np.floor((r.t_s - r.t_s[0]) / inputs.dt_s).astype(np.int64)  # the run is in time order
     n = inputs.t_s.size
-    order = np.argsort(bucket, kind="stable")
-    starts = np.searchsorted(bucket[order], np.arange(n + 1))
-    q = np.stack([np.quantile(damping[order][starts[k] : starts[k + 1]], DAMPING_QUANTILES) for k in range(n)])
+    starts = np.searchsorted(bucket, np.arange(n + 1))
+    q = np.stack([np.quantile(damping[starts[k] : starts[k + 1]], DAMPING_QUANTILES) for k in range(n)])
     damped = dataclasses.replace(inputs, damping_w=q)
     plan = solve_plan(damped, time_limit_s=300.0)
     bill = bound_bill(plan, inputs, e_kwh, twin.site.tariff.currency)
