@@ -58,6 +58,16 @@ def gpu_bucket(n_gpus: I64) -> I64:
     return np.searchsorted(edges, np.asarray(n_gpus), side="right").astype(np.int64)
 
 
+def _recent(samples: F64, new: F64) -> F64:
+    """The sample history with ``new`` appended, the last N_STALL_SAMPLES kept."""
+    return np.concatenate([samples, new])[-N_STALL_SAMPLES:]
+
+
+def _blend(own: F64, new: F64, weight: float) -> F64:
+    """A job's own learned value moved by ``weight`` toward ``new``; ``new`` where it had none yet (NaN)."""
+    return np.where(np.isfinite(own), (1.0 - weight) * own + weight * new, new)
+
+
 def lagged(series: F64, t: F64, lag_min: F64) -> F64:
     """``series`` at minutes ``t - lag`` for fractional lags: the two minutes around it, weighted linearly;
     NaN where that reaches outside the series.
@@ -323,7 +333,7 @@ class JobState:
             self.post_stall_lag_min = 0.7 * self.post_stall_lag_min + 0.3 * float(np.mean(lag[use_lag]))
             # the lag is the job's own (its checkpoint's length): a job restarts the same way each time
             jl, ol = jc[use_lag], self.own_lag_min[jc[use_lag]]
-            self.own_lag_min[jl] = np.where(np.isfinite(ol), 0.5 * ol + 0.5 * lag[use_lag], lag[use_lag])
+            self.own_lag_min[jl] = _blend(ol, lag[use_lag], 0.5)
         self.stall_end[jc] = -1
         jc = jc[accept]
         beat_f = pll_start[accept]
@@ -344,28 +354,25 @@ class JobState:
         teach = js[(self.dip_min_w[js] < STALL_DEPTH * self.level_w[js]) & ~np.isin(self.kind[js], SERVICE_KINDS)]
         if teach.size:
             flat_min = (self.floor_last[teach] + 1 - self.dip_start[teach]).astype(np.float64)
-            self.flat_samples_min = np.concatenate([self.flat_samples_min, flat_min])[-N_STALL_SAMPLES:]
+            self.flat_samples_min = _recent(self.flat_samples_min, flat_min)
             gpus = np.maximum(self.n_gpus[teach], 1).astype(np.float64)
-            self.flat_weights = np.concatenate([self.flat_weights, gpus])[-N_STALL_SAMPLES:]
+            self.flat_weights = _recent(self.flat_weights, gpus)
             ramp = np.clip(minute - 1 - self.floor_last[teach], 1, None).astype(np.float64)
             # a restart replays the job's own start-up (its checkpoint re-read): its ramp is the job's, the
             # median of recent ones stands in for jobs that have not restarted yet (robust to odd long dips)
-            self.ramp_samples_min = np.concatenate([self.ramp_samples_min, ramp])[-N_STALL_SAMPLES:]
+            self.ramp_samples_min = _recent(self.ramp_samples_min, ramp)
             self.ramp_len_min = float(np.median(self.ramp_samples_min))
             floor = self.dip_min_w[teach] / np.maximum(self.level_w[teach], 1e-9)
-            self.floor_samples = np.concatenate([self.floor_samples, floor])[-N_STALL_SAMPLES:]
+            self.floor_samples = _recent(self.floor_samples, floor)
             self.own_floor[teach] = floor
             # a restart ramps through its start-up and then steps up to the level: the last ramp minute's share of
             # the way up (self.last_w still holds the previous minute here)
             lv = np.maximum(self.level_w[teach], 1e-9)
             top = (self.last_w[teach] - self.dip_min_w[teach]) / np.maximum(lv - self.dip_min_w[teach], 1e-9)
             top = np.where(ramp >= 2, np.clip(top, 0.2, 1.0), np.nan)  # a one-minute ramp shows no shape
-            self.top_samples = np.concatenate([self.top_samples, top[np.isfinite(top)]])[-N_STALL_SAMPLES:]
+            self.top_samples = _recent(self.top_samples, top[np.isfinite(top)])
             self.own_top[teach] = np.where(np.isfinite(top), top, self.own_top[teach])
-            own = self.own_ramp_min[teach]
-            self.own_ramp_min[teach] = np.where(
-                np.isfinite(own), (1.0 - OWN_RAMP_WEIGHT) * own + OWN_RAMP_WEIGHT * ramp, ramp
-            )
+            self.own_ramp_min[teach] = _blend(self.own_ramp_min[teach], ramp, OWN_RAMP_WEIGHT)
         # a stalled job restarts, its checkpoint timer with it: the next checkpoint comes about a period after
         # it is back at its level (a learned lag, the job's own once seen); back part way through this minute:
         # the share of the minute above the ramp's last minute
