@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from powerplane.forecast.backtest import split, subset
 from powerplane.forecast.data import JobInfo, RunData, minute_means
@@ -93,3 +94,39 @@ def test_score_exact() -> None:
     s = score(y, np.array([5.0, 25.0, 0.0]), np.array([10.0, 22.0, 0.0]), np.array([15.0, 30.0, 0.0]), 4.0)
     assert s["n"] == 2 and s["mae_w"] == 1.0 and s["mase"] == 0.25 and s["coverage_p10_p90"] == 0.5
     assert np.isclose(s["mape_pct"], 5.0)
+
+
+def test_a_jobs_progress_gives_its_end_where_its_declared_work_cannot() -> None:
+    """A job warm-started before the run (its declared work counts from a start the run never saw) ends at minute
+    100; the work it has left, recorded each minute, says so; the declared work alone expects it hours later."""
+    n, t0, end = 160, 1.7e9, 100
+    minutes = np.arange(end)
+    run = RunData(
+        "warm",
+        t0,
+        np.full(n, 2e6),
+        np.full(n, 1.6e6),
+        np.full(n, 0.2e6),
+        np.full(n, 25.0),
+        JobInfo(
+            kind=np.array([0]),
+            n_gpus=np.array([512]),
+            submit_s=np.array([t0]),
+            start_s=np.array([t0]),
+            end_s=np.array([t0 + 60.0 * end]),
+            work_s=np.array([60.0 * 600]),  # the whole job's work: it would end at minute 600
+        ),
+        minutes,
+        np.zeros(end, np.int64),
+        np.full(end, 1e6),
+        # progress as the twin's scheduler knows it: a few minutes lost to a restart at minute 40 (work left grows)
+        60.0 * (end - 1.0 - minutes) + np.where(minutes >= 40, 0.0, -180.0),
+    )
+    k = int(np.searchsorted(MODEL_HORIZONS_MIN, 15))
+    fs = build_features(run, np.array([80, 90]))
+    # at minute 80 the job has 19 minutes left (ends after h = 15), at minute 90 nine: the end feature removes it
+    assert fs.x[0, k, 0] == 0.0
+    assert fs.x[1, k, 0] == pytest.approx(-1e6)
+    run.job_work_left_s = None  # a run from before the column: the declared work puts the end at minute 600
+    old = build_features(run, np.array([80, 90]))
+    assert old.x[1, k, 0] == 0.0

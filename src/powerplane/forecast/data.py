@@ -1,9 +1,9 @@
 """Forecasting data from `powerplane simulate` runs: 1-minute site series and per-job power, with the job table.
 
 A run directory holds ``site.parquet`` (every step), ``job_power.parquet`` (mean power per job per record
-interval) and ``jobs.parquet`` (one row per job). :func:`load_run` turns them into a :class:`RunData` on a
-1-minute grid: minute ``i`` covers ``[t0_s + 60 i, t0_s + 60 (i + 1))``. Minutes with no reading are NaN (a gap),
-never zero.
+interval, and in newer runs the work each job has left then) and ``jobs.parquet`` (one row per job).
+:func:`load_run` turns them into a :class:`RunData` on a 1-minute grid: minute ``i`` covers
+``[t0_s + 60 i, t0_s + 60 (i + 1))``. Minutes with no reading are NaN (a gap), never zero.
 """
 
 from __future__ import annotations
@@ -48,7 +48,9 @@ class JobInfo:
 
 @dataclass
 class RunData:
-    """A run on the 1-minute grid. ``job_rows`` are (minute, job, power_w) triples sorted by minute."""
+    """A run on the 1-minute grid. The job rows are (minute, job, power_w, work_left_s) sorted by minute;
+    ``job_work_left_s`` is the work the job had left at the minute's end (its progress as the scheduler knows it;
+    inf for services, NaN where the run did not record it)."""
 
     name: str
     t0_s: float
@@ -60,6 +62,7 @@ class RunData:
     job_minute: I64 = field(default_factory=lambda: np.zeros(0, np.int64))
     job_id: I64 = field(default_factory=lambda: np.zeros(0, np.int64))
     job_power_w: F64 = field(default_factory=lambda: np.zeros(0))
+    job_work_left_s: F64 | None = None
 
     @property
     def n(self) -> int:
@@ -118,6 +121,11 @@ def load_run(run_dir: Path) -> RunData:
     jm = np.floor((jp.column("t_s").to_numpy() - t0) / STEP_S).astype(np.int64)
     jid = jp.column("job").to_numpy().astype(np.int64)
     jpw = jp.column("power_w").to_numpy().astype(np.float64)
+    left = (
+        jp.column("work_left_s").to_numpy().astype(np.float64)
+        if "work_left_s" in jp.column_names
+        else np.full(jpw.size, np.nan)  # a run from before the column: the forecaster falls back to declared work
+    )
     order = np.argsort(jm, kind="stable")
     return RunData(
         name=run_dir.name,
@@ -130,4 +138,5 @@ def load_run(run_dir: Path) -> RunData:
         job_minute=jm[order],
         job_id=jid[order],
         job_power_w=jpw[order],
+        job_work_left_s=left[order],
     )

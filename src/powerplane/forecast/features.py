@@ -3,8 +3,9 @@
 At an origin (minute ``i``) and horizon ``h`` the features describe what the queue and the telemetry know at
 ``i`` about the change ``F(i + h) - F(i)`` of facility power ``F``:
 
-- ``end_w``, ``end_gpus``: power and GPUs of running jobs whose expected end (start + declared work + the
-  median overrun of their kind among jobs already finished) falls before ``i + h``;
+- ``end_w``, ``end_gpus``: power and GPUs of running jobs whose expected end falls before ``i + h``: the work
+  they have left at ``i`` (their progress, as the scheduler knows it, when the run recorded it) or else start +
+  declared work + the median overrun of their kind among jobs already finished;
 - ``ckpt_w``: checkpoint dips due at ``i + h`` (from each job's observed rhythm), and current dips recovering;
   ``level_w``: steady jobs returning from this minute's power to their level (short noise);
 - ``stall_w``: stalled jobs (a fault) coming back: flat for the rest of a learned restart delay, then the
@@ -190,7 +191,12 @@ def build_features(
         ids = run.job_id[a:b]
         if ids.size:
             started = np.isfinite(start_min[ids])
-            state.describe(ids[started], jobs.kind[ids[started]], jobs.n_gpus[ids[started]], end_min[ids[started]])
+            end_now = end_min[ids]
+            if run.job_work_left_s is not None:  # the job's progress: the end is the work it has left from now
+                left = run.job_work_left_s[a:b]
+                has = np.isfinite(left)
+                end_now = np.where(has, i + 1.0 + np.where(has, left, 0.0) / STEP_S, end_now)
+            state.describe(ids[started], jobs.kind[ids[started]], jobs.n_gpus[ids[started]], end_now[started])
             first = state.first_min[ids] < 0 if ids.max() < state.first_min.size else np.ones(ids.size, bool)
             state.observe(i, ids, run.job_power_w[a:b])
             if np.any(first):

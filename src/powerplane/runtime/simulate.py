@@ -6,7 +6,9 @@ Output directory (written atomically; an interrupted run leaves nothing behind):
 - ``halls.parquet``: every step and hall: IT power [W]; ``bess.parquet``: every step and unit: power [W], SOC.
 - ``racks.parquet``: every record interval and rack: mean and max power [W], inlet and hottest GPU [C].
 - ``jobs.parquet``: one row per job (kind, class, GPUs, times, energy, cost, faults, throughput lost);
-  ``job_power.parquet``: every record interval and job: mean power [W].
+  ``job_power.parquet``: every record interval and job: mean power [W] and the work it has left at the
+  interval's end [s of running at full speed] (declared work minus progress since its last checkpoint, as the
+  scheduler knows it; inf for services).
 - ``gpus.parquet`` with ``--gpu-detail``: every record interval and GPU: mean and last power [W], temperature
   [C], energy counter [mJ], utilization [%].
 - ``xid_events.parquet``: the faults injected (time, job, GPU, Xid code).
@@ -133,7 +135,9 @@ class _Recorder:
         )
         self.job_power = TableWriter(
             out / "job_power.parquet",
-            pa.schema([("t_s", pa.float64()), ("job", pa.int64()), ("power_w", pa.float64())]),
+            pa.schema(
+                [("t_s", pa.float64()), ("job", pa.int64()), ("power_w", pa.float64()), ("work_left_s", pa.float64())]
+            ),
         )
         self.gpus = (
             TableWriter(
@@ -254,8 +258,15 @@ class _Recorder:
         jobs = np.array(sorted(self._job_energy), dtype=np.int64)
         if jobs.size:
             energy = np.array([self._job_energy[j] for j in jobs])
+            tab = twin.workload.jobs
+            left = np.maximum(tab.work_s[jobs] - tab.work_done_s[jobs], 0.0)
             self.job_power.append(
-                {"t_s": np.full(jobs.size, self._t_start), "job": jobs, "power_w": energy / interval_s}
+                {
+                    "t_s": np.full(jobs.size, self._t_start),
+                    "job": jobs,
+                    "power_w": energy / interval_s,
+                    "work_left_s": left,
+                }
             )
         if self.gpus is not None and self._gpu_energy is not None:
             g = topo.n_gpus
