@@ -14,6 +14,13 @@ Every ``replan_min`` it solves the dispatch LP (control/planner.py) over ``plann
   every remaining day of the period, each of which pays again in energy to hold it, so one horizon's LP that
   priced it at the whole charge would hold it far too hard at the start of a period (and too loosely at its end
   with a fixed share). With ``billing_end_s`` unset, the period is the calendar month;
+- the peak level of a coarse view of the rest of the billing period (up to ``peak_view_h``, at 1-h steps, on the
+  same load forecast for the next hour and the last day's median load after it, with the weather's cooling and
+  the tariff), solved every
+  ``peak_view_every_min``: a 24-h plan sees one day of what a higher peak would buy (a night's charging, an
+  afternoon's discharge) against only its share of the charge, and sets on the first hot day a peak the whole
+  period then pays for. Below that level the 24-h plan is free; above it, it pays the coarse view's share of the
+  charge (all of it when the view reaches the period's end): the period's trade-off is the coarse view's;
 - the wear of the fast loop's own work around the plan (damping and frequency response, measured over the last
   hour): a battery that idles pays the damping's throughput, one already charging or discharging mostly does not,
   so the plan keeps that in mind.
@@ -45,6 +52,10 @@ SCENARIO_LEVELS = (np.arange(5) + 0.5) / 5  # equally likely 15-min load scenari
 SCENARIO_MIN_WINDOWS = 8  # demand windows of history before the scenarios replace the P90 headroom
 DAMPING_LEVELS = (np.arange(8) + 0.5) / 8
 DAMPING_MIN_SHARE = 0.1  # share of the residual ring filled before the planner prices the damping's wear
+PEAK_VIEW_H = 168.0  # the coarse view of the billing period: its reach [h], step [min] and how often it is solved
+PEAK_VIEW_STEP_MIN = 60.0
+PEAK_VIEW_EVERY_MIN = 60.0
+PEAK_VIEW_NEAR_H = 1.0  # how far the view keeps the fine forecast; past it, the last day's median load
 
 
 def month_end_s(t_s: float, timezone: str) -> float:
@@ -85,6 +96,11 @@ class MpcPolicy(ManagedPolicy):
         self.plan_basis: dict[str, float | str] = {}
         self._facility_now_w = float("nan")
         self._it_now_w = float("nan")
+        # The coarse view of the billing period (None: off): its reach [h]; the level it set and its demand share.
+        self.peak_view_h: float | None = PEAK_VIEW_H
+        self.peak_level_w: float | None = None
+        self._peak_view_share = 1.0
+        self._next_view_s = -np.inf
 
     def after_block(self, block: TwinBlock) -> None:
         self._block_s = float(block.t_s.size * self.twin.dt_s)
@@ -142,32 +158,25 @@ class MpcPolicy(ManagedPolicy):
             it_w, it_hi_w = bands
         scenarios, source = self._scenarios(it_w, it_hi_w, bands is not None)
         damping = self._damping_quantiles()
-        rate = self.demand_rate_share(t_s)
-        self.plan_basis = {
-            "demand_rate_share": rate,
-            "scenarios": source,
-            "damping_mean_abs_w": float(np.mean(np.abs(damping))) if damping is not None else 0.0,
-        }
         # The halls keep their present shares of the upper band (busbars are limits: plan them on P90).
         total = float(halls.sum())
         share = halls / total if total > 0 else np.full(halls.size, 1.0 / halls.size)
-        inputs = planner_inputs(
-            self.twin,
-            t,
-            it_w,
-            it_hi_w[:, None] * share[None, :],
-            self.month_peak_w,
-            self.events,
-            self.baseline_w,
-            rate,
-            self.dr_credit_per_kwh,
-            self._reducible_compute_w(t_s),
-            it_hi_w,
-            scenarios,
-            None if scenarios is None else np.full(SCENARIO_LEVELS.size, 1.0 / SCENARIO_LEVELS.size),
-            None if damping is None else np.repeat(damping[None, :], t.size, axis=0),
-            self.terminal_value_per_kwh,
-        )
+        args = (it_w, it_hi_w, share, scenarios, damping)
+        if t_s >= self._next_view_s:
+            self._next_view_s = t_s + PEAK_VIEW_EVERY_MIN * 60.0
+            self._peak_view(t_s, t, step, *args)
+        rate = self.demand_rate_share(t_s)
+        floor = self.month_peak_w
+        if self.peak_level_w is not None:
+            floor = max(floor, self.peak_level_w)
+            rate = max(rate, self._peak_view_share)
+        self.plan_basis = {
+            "demand_rate_share": rate,
+            "peak_floor_w": floor,
+            "scenarios": source,
+            "damping_mean_abs_w": float(np.mean(np.abs(damping))) if damping is not None else 0.0,
+        }
+        inputs = self._inputs(t_s, t, floor, rate, *args, self.terminal_value_per_kwh)
         try:
             self.plan = solve_plan(inputs)
             # Deferrable jobs start in the plan's cheaper windows (cost: energy price of the slot).
@@ -187,6 +196,90 @@ class MpcPolicy(ManagedPolicy):
             self.stats.audit.append(
                 {"t_s": t_s, "actor": "planner", "mode": "plan", "why": f"solve failed: {exc}; {keep}"}
             )
+
+    def _inputs(
+        self,
+        now_s: float,
+        t: F64,
+        floor_w: float,
+        rate: float,
+        it_w: F64,
+        it_hi_w: F64,
+        share: F64,
+        scenarios: F64 | None,
+        damping: F64 | None,
+        terminal_value_per_kwh: float | None,
+    ) -> Any:
+        return planner_inputs(
+            self.twin,
+            t,
+            it_w,
+            it_hi_w[:, None] * share[None, :],
+            floor_w,
+            self.events,
+            self.baseline_w,
+            rate,
+            self.dr_credit_per_kwh,
+            self._reducible_compute_w(now_s),
+            it_hi_w,
+            scenarios,
+            None if scenarios is None else np.full(scenarios.shape[1], 1.0 / scenarios.shape[1]),
+            None if damping is None else np.repeat(damping[None, :], t.size, axis=0),
+            terminal_value_per_kwh,
+        )
+
+    def _peak_view(
+        self,
+        t_s: float,
+        t: F64,
+        step_s: float,
+        it_w: F64,
+        it_hi_w: F64,
+        share: F64,
+        scenarios: F64 | None,
+        damping: F64 | None,
+    ) -> None:
+        """Solve the coarse view of the billing period (see the module docstring) and keep its peak level; none
+        when the 24-h plan already reaches the period's end, when the view is off, or when it fails (the 24-h plan
+        then prices the peak by its own share, as without the view)."""
+        end = self.billing_end_s if self.billing_end_s is not None else month_end_s(t_s, self.site.timezone)
+        self.peak_level_w = None
+        if self.peak_view_h is None or float(t[-1]) + step_s >= end:
+            return
+        step = PEAK_VIEW_STEP_MIN * 60.0
+        start = np.floor(t_s / step) * step
+        n = int(np.ceil(min(self.peak_view_h * 3600.0, end - start) / step))
+        tc = start + step * np.arange(n)
+        # the fine forecast's means per coarse step, its last slot held past its horizon
+        c = np.clip(((t - start) // step).astype(np.int64), 0, n - 1)
+        cnt = np.bincount(c, minlength=n)
+        held = cnt == 0
+
+        def coarse(x: F64) -> F64:
+            out = np.bincount(c, weights=x, minlength=n) / np.maximum(cnt, 1)
+            out[held] = x[-1]
+            return out
+
+        first = np.minimum(np.searchsorted(c, np.arange(n)), t.size - 1)  # a coarse step's first fine slot
+        sc = None if scenarios is None else np.where(held[:, None], scenarios[-1], scenarios[first])
+        it_c, hi_c = coarse(it_w), coarse(it_hi_w)
+        if len(self._it_windows) >= SCENARIO_MIN_WINDOWS:
+            # Past the next hour the load returns to its level of the last day (the median of its 15-min means):
+            # held for days, one busy hour's level would make every day of the view as busy (and its peak high).
+            later = tc >= t_s + PEAK_VIEW_NEAR_H * 3600.0
+            level = float(np.median(np.fromiter(self._it_windows, np.float64)))
+            hi_c = np.where(later, level + (hi_c - it_c), hi_c)
+            it_c = np.where(later, level, it_c)
+        self._peak_view_share = self.demand_rate_scale * min(1.0, n * step / max(end - t_s, 1.0))
+        inputs = self._inputs(t_s, tc, self.month_peak_w, self._peak_view_share, it_c, hi_c, share, sc, damping, None)
+        try:
+            plan = solve_plan(inputs)
+        except (PlanError, ValueError) as exc:
+            self.stats.audit.append(
+                {"t_s": t_s, "actor": "planner", "mode": "peak view", "why": f"coarse solve failed: {exc}"}
+            )
+            return
+        self.peak_level_w = float(plan.peak_w)
 
     def _scenarios(self, it_w: F64, it_hi_w: F64, from_forecast: bool) -> tuple[F64 | None, str]:
         """[T, K] IT-load deviations from the median for the peak rows, and where they came from."""
