@@ -291,6 +291,8 @@ def test_mpc_takes_the_peak_level_of_a_coarse_view_of_the_billing_period(monkeyp
     site, path = load_scenario("small")
     twin = Twin(site, path, seed=0)
     policy = MpcPolicy(twin, [])
+    assert policy.peak_view_h is None  # off by default (see the module docstring)
+    policy.peak_view_h = PEAK_VIEW_H
     policy.demand_rate_scale = 10 / 30.4
     policy.billing_end_s = twin.now_s + 10 * 86400.0
     seen: list[object] = []

@@ -16,11 +16,14 @@ Every ``replan_min`` it solves the dispatch LP (control/planner.py) over ``plann
   with a fixed share). With ``billing_end_s`` unset, the period is the calendar month;
 - the peak level of a coarse view of the rest of the billing period (up to ``peak_view_h``, at 1-h steps, on the
   same load forecast for the next hour and the last day's median load after it, with the weather's cooling and
-  the tariff), solved every
-  ``peak_view_every_min``: a 24-h plan sees one day of what a higher peak would buy (a night's charging, an
-  afternoon's discharge) against only its share of the charge, and sets on the first hot day a peak the whole
-  period then pays for. Below that level the 24-h plan is free; above it, it pays the coarse view's share of the
-  charge (all of it when the view reaches the period's end): the period's trade-off is the coarse view's;
+  the tariff), solved hourly, when ``peak_view_h`` is set (default off): a 24-h plan sees one day of what a
+  higher peak would buy (a night's charging, an afternoon's discharge) against only its share of the charge, and
+  sets on the first hot day a peak the whole period then pays for. Below the view's level the 24-h plan is free;
+  above it, it pays the view's share of the charge (all of it when the view reaches the period's end). Off by
+  default because on texas (7 days, persistence load) it did not pay: it lowered the week's peak from 16.9 to
+  16.6 MW but the plan then spent more on energy holding that level (216.8k against 216.0k USD without it); fed
+  the realized hourly load, the same view picks the perfect-foresight bound's peak (15.73 against 15.75 MW): it
+  needs a multi-day load forecast better than the last day's median;
 - the wear of the fast loop's own work around the plan (damping and frequency response, measured over the last
   hour): a battery that idles pays the damping's throughput, one already charging or discharging mostly does not,
   so the plan keeps that in mind.
@@ -52,7 +55,7 @@ SCENARIO_LEVELS = (np.arange(5) + 0.5) / 5  # equally likely 15-min load scenari
 SCENARIO_MIN_WINDOWS = 8  # demand windows of history before the scenarios replace the P90 headroom
 DAMPING_LEVELS = (np.arange(8) + 0.5) / 8
 DAMPING_MIN_SHARE = 0.1  # share of the residual ring filled before the planner prices the damping's wear
-PEAK_VIEW_H = 168.0  # the coarse view of the billing period: its reach [h], step [min] and how often it is solved
+PEAK_VIEW_H = 168.0  # the coarse view of the billing period, when on: its reach [h], step [min], how often solved
 PEAK_VIEW_STEP_MIN = 60.0
 PEAK_VIEW_EVERY_MIN = 60.0
 PEAK_VIEW_NEAR_H = 1.0  # how far the view keeps the fine forecast; past it, the last day's median load
@@ -96,8 +99,9 @@ class MpcPolicy(ManagedPolicy):
         self.plan_basis: dict[str, float | str] = {}
         self._facility_now_w = float("nan")
         self._it_now_w = float("nan")
-        # The coarse view of the billing period (None: off): its reach [h]; the level it set and its demand share.
-        self.peak_view_h: float | None = PEAK_VIEW_H
+        # The coarse view of the billing period: its reach [h] (None: off, the default: see the module docstring);
+        # the level it set and its demand share.
+        self.peak_view_h: float | None = None
         self.peak_level_w: float | None = None
         self._peak_view_share = 1.0
         self._next_view_s = -np.inf
