@@ -33,11 +33,15 @@ def test_live_forecast_on_the_twin(small: tuple[object, Path]) -> None:
     first = fc.forecast(twin.now_s)
     assert first["t_s"] == [] and first["status"] == "no data yet"
     snap = None
-    for _ in range(20 * 6):  # 20 minutes, a snapshot every 10 s
+    for k in range(20 * 6):  # 20 minutes, a snapshot every 10 s, a forecast asked every minute
         twin.advance(10)
         snap = tracker.ingest(twin.read(), twin.workload.gpu_job)
         fc.observe(snap)
+        if k % 6 == 5:
+            fc.forecast(snap.t_s)
     assert snap is not None
+    # the forecasts made each minute are scored as their targets close: the band's scale learns from them
+    assert fc.bands.resolved >= 15 * 1 and fc.bands.scale.size == 61
     timeline = twin.workload.sched.expected_timeline(snap.t_s)
     out = fc.forecast(snap.t_s, timeline)
     assert out["model"] == "job-aware prior"

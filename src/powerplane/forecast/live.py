@@ -9,7 +9,9 @@ and queued starts come from it.
 Bad input never becomes a zero forecast: a snapshot without site power is counted (``rejected``) and skipped;
 jobs reported with partial GPU coverage are scaled up by their coverage (dropped and counted below 50 %);
 a gap in telemetry widens the bands with the age of the last reading; jobs with unknown profiles use the fleet's
-and widen the bands (see :mod:`powerplane.forecast.jobaware`).
+and widen the bands (see :mod:`powerplane.forecast.jobaware`). The band's width then follows the coverage its own
+forecasts get once their targets close (adaptive conformal, :mod:`powerplane.forecast.adapt`; reset when the
+champion changes).
 
 :class:`~powerplane.forecast.monitor.MonitoredForecaster` adds the monitoring loop.
 """
@@ -26,8 +28,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from powerplane.config.schema import SiteConfig
+from powerplane.forecast.adapt import BandAdapter
 from powerplane.forecast.data import STEP_S, JobInfo, RunData
-from powerplane.forecast.features import FEATURES, FeatureSet, origin_features
+from powerplane.forecast.features import FEATURES, MODEL_HORIZONS_MIN, FeatureSet, origin_features
 from powerplane.forecast.jobaware import NAME, JobAwareModel
 from powerplane.forecast.jobstate import JobState, Projection
 from powerplane.forecast.placement import marginal_ratio, rack_forecast
@@ -106,6 +109,10 @@ class LiveForecaster:
         self._described = 0  # jobs of the placement's job table whose kind and size were passed on
         self._job_of_name: dict[str, int] = {}  # job table name -> id, to read the scheduler's timeline per job
         self.weather_c: Callable[[F64], F64] | None = None  # outdoor temperature forecast by time (set_weather)
+        # the band's width follows the coverage its forecasts get (forecast/adapt.py)
+        self.bands = BandAdapter(MODEL_HORIZONS_MIN)
+        self._recorded = -1
+        self._recorded_h = np.zeros(0, np.int64)
 
     # ------------------------------------------------------------------ model
 
@@ -128,6 +135,7 @@ class LiveForecaster:
     def reload(self) -> str:
         """Reload the champion (after a promotion or rollback); returns its version."""
         self.model, self.version = self._load_champion()
+        self.bands = BandAdapter(MODEL_HORIZONS_MIN)  # a new model, a new calibration
         return self.version
 
     @property
@@ -239,6 +247,7 @@ class LiveForecaster:
         self._job_sum[:] = 0.0
         self._job_n[:] = 0.0
         self.closed = m
+        self.bands.resolve(m, self._F.a)
         self._on_close(m)
 
     def _on_close(self, m: int) -> None:
@@ -324,7 +333,14 @@ class LiveForecaster:
         if not np.isfinite(fs.stale_min[0]):
             return None
         fc = self.model.predict(fs)
-        return fc.p10_w[0], fc.p50_w[0], fc.p90_w[0], pr
+        p10, p90 = self.bands.apply(fc.p10_w[0], fc.p50_w[0], fc.p90_w[0], h)
+        if i != self._recorded:  # the first forecast of each closed minute and horizon is scored when it closes
+            self._recorded, self._recorded_h = i, np.zeros(0, np.int64)
+        new = ~np.isin(h, self._recorded_h)
+        if np.any(new):
+            self.bands.record(i, h[new], p10[new], p90[new])
+            self._recorded_h = np.union1d(self._recorded_h, h[new])
+        return p10, fc.p50_w[0], p90, pr
 
     def forecast(self, now_s: float, timeline: object | None = None) -> dict[str, Any]:
         """Site facility power over the next hour at 1-minute steps, JSON-ready (see the interface)."""
