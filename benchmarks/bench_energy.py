@@ -337,6 +337,7 @@ ABLATIONS = {
     "mpc-realized": "mpc planning on the realized load (perfect load foresight, rolling 24 h LP)",
     "mpc-terminal": "mpc, terminal value (mean price x discharge efficiency - wear) instead of the floor",
     "mpc-48h": "mpc, 48 h horizon",
+    "mpc-peakview": "mpc, peak level from the coarse 7-day view of the billing period (MpcPolicy.peak_view_h)",
     "oracle": "oracle bound (whole-run LP)",
 }
 
@@ -382,6 +383,8 @@ def _ablation_run(variant: str, hours: float) -> dict[str, Any]:
             pol = Variant(twin, events)
             if variant == "mpc-nodamp":
                 pol.loop.s.damping = False
+            if variant == "mpc-peakview":
+                pol.peak_view_h = energy_mpc.PEAK_VIEW_H
             if variant == "mpc-terminal":
                 from powerplane.physics import tariff
                 from powerplane.runtime.energy_inputs import site_plan_fields
