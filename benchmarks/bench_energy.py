@@ -338,6 +338,7 @@ ABLATIONS = {
     "mpc-terminal": "mpc, terminal value (mean price x discharge efficiency - wear) instead of the floor",
     "mpc-48h": "mpc, 48 h horizon",
     "mpc-peakview": "mpc, peak level from the coarse 7-day view of the billing period (MpcPolicy.peak_view_h)",
+    "mpc-realized-peakview": "mpc planning on the realized load, with the coarse view on it too (7 days ahead)",
     "oracle": "oracle bound (whole-run LP)",
 }
 
@@ -365,7 +366,7 @@ def _ablation_run(variant: str, hours: float) -> dict[str, Any]:
     site_arg = "texas"
     make = energy.make_policy
     if variant.startswith("mpc-"):
-        realized = _realized_it(hours + 25.0) if variant == "mpc-realized" else None
+        realized = _realized_it(hours + 25.0) if variant.startswith("mpc-realized") else None
 
         class Variant(energy_mpc.MpcPolicy):
             def _forecast_bands(self, t_s: float, t: Any, step_s: float) -> Any:
@@ -379,11 +380,16 @@ def _ablation_run(variant: str, hours: float) -> dict[str, Any]:
                 self.it_source = "realized"
                 return mean, mean
 
+            def _view_load(self, t_s: float, tc: Any, it_w: Any, it_hi_w: Any) -> Any:
+                if realized is None:
+                    return super()._view_load(t_s, tc, it_w, it_hi_w)
+                return self._forecast_bands(t_s, tc, float(tc[1] - tc[0]) if tc.size > 1 else 3600.0)
+
         def make_variant(name: str, twin: Any, events: Any) -> Any:
             pol = Variant(twin, events)
             if variant == "mpc-nodamp":
                 pol.loop.s.damping = False
-            if variant == "mpc-peakview":
+            if variant in ("mpc-peakview", "mpc-realized-peakview"):
                 pol.peak_view_h = energy_mpc.PEAK_VIEW_H
             if variant == "mpc-terminal":
                 from powerplane.physics import tariff

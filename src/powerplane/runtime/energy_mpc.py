@@ -266,14 +266,7 @@ class MpcPolicy(ManagedPolicy):
 
         first = np.minimum(np.searchsorted(c, np.arange(n)), t.size - 1)  # a coarse step's first fine slot
         sc = None if scenarios is None else np.where(held[:, None], scenarios[-1], scenarios[first])
-        it_c, hi_c = coarse(it_w), coarse(it_hi_w)
-        if len(self._it_windows) >= SCENARIO_MIN_WINDOWS:
-            # Past the next hour the load returns to its level of the last day (the median of its 15-min means):
-            # held for days, one busy hour's level would make every day of the view as busy (and its peak high).
-            later = tc >= t_s + PEAK_VIEW_NEAR_H * 3600.0
-            level = float(np.median(np.fromiter(self._it_windows, np.float64)))
-            hi_c = np.where(later, level + (hi_c - it_c), hi_c)
-            it_c = np.where(later, level, it_c)
+        it_c, hi_c = self._view_load(t_s, tc, coarse(it_w), coarse(it_hi_w))
         self._peak_view_share = self.demand_rate_scale * min(1.0, n * step / max(end - t_s, 1.0))
         inputs = self._inputs(t_s, tc, self.month_peak_w, self._peak_view_share, it_c, hi_c, share, sc, damping, None)
         try:
@@ -284,6 +277,16 @@ class MpcPolicy(ManagedPolicy):
             )
             return
         self.peak_level_w = float(plan.peak_w)
+
+    def _view_load(self, t_s: float, tc: F64, it_w: F64, it_hi_w: F64) -> tuple[F64, F64]:
+        """IT load (median, upper band) of the coarse view's steps ``tc`` from the 24-h plan's forecast per step:
+        past the next hour the load returns to its level of the last day (the median of its 15-min means): held
+        for days, one busy hour's level would make every day of the view as busy (and its peak high)."""
+        if len(self._it_windows) < SCENARIO_MIN_WINDOWS:
+            return it_w, it_hi_w
+        later = tc >= t_s + PEAK_VIEW_NEAR_H * 3600.0
+        level = float(np.median(np.fromiter(self._it_windows, np.float64)))
+        return np.where(later, level, it_w), np.where(later, level + (it_hi_w - it_w), it_hi_w)
 
     def _scenarios(self, it_w: F64, it_hi_w: F64, from_forecast: bool) -> tuple[F64 | None, str]:
         """[T, K] IT-load deviations from the median for the peak rows, and where they came from."""
