@@ -177,15 +177,9 @@ def test_month_peak_is_the_highest_completed_15min_window_not_a_block_mean() -> 
     assert policy.month_peak_w == pytest.approx((60 * 10e6 + 840 * 1e6) / 900)  # 1.6 MW, what the bill sees
 
 
-def test_mpc_follows_the_plans_battery_schedule_and_holds_its_peak(monkeypatch: pytest.MonkeyPatch) -> None:
-    from powerplane.runtime import energy
-    from powerplane.twin.twin import Twin
-
-    site, path = load_scenario("small")
-    twin = Twin(site, path, seed=0)
-    policy = energy.make_policy("mpc", twin, [])
-    assert isinstance(policy, MpcPolicy)
-    seen = []
+def _run_recording_solves(monkeypatch: pytest.MonkeyPatch, policy: Any, twin: Any, minutes: int) -> tuple[list, Any]:  # type: ignore[type-arg]
+    """Every planner input the policy solves goes to ``seen``; then ``minutes`` 1-min blocks in closed loop."""
+    seen: list[object] = []
     real_solve = energy_mpc.solve_plan
 
     def solve(inputs: object) -> object:
@@ -194,9 +188,21 @@ def test_mpc_follows_the_plans_battery_schedule_and_holds_its_peak(monkeypatch: 
 
     monkeypatch.setattr(energy_mpc, "solve_plan", solve)
     step = policy.controller()
-    for _ in range(20):
+    for _ in range(minutes):
         policy.before_block(twin.now_s)
-        policy.after_block(twin.advance(60, step))  # type: ignore[arg-type]
+        policy.after_block(twin.advance(60, step))
+    return seen, step
+
+
+def test_mpc_follows_the_plans_battery_schedule_and_holds_its_peak(monkeypatch: pytest.MonkeyPatch) -> None:
+    from powerplane.runtime import energy
+    from powerplane.twin.twin import Twin
+
+    site, path = load_scenario("small")
+    twin = Twin(site, path, seed=0)
+    policy = energy.make_policy("mpc", twin, [])
+    assert isinstance(policy, MpcPolicy)
+    seen, step = _run_recording_solves(monkeypatch, policy, twin, 20)
     policy._next_plan_s = -np.inf
     policy.before_block(twin.now_s)  # a plan on 20 minutes of history: P50 and P90 of the IT load
     inputs = seen[-1]
@@ -295,18 +301,7 @@ def test_mpc_takes_the_peak_level_of_a_coarse_view_of_the_billing_period(monkeyp
     policy.peak_view_h = PEAK_VIEW_H
     policy.demand_rate_scale = 10 / 30.4
     policy.billing_end_s = twin.now_s + 10 * 86400.0
-    seen: list[object] = []
-    real_solve = energy_mpc.solve_plan
-
-    def solve(inputs: object) -> object:
-        seen.append(inputs)
-        return real_solve(inputs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(energy_mpc, "solve_plan", solve)
-    step = policy.controller()
-    for _ in range(5):
-        policy.before_block(twin.now_s)
-        policy.after_block(twin.advance(60, step))  # type: ignore[arg-type]
+    seen, _step = _run_recording_solves(monkeypatch, policy, twin, 5)
     seen.clear()
     policy._next_plan_s = policy._next_view_s = -np.inf
     policy.before_block(twin.now_s)
