@@ -111,8 +111,6 @@ class LiveForecaster:
         self.weather_c: Callable[[F64], F64] | None = None  # outdoor temperature forecast by time (set_weather)
         # the band's width follows the coverage its forecasts get (forecast/adapt.py)
         self.bands = BandAdapter(MODEL_HORIZONS_MIN)
-        self._recorded = -1
-        self._recorded_h = np.zeros(0, np.int64)
 
     # ------------------------------------------------------------------ model
 
@@ -334,12 +332,7 @@ class LiveForecaster:
             return None
         fc = self.model.predict(fs)
         p10, p90 = self.bands.apply(fc.p10_w[0], fc.p50_w[0], fc.p90_w[0], h)
-        if i != self._recorded:  # the first forecast of each closed minute and horizon is scored when it closes
-            self._recorded, self._recorded_h = i, np.zeros(0, np.int64)
-        new = ~np.isin(h, self._recorded_h)
-        if np.any(new):
-            self.bands.record(i, h[new], p10[new], p90[new])
-            self._recorded_h = np.union1d(self._recorded_h, h[new])
+        self.bands.record(i, h, p10, p90)  # scored when its targets close
         return p10, fc.p50_w[0], p90, pr
 
     def forecast(self, now_s: float, timeline: object | None = None) -> dict[str, Any]:
