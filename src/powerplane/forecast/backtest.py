@@ -40,7 +40,6 @@ I64 = NDArray[np.int64]
 EVAL_HORIZONS: dict[str, int] = {"1min": 1, "15min": 15, "1h": 60, "24h": 1440}
 COMMON_STEP_MIN = 15
 EVENT_SHARE = 0.01
-ADAPT_BANDS = True
 ANNOUNCED = ("end_w", "ckpt_w", "ramp_w", "stall_w")  # what the queue, the rhythms and restarts announce
 
 
@@ -118,8 +117,8 @@ def backtest_run(run: RunData, with_statsforecast: bool = True) -> dict[str, Any
     tr_e, te_e = subset(tr, slice(None), hz), subset(te, slice(None), hz)
     actual = te_e.y + te_e.now_w[:, None]
     ja_e = _select(ja, slice(None), cols)
-    if ADAPT_BANDS:  # the band's width follows the coverage seen so far, as live (forecast/adapt.py)
-        ja_e.p10_w, ja_e.p90_w = adapt_sequence(te.origins, hz, ja_e.p10_w, ja_e.p50_w, ja_e.p90_w, actual)
+    # the band's width follows the coverage seen so far, as live (forecast/adapt.py)
+    ja_e.p10_w, ja_e.p90_w = adapt_sequence(te.origins, hz, ja_e.p10_w, ja_e.p50_w, ja_e.p90_w, actual)
     forecasts: dict[str, Forecast] = {NAME: ja_e}
     forecasts.update(baselines.naive_forecasts(run, tr_e, te_e))
     forecasts["lightgbm"] = baselines.lightgbm_forecasts(run, tr_e, te_e)

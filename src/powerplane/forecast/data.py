@@ -50,7 +50,7 @@ class JobInfo:
 class RunData:
     """A run on the 1-minute grid. The job rows are (minute, job, power_w, work_left_s) sorted by minute;
     ``job_work_left_s`` is the work the job had left at the minute's end (its progress as the scheduler knows it;
-    inf for services, NaN where the run did not record it)."""
+    inf for services, NaN where a row has none; None: the run did not record it)."""
 
     name: str
     t0_s: float
@@ -121,11 +121,8 @@ def load_run(run_dir: Path) -> RunData:
     jm = np.floor((jp.column("t_s").to_numpy() - t0) / STEP_S).astype(np.int64)
     jid = jp.column("job").to_numpy().astype(np.int64)
     jpw = jp.column("power_w").to_numpy().astype(np.float64)
-    left = (
-        jp.column("work_left_s").to_numpy().astype(np.float64)
-        if "work_left_s" in jp.column_names
-        else np.full(jpw.size, np.nan)  # a run from before the column: the forecaster falls back to declared work
-    )
+    # a run from before the column: None, and the forecaster falls back to the declared work
+    left = jp.column("work_left_s").to_numpy().astype(np.float64) if "work_left_s" in jp.column_names else None
     order = np.argsort(jm, kind="stable")
     return RunData(
         name=run_dir.name,
@@ -138,5 +135,5 @@ def load_run(run_dir: Path) -> RunData:
         job_minute=jm[order],
         job_id=jid[order],
         job_power_w=jpw[order],
-        job_work_left_s=left[order],
+        job_work_left_s=None if left is None else left[order],
     )

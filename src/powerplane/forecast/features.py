@@ -194,8 +194,7 @@ def build_features(
             end_now = end_min[ids]
             if run.job_work_left_s is not None:  # the job's progress: the end is the work it has left from now
                 left = run.job_work_left_s[a:b]
-                has = np.isfinite(left)
-                end_now = np.where(has, i + 1.0 + np.where(has, left, 0.0) / STEP_S, end_now)
+                end_now = np.where(np.isfinite(left), i + 1.0 + left / STEP_S, end_now)
             state.describe(ids[started], jobs.kind[ids[started]], jobs.n_gpus[ids[started]], end_now[started])
             first = state.first_min[ids] < 0 if ids.max() < state.first_min.size else np.ones(ids.size, bool)
             state.observe(i, ids, run.job_power_w[a:b])
