@@ -179,7 +179,7 @@ class FastLoop:
         # training job's swing around it: it is held on the low-passed load (the swing is the damping's), the
         # instantaneous limit on the load itself. (Held per second, a battery at its SOC floor shed compute for
         # swings whose window average was well within the contract.)
-        a = float(np.exp(-dt_s / max(s.damping_tau_s, 1e-9)))
+        a = _lowpass_factor(dt_s, s.damping_tau_s)
         smooth = load if self._load_smooth_w is None else a * self._load_smooth_w + (1.0 - a) * load
         self._load_smooth_w = smooth
         # (min(smooth, load): at a swing's top the mean excess must go to the batteries, at its trough they may
@@ -211,7 +211,7 @@ class FastLoop:
             if self._grid_out is not None and self._last_load_w is not None:
                 # The grid as it really ran last cycle (the batteries' actual power, after their response lag).
                 self._grid_out = self._last_load_w - float(np.sum(m.bess_w))
-            desired_grid = self._damp(desired_grid, dt_s)
+            desired_grid = self._damp(desired_grid, dt_s, a)
         target = load - desired_grid
         df = m.frequency_hz - s.nominal_hz
         if abs(df) > s.deadband_hz:
@@ -226,18 +226,18 @@ class FastLoop:
             return self.plan_grid_w
         return load_w - (self.plan_bess_w if self.plan_bess_w is not None else 0.0)
 
-    def _damp(self, desired_grid: float, dt_s: float) -> float:
+    def _damp(self, desired_grid: float, dt_s: float, a: float) -> float:
         """Ramp-limit the grid target: the grid takes ``desired_grid`` whenever that is within the ramp limit of
         the last grid power, else the nearest power that is. A plain limiter can sit off-centre under a fast
         symmetric swing (it moves up and down by the same step), so its window also drifts toward the
         low-passed target (time constant ``damping_tau_s``) by a share of that gap each cycle, within the ramp.
-        With ``damping_lowpass`` the grid follows the low-passed target itself (every swing to the batteries)."""
+        With ``damping_lowpass`` the grid follows the low-passed target itself (every swing to the batteries).
+        ``a`` is the low-pass's per-cycle factor exp(-dt / damping_tau_s), the same as the load's smoothing."""
         s = self.s
         if self._grid_filtered is None or self._grid_out is None:
             self._grid_filtered = desired_grid
             self._grid_out = desired_grid
             return desired_grid
-        a = float(np.exp(-dt_s / s.damping_tau_s))
         self._grid_filtered = a * self._grid_filtered + (1.0 - a) * desired_grid
         step = s.ramp_limit_w_per_s * RAMP_AIM * dt_s
         last = self._grid_out
@@ -288,6 +288,11 @@ class FastLoop:
         return np.asarray(np.clip(actual_w + (unit_w - actual_w) / alpha, -pmax, pmax), dtype=np.float64)
 
 
+def _lowpass_factor(dt_s: float, tau_s: float) -> float:
+    """A first-order low-pass's per-cycle factor exp(-dt / tau) (0 for tau 0: no memory)."""
+    return float(np.exp(-dt_s / max(tau_s, 1e-9)))
+
+
 def ramp_limited(grid_w: F64, params: BessParams, settings: FastSettings, dt_s: float) -> F64:
     """The grid power the damping (the ramp limiter of :meth:`FastLoop._damp`) lets through for a series of load
     ``grid_w`` (what the grid would carry with the batteries idle), with ideal batteries: ``grid_w`` minus it is
@@ -295,8 +300,9 @@ def ramp_limited(grid_w: F64, params: BessParams, settings: FastSettings, dt_s: 
     loop = FastLoop(params, settings)
     out = np.empty(grid_w.size)
     damp = loop._damp
+    a = _lowpass_factor(dt_s, settings.damping_tau_s)
     for i, x in enumerate(np.asarray(grid_w, dtype=np.float64).tolist()):
-        out[i] = damp(x, dt_s)
+        out[i] = damp(x, dt_s, a)
     return out
 
 

@@ -305,7 +305,9 @@ def solve_plan(p: PlanInputs, time_limit_s: float = 10.0) -> Plan:
     lp.coef(rows, r, -1.0)
     soc_rows = _define_soc(lp, p, c, d, e, e_cap, dt_h)
     scen = p.peak_scenarios_w is not None and p.peak_scenario_p is not None
-    v = _define_recourse(lp, p, g, net, e, peak, soc_rows, e_cap, dt_h) if scen and net is not None else None
+    v, v_top = (
+        _define_recourse(lp, p, g, net, e, peak, soc_rows, e_cap, dt_h) if scen and net is not None else (None, None)
+    )
     if not scen:
         _define_peak(lp, p, g, peak, t_n)
     if p.contract_w is not None and p.contract_over_rate_per_kw > 0:
@@ -317,10 +319,8 @@ def solve_plan(p: PlanInputs, time_limit_s: float = 10.0) -> Plan:
     headroom = np.zeros(t_n) if p.peak_headroom_w is None else p.peak_headroom_w
     if p.grid_cap_w is not None and np.isfinite(p.grid_cap_w):
         over = lp.var(t_n, 0.0, INF, p.cap_penalty_per_kwh * kwh)
-        if v is not None and p.peak_scenarios_w is not None:  # the highest scenario, with its recourse
-            top = np.argmax(p.peak_scenarios_w, axis=1)
-            rows = lp.rows(t_n, -INF, (p.grid_cap_w - p.peak_scenarios_w[np.arange(t_n), top]) * mw)
-            v_top = v[np.arange(t_n), top]
+        if v_top is not None and p.peak_scenarios_w is not None:  # the highest scenario, with its recourse
+            rows = lp.rows(t_n, -INF, (p.grid_cap_w - p.peak_scenarios_w.max(axis=1)) * mw)
             lp.coef(rows[v_top >= 0], v_top[v_top >= 0], -1.0)
         else:
             rows = lp.rows(t_n, -INF, (p.grid_cap_w - headroom) * mw)
@@ -406,9 +406,10 @@ def _define_recourse(
     soc_rows: NDArray[np.int64],
     e_cap: F64,
     dt_h: float,
-) -> NDArray[np.int64]:
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
     """The peak held in every load scenario (two-stage: the schedule is planned on ``load_w``, the batteries cover
-    a scenario's excess when it comes). Returns the recourse columns v [T, K] (MW)."""
+    a scenario's excess when it comes). Returns the recourse columns v [T, K] (MW; -1: none) and the highest
+    scenario's column per step [T]."""
     assert p.peak_scenarios_w is not None and p.peak_scenario_p is not None
     eps = p.peak_scenarios_w * 1e-6
     prob = p.peak_scenario_p
@@ -458,7 +459,7 @@ def _define_recourse(
     lp.coef(rows[:, None], e, 1.0)
     lp.coef(rows[has], v_top[has], -dt_h / eta)
     lp.coef(rows, ev, dt_h / eta)
-    return v
+    return v, v_top
 
 
 def _define_net(lp: _Lp, c: NDArray[np.int64], d: NDArray[np.int64]) -> NDArray[np.int64]:
