@@ -44,7 +44,7 @@ from numpy.typing import NDArray
 from scipy.stats import norm
 
 from powerplane.config.schema import DemandResponseEvent
-from powerplane.control.planner import PlanError, solve_plan
+from powerplane.control.planner import PlanError, PlanInputs, solve_plan
 from powerplane.forecast.planner_feed import planner_it_load
 from powerplane.runtime.energy import IT_FORECAST_QUANTILE, IT_HISTORY_BLOCKS, ManagedPolicy
 from powerplane.runtime.energy_inputs import planner_inputs
@@ -213,7 +213,8 @@ class MpcPolicy(ManagedPolicy):
         scenarios: F64 | None,
         damping: F64 | None,
         terminal_value_per_kwh: float | None,
-    ) -> Any:
+    ) -> PlanInputs:
+        """The planner's inputs over steps ``t`` from this policy's state (the 24-h plan and the coarse view)."""
         return planner_inputs(
             self.twin,
             t,
