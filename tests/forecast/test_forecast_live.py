@@ -41,7 +41,7 @@ def test_live_forecast_on_the_twin(small: tuple[object, Path]) -> None:
             fc.forecast(snap.t_s)
     assert snap is not None
     # the forecasts made each minute are scored as their targets close: the band's scale learns from them
-    assert fc.bands.resolved >= 15 * 1 and fc.bands.scale.size == 61
+    assert fc.bands.resolved >= 15 and fc.bands.scale.size == 61
     timeline = twin.workload.sched.expected_timeline(snap.t_s)
     out = fc.forecast(snap.t_s, timeline)
     assert out["model"] == "job-aware prior"
