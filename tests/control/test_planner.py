@@ -178,3 +178,16 @@ def test_damping_wear_is_priced_around_the_plan() -> None:
         check_inputs(_inputs(damping_w=np.zeros((3, 2))))
     with pytest.raises(ValueError, match="probabilities"):
         check_inputs(_inputs(peak_scenarios_w=np.zeros((4, 2)), peak_scenario_p=np.array([0.5, 0.6])))
+
+
+def test_marginal_cost_is_the_price_plus_the_demand_charge_where_the_peak_binds() -> None:
+    # No battery: one more kWh costs its hour's price, and in the peak hour also the demand charge on it (1-h
+    # windows: a kWh more in that hour is a kW more of peak).
+    idle = dict(power_max_w=np.array([0.0]), soc0=np.array([0.0]), soc_final=np.array([0.0]))
+    plan = solve_plan(_shaving(load_w=np.array([1e6, 1e6, 3e6, 1e6]), **idle))
+    assert plan.marginal_per_kwh is not None
+    assert plan.marginal_per_kwh == pytest.approx([0.1, 0.1, 10.1, 0.1], rel=1e-6)
+    # With an ideal battery and no demand charge: the cheap hours cost their price and so do the dear ones
+    # (the battery's one MWh is spent; more load there is bought at 0.5).
+    plan = solve_plan(_inputs())
+    assert plan.marginal_per_kwh == pytest.approx([0.1, 0.1, 0.5, 0.5], rel=1e-6)

@@ -223,6 +223,11 @@ def test_mpc_follows_the_plans_battery_schedule_and_holds_its_peak(monkeypatch: 
     assert policy.loop.plan_bess_w == pytest.approx(float(plan.bess_w[0].sum()))
     assert policy.loop.plan_grid_w is None
     assert policy.loop.peak_target_w == pytest.approx(max(plan.peak_w, policy.month_peak_w))
+    # Deferrable jobs wait for the slots where more load costs the plan least (its marginal cost, not the price).
+    windows = twin.workload.sched.plan.windows
+    assert plan.marginal_per_kwh is not None and np.all(np.isfinite(plan.marginal_per_kwh))
+    np.testing.assert_allclose(windows[:, 0], plan.t_s)
+    np.testing.assert_allclose(windows[:, 2], plan.marginal_per_kwh)
 
 
 def test_mpc_prices_a_new_peak_by_the_share_of_the_billing_period_left() -> None:

@@ -26,6 +26,10 @@ Per step t (length ``dt_h``) and battery unit u, in MW / MWh:
     and with the damping's power delta_tj around the plan, wear on max(|sum_u (d_tu - c_tu)|, E_j |delta_tj|).
               0 <= s_t <= shed_max_t                                             compute lever (GPU caps, deferral)
 
+The balance rows' duals come back as the plan's marginal cost of load per step (``Plan.marginal_per_kwh``): what
+one more kWh there costs, the price plus the demand charge where the plan holds its peak, as the batteries move
+it. The scheduler defers flexible jobs to the cheap steps of that, not of the tariff.
+
 Built from arrays in small ``_define_*`` steps (PyPSA/linopy style); no solver state is kept on the plan.
 """
 
@@ -115,6 +119,7 @@ class Plan:
     status: str
     solve_s: float
     info: dict[str, float] = field(default_factory=dict)
+    marginal_per_kwh: F64 | None = None  # [T] the marginal cost of load per slot (the balance rows' duals)
 
     def bess_total_w(self, t_s: float) -> float:
         """Planned total battery power at time ``t_s`` (0 outside the plan)."""
@@ -196,7 +201,8 @@ class _Lp:
         self.c.append(cols.ravel())
         self.v.append(np.broadcast_to(np.asarray(vals, float), rows.shape).ravel().copy())
 
-    def solve(self, time_limit_s: float = 10.0) -> tuple[str, F64, float]:
+    def solve(self, time_limit_s: float = 10.0) -> tuple[str, F64, float, F64]:
+        """Status, column values, objective and row duals (the objective's change per unit of a row's bound)."""
         a = sparse.csc_matrix(
             (np.concatenate(self.v), (np.concatenate(self.r), np.concatenate(self.c))), shape=(self.n_row, self.n_col)
         )
@@ -222,7 +228,8 @@ class _Lp:
         status = h.modelStatusToString(h.getModelStatus())
         sol = np.asarray(h.getSolution().col_value, dtype=np.float64)
         obj = float(h.getInfo().objective_function_value)
-        return status, sol, obj
+        duals = np.asarray(h.getSolution().row_dual, dtype=np.float64)
+        return status, sol, obj, duals
 
 
 def check_inputs(p: PlanInputs) -> None:
@@ -296,7 +303,7 @@ def solve_plan(p: PlanInputs, time_limit_s: float = 10.0) -> Plan:
     s = lp.var(t_n, 0.0, shed_hi, p.shed_cost_per_kwh * kwh)
     peak = lp.var(1, p.peak_so_far_w * mw, INF, p.demand_rate_per_kw * 1000.0)
     # Balance: g - x + sum d - sum c + s - r = L - R.
-    rows = lp.rows(t_n, (p.load_w - p.renewable_w) * mw, (p.load_w - p.renewable_w) * mw)
+    balance = rows = lp.rows(t_n, (p.load_w - p.renewable_w) * mw, (p.load_w - p.renewable_w) * mw)
     lp.coef(rows, g, 1.0)
     lp.coef(rows, x, -1.0)
     lp.coef(rows[:, None], d, 1.0)
@@ -334,7 +341,7 @@ def solve_plan(p: PlanInputs, time_limit_s: float = 10.0) -> Plan:
             lp.coef(rows, g[finite], 1.0)
             lp.coef(rows, z, -1.0)
     q = _define_dr_credit(lp, p, g, kwh)
-    status, sol, obj = lp.solve(time_limit_s)
+    status, sol, obj, duals = lp.solve(time_limit_s)
     if status != "Optimal":
         raise PlanError(f"planner LP not solved: {status}")
     if p.terminal_value_per_kwh is not None:
@@ -349,6 +356,9 @@ def solve_plan(p: PlanInputs, time_limit_s: float = 10.0) -> Plan:
         curtail_w=sol[r] / mw,
         peak_w=float(sol[peak][0] / mw),
         objective=obj,
+        # The balance rows' duals: what one more kWh of load in a slot costs the plan (its price, plus the demand
+        # charge where the plan holds its peak, less what the batteries can move), money per kWh.
+        marginal_per_kwh=duals[balance] / kwh if duals.size == lp.n_row else np.full(t_n, np.nan),
         status=status,
         solve_s=time.perf_counter() - start,
         info={
