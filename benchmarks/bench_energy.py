@@ -9,7 +9,7 @@
 4. Demand response: a 3-hour, 25 % event [delivered in full, zero throughput lost by core jobs].
 5. Planner solve, 24 h x 5 min x 4 halls [p95 <= 200 ms]; fast loop with the GPU lever at 10,240 GPUs [p99 <= 1 ms].
 
-6. Ablation: mpc with one change at a time (damping off, realized load, terminal value, 48 h) against the bound.
+6. Ablation: mpc with one change at a time (damping off, realized load, terminal floor, 48 h) against the bound.
 
 Usage: python benchmarks/bench_energy.py [--days 7] [--record] [--only 1,2,3,4,5,6] [--variants mpc,...]
 """
@@ -335,7 +335,7 @@ ABLATIONS = {
     "mpc": "mpc (as the code stands)",
     "mpc-nodamp": "mpc, damping off",
     "mpc-realized": "mpc planning on the realized load (perfect load foresight, rolling 24 h LP)",
-    "mpc-terminal": "mpc, terminal value (mean price x discharge efficiency - wear) instead of the floor",
+    "mpc-floor": "mpc, terminal floor (e_T >= e_0) instead of the value of the energy left",
     "mpc-48h": "mpc, 48 h horizon",
     "mpc-peakview": "mpc, peak level from the coarse 7-day view of the billing period (MpcPolicy.peak_view_h)",
     "mpc-realized-peakview": "mpc planning on the realized load, with the coarse view on it too (7 days ahead)",
@@ -391,14 +391,8 @@ def _ablation_run(variant: str, hours: float) -> dict[str, Any]:
                 pol.loop.s.damping = False
             if variant in ("mpc-peakview", "mpc-realized-peakview"):
                 pol.peak_view_h = energy_mpc.PEAK_VIEW_H
-            if variant == "mpc-terminal":
-                from powerplane.physics import tariff
-                from powerplane.runtime.energy_inputs import site_plan_fields
-
-                t = twin.now_s + 900.0 * np.arange(96 * 8)
-                price = float(np.mean(tariff.price_per_kwh(t, twin.site.tariff, twin.site.timezone)))
-                f = site_plan_fields(twin, 1.0)
-                pol.terminal_value_per_kwh = price * float(f["eta_discharge"].mean()) - f["degradation_cost_per_kwh"]
+            if variant == "mpc-floor":
+                pol.terminal = "floor"
             return pol
 
         energy.make_policy = make_variant
@@ -456,7 +450,7 @@ def main() -> None:
     ap.add_argument("--record", action="store_true")
     ap.add_argument("--workers", type=int, default=2, help="processes for the policy runs of parts 1 and 6")
     ap.add_argument("--dr-events", type=int, default=2, help="part 4: 1 runs only the 07-15 event (prior days)")
-    ap.add_argument("--variants", default="mpc,mpc-nodamp,mpc-realized,mpc-terminal,mpc-48h", help="part 6")
+    ap.add_argument("--variants", default="mpc,mpc-nodamp,mpc-realized,mpc-floor,mpc-48h", help="part 6")
     args = ap.parse_args()
     parts = {int(x) for x in args.only.split(",")}
     lines: list[str] = []

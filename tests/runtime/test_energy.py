@@ -251,6 +251,36 @@ def test_mpc_prices_a_new_peak_by_the_share_of_the_billing_period_left() -> None
     assert policy.demand_rate_share(now) == pytest.approx(1 / 18)
 
 
+def test_mpc_values_the_energy_left_at_the_horizons_end_at_the_weeks_mean_price(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from powerplane.physics import aging, tariff
+    from powerplane.runtime.energy_inputs import BESS_CELL_TEMP_C
+    from powerplane.twin.twin import Twin
+
+    site, path = load_scenario("texas")
+    twin = Twin(site, path, seed=0)
+    policy = MpcPolicy(twin, [])
+    now = twin.now_s
+    t = now + 900.0 * (np.arange(7 * 96) + 0.5)
+    mean_price = float(np.mean(tariff.price_per_kwh(t, site.tariff, site.timezone)))
+    wear = aging.throughput_cost_per_kwh(site.energy.battery_capex_per_kwh, BESS_CELL_TEMP_C)
+    value = policy.terminal_value(now)
+    assert value == pytest.approx(mean_price * 0.95 - wear)  # texas: 0.95 discharge efficiency
+    # Worth more than the night's energy (so the plan may carry some over) and less than the dear hours' (so it
+    # does not hoard what it could sell).
+    assert 0.028 / 0.95 < value < 0.12
+    policy.terminal = "floor"
+    assert policy.terminal_value(now) is None
+    policy.terminal_value_per_kwh = 0.01
+    assert policy.terminal_value(now) == 0.01  # an explicit value wins
+    # The plan gets it: the energy left is priced, no terminal floor.
+    policy.terminal, policy.terminal_value_per_kwh = "value", None
+    seen, _ = _run_recording_solves(monkeypatch, policy, twin, 2)
+    assert seen and seen[-1].terminal_value_per_kwh == pytest.approx(policy.terminal_value(twin.now_s))  # type: ignore[attr-defined]
+    assert policy.plan_basis["terminal_value_per_kwh"] == pytest.approx(seen[-1].terminal_value_per_kwh)  # type: ignore[attr-defined]
+
+
 def test_mpc_peak_scenarios_come_from_the_forecast_band_or_the_last_day() -> None:
     from powerplane.runtime.energy_mpc import SCENARIO_LEVELS, SCENARIO_MIN_WINDOWS
     from powerplane.twin.twin import Twin

@@ -24,6 +24,10 @@ Every ``replan_min`` it solves the dispatch LP (control/planner.py) over ``plann
   16.6 MW but the plan then spent more on energy holding that level (216.8k against 216.0k USD without it); fed
   the realized hourly load, the same view picks the perfect-foresight bound's peak (15.73 against 15.75 MW): it
   needs a multi-day load forecast better than the last day's median;
+- the energy left at the horizon's end valued at the coming week's mean price (as delivered, less wear), not
+  held to a terminal floor e_T >= e_0: with the floor, a plan made at midnight with the batteries half full must
+  end the next midnight as full, so it recharges right after the dear hours, on top of the evening load, and
+  the month's peak is set there (texas, 7 days at 1 s: 215.8k against 212.2k USD with the value);
 - the wear of the fast loop's own work around the plan (damping and frequency response, measured over the last
   hour): a battery that idles pays the damping's throughput, one already charging or discharging mostly does not,
   so the plan keeps that in mind.
@@ -46,8 +50,9 @@ from scipy.stats import norm
 from powerplane.config.schema import DemandResponseEvent
 from powerplane.control.planner import PlanError, PlanInputs, solve_plan
 from powerplane.forecast.planner_feed import planner_it_load
+from powerplane.physics import aging, tariff
 from powerplane.runtime.energy import IT_FORECAST_QUANTILE, IT_HISTORY_BLOCKS, ManagedPolicy
-from powerplane.runtime.energy_inputs import planner_inputs
+from powerplane.runtime.energy_inputs import BESS_CELL_TEMP_C, planner_inputs
 from powerplane.twin.twin import Twin, TwinBlock
 
 F64 = NDArray[np.float64]
@@ -55,6 +60,7 @@ SCENARIO_LEVELS = (np.arange(5) + 0.5) / 5  # equally likely 15-min load scenari
 SCENARIO_MIN_WINDOWS = 8  # demand windows of history before the scenarios replace the P90 headroom
 DAMPING_LEVELS = (np.arange(8) + 0.5) / 8
 DAMPING_MIN_SHARE = 0.1  # share of the residual ring filled before the planner prices the damping's wear
+TERMINAL_VALUE_DAYS = 7.0  # the tariff's mean over this long prices the energy a plan leaves at its end
 PEAK_VIEW_H = 168.0  # the coarse view of the billing period, when on: its reach [h], step [min], how often solved
 PEAK_VIEW_STEP_MIN = 60.0
 PEAK_VIEW_EVERY_MIN = 60.0
@@ -91,9 +97,11 @@ class MpcPolicy(ManagedPolicy):
         self._it_win_sum = 0.0
         self._it_win_s = 0.0
         self.forecast_source: Callable[[float], Mapping[str, Any] | None] | None = None
-        # Energy left at the horizon's end: None holds the terminal floor (e_T >= e_0); a value in money per kWh
-        # prices it instead (see energy_inputs.terminal_value_per_kwh).
+        # Energy left at the horizon's end: "value" prices it at the coming week's mean price (terminal_value),
+        # "floor" holds e_T >= e_0 instead; an explicit value in money per kWh overrides both.
+        self.terminal = "value"
         self.terminal_value_per_kwh: float | None = None
+        self._wear_per_kwh = aging.throughput_cost_per_kwh(self.site.energy.battery_capex_per_kwh, BESS_CELL_TEMP_C)
         self.it_source = "persistence"  # what the last plan's IT load came from: "forecast <model>" or persistence
         # What the last plan stood on: demand-rate share, where its scenarios came from, the damping's mean |power|.
         self.plan_basis: dict[str, float | str] = {}
@@ -180,7 +188,9 @@ class MpcPolicy(ManagedPolicy):
             "scenarios": source,
             "damping_mean_abs_w": float(np.mean(np.abs(damping))) if damping is not None else 0.0,
         }
-        inputs = self._inputs(t_s, t, floor, rate, *args, self.terminal_value_per_kwh)
+        terminal = self.terminal_value(t_s)
+        self.plan_basis["terminal_value_per_kwh"] = terminal if terminal is not None else "floor"
+        inputs = self._inputs(t_s, t, floor, rate, *args, terminal)
         try:
             self.plan = solve_plan(inputs)
             # Deferrable jobs start in the plan's cheaper windows. A slot's cost is what one more kWh of load there
@@ -207,6 +217,18 @@ class MpcPolicy(ManagedPolicy):
             self.stats.audit.append(
                 {"t_s": t_s, "actor": "planner", "mode": "plan", "why": f"solve failed: {exc}; {keep}"}
             )
+
+    def terminal_value(self, t_s: float) -> float | None:
+        """What a kWh left in the batteries at the plan's end is worth: the tariff's mean price over the next
+        ``TERMINAL_VALUE_DAYS``, as the batteries deliver it (discharge efficiency), less the wear of delivering it;
+        None for the terminal floor (``terminal == "floor"``). An explicit ``terminal_value_per_kwh`` wins."""
+        if self.terminal_value_per_kwh is not None:
+            return self.terminal_value_per_kwh
+        if self.terminal == "floor":
+            return None
+        t = t_s + 900.0 * (np.arange(round(TERMINAL_VALUE_DAYS * 96)) + 0.5)
+        price = float(np.mean(tariff.price_per_kwh(t, self.site.tariff, self.site.timezone)))
+        return max(price * float(np.mean(self.params.eta_discharge)) - self._wear_per_kwh, 0.0)
 
     def _inputs(
         self,
