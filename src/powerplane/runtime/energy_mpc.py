@@ -21,9 +21,10 @@ Every ``replan_min`` it solves the dispatch LP (control/planner.py) over ``plann
   sets on the first hot day a peak the whole period then pays for. Below the view's level the 24-h plan is free;
   above it, it pays the view's share of the charge (all of it when the view reaches the period's end). Off by
   default because on texas (7 days, persistence load) it did not pay: it lowered the week's peak from 16.9 to
-  16.6 MW but the plan then spent more on energy holding that level (216.8k against 216.0k USD without it); fed
-  the realized hourly load, the same view picks the perfect-foresight bound's peak (15.73 against 15.75 MW): it
-  needs a multi-day load forecast better than the last day's median;
+  16.6 MW but the plan then spent more on energy holding that level (216.8k against 216.0k USD without it; with
+  the terminal value below and no damping, 213.3k against 211.1k); fed the realized hourly load, the same view
+  picks the perfect-foresight bound's peak (15.73 against 15.75 MW): it needs a multi-day load forecast better
+  than the last day's median;
 - the energy left at the horizon's end valued at the coming week's mean price (as delivered, less wear), not
   held to a terminal floor e_T >= e_0: with the floor, a plan made at midnight with the batteries half full must
   end the next midnight as full, so it recharges right after the dear hours, on top of the evening load, and
