@@ -119,7 +119,7 @@ class Plan:
     status: str
     solve_s: float
     info: dict[str, float] = field(default_factory=dict)
-    marginal_per_kwh: F64 | None = None  # [T] the marginal cost of load per slot (the balance rows' duals)
+    marginal_per_kwh: F64 | None = None  # [T] money/kWh: the balance rows' duals (None: the solver gave none)
 
     def bess_total_w(self, t_s: float) -> float:
         """Planned total battery power at time ``t_s`` (0 outside the plan)."""
@@ -303,13 +303,13 @@ def solve_plan(p: PlanInputs, time_limit_s: float = 10.0) -> Plan:
     s = lp.var(t_n, 0.0, shed_hi, p.shed_cost_per_kwh * kwh)
     peak = lp.var(1, p.peak_so_far_w * mw, INF, p.demand_rate_per_kw * 1000.0)
     # Balance: g - x + sum d - sum c + s - r = L - R.
-    balance = rows = lp.rows(t_n, (p.load_w - p.renewable_w) * mw, (p.load_w - p.renewable_w) * mw)
-    lp.coef(rows, g, 1.0)
-    lp.coef(rows, x, -1.0)
-    lp.coef(rows[:, None], d, 1.0)
-    lp.coef(rows[:, None], c, -1.0)
-    lp.coef(rows, s, 1.0)
-    lp.coef(rows, r, -1.0)
+    balance = lp.rows(t_n, (p.load_w - p.renewable_w) * mw, (p.load_w - p.renewable_w) * mw)
+    lp.coef(balance, g, 1.0)
+    lp.coef(balance, x, -1.0)
+    lp.coef(balance[:, None], d, 1.0)
+    lp.coef(balance[:, None], c, -1.0)
+    lp.coef(balance, s, 1.0)
+    lp.coef(balance, r, -1.0)
     soc_rows = _define_soc(lp, p, c, d, e, e_cap, dt_h)
     scen = p.peak_scenarios_w is not None and p.peak_scenario_p is not None
     v, v_top = (
@@ -358,7 +358,7 @@ def solve_plan(p: PlanInputs, time_limit_s: float = 10.0) -> Plan:
         objective=obj,
         # The balance rows' duals: what one more kWh of load in a slot costs the plan (its price, plus the demand
         # charge where the plan holds its peak, less what the batteries can move), money per kWh.
-        marginal_per_kwh=duals[balance] / kwh if duals.size == lp.n_row else np.full(t_n, np.nan),
+        marginal_per_kwh=duals[balance] / kwh if duals.size == lp.n_row else None,
         status=status,
         solve_s=time.perf_counter() - start,
         info={

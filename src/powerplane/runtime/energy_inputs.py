@@ -18,6 +18,12 @@ F64 = NDArray[np.float64]
 BESS_CELL_TEMP_C = 25.0  # cell temperature for wear pricing, in the planner and in the bill
 
 
+def wear_cost_per_kwh(site: SiteConfig) -> float:
+    """Battery wear per kWh of throughput [money/kWh] at the cell temperature the bill uses (the batteries sit in
+    conditioned enclosures): the one price the planner, mpc's terminal value and the bill all charge."""
+    return aging.throughput_cost_per_kwh(site.energy.battery_capex_per_kwh, BESS_CELL_TEMP_C)
+
+
 def site_plan_fields(twin: Twin, demand_rate_scale: float) -> dict[str, Any]:
     """The :class:`PlanInputs` fields of the site itself, the same for the rolling planner and the oracle bound:
     the batteries (state now, power and energy, SOC window above the backup reserve, efficiencies), the hall
@@ -49,7 +55,7 @@ def site_plan_fields(twin: Twin, demand_rate_scale: float) -> dict[str, Any]:
         "contract_w": site.electrical.contract_demand_kw * 1e3,
         "contract_threshold": tar.contract_billing.threshold if tar.contract_billing else 1.05,
         "contract_over_rate_per_kw": over_rate * demand_rate_scale,
-        "degradation_cost_per_kwh": aging.throughput_cost_per_kwh(site.energy.battery_capex_per_kwh, BESS_CELL_TEMP_C),
+        "degradation_cost_per_kwh": wear_cost_per_kwh(site),
     }
 
 

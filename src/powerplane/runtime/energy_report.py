@@ -14,6 +14,7 @@ from numpy.typing import NDArray
 
 from powerplane.physics import aging, tariff
 from powerplane.runtime.energy import BESS_CELL_TEMP_C, DR_BASELINE_RULE, Policy
+from powerplane.runtime.energy_inputs import wear_cost_per_kwh
 from powerplane.telemetry.signal import band_energy_share, ramp_rates_w_per_s
 from powerplane.twin.jobs import PRIORITY_NAMES
 from powerplane.twin.twin import Twin
@@ -55,7 +56,7 @@ def energy_summary(
     # The bill prices wear the way the planner does: throughput x the BLAST-Lite-calibrated cost per kWh. The
     # BLAST-Lite fade of a short run is reported beside it (its early-life sqrt-time terms overstate short runs).
     throughput_kwh = float(np.abs(s["bess_unit_power_w"]).sum() * dt / 3.6e6) if s["bess_unit_power_w"].size else 0.0
-    degradation = throughput_kwh * aging.throughput_cost_per_kwh(site.energy.battery_capex_per_kwh, temp)
+    degradation = throughput_kwh * wear_cost_per_kwh(site)
     # Energy left in (or taken from) the batteries at the end is worth the run's mean price: without this a policy
     # could look cheaper by ending emptier than it started.
     e_kwh = np.array([u.energy_kwh for u in site.bess])
