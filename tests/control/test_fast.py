@@ -179,6 +179,26 @@ def test_ramp_limiter_holds_the_ramp_with_less_throughput_than_cancellation() ->
     assert abs((10e6 + 2e6 + 1.5e6) - g_lim[-1000:].mean()) < 0.1e6
 
 
+def test_a_jump_beyond_the_batteries_ramp_counts_against_the_limiters_second() -> None:
+    """Square 3 MW edges every 2 s at 0.1 s steps on units that ramp 20 MW/s together: each edge leaves 1 MW on
+    the grid for a cycle. The limiter's next steps must not add their full 0.9 MW/s on top within the same second
+    (1-s ramps of ~1.6 MW without the window): every 1-s window stays within the 1 MW/s limit."""
+    s = FastSettings(contract_w=1e9, damping=True, damping_tau_s=15.0, ramp_limit_w_per_s=1e6)
+    p = _params(2, power_kw=5000, energy_kwh=10000, ramp_kw_per_s=10_000.0)
+    loop = FastLoop(p, s)
+    bess, soc = np.zeros(2), np.full(2, 0.5)
+    grid = []
+    for k in range(1200):
+        t = k * 0.1
+        load = 12e6 + (3e6 if (k // 20) % 2 else 0.0)
+        d = loop.step(Measurements(t, load - bess.sum(), bess, soc, 50.0), 0.1)
+        bess, soc = battery.step(d.bess_unit_w, bess, soc, p, 0.1)
+        grid.append(load - bess.sum())
+    g = np.array(grid)
+    assert np.abs(np.diff(g)).max() > 0.5e6  # the batteries' ramp did leave jumps on the grid
+    assert np.abs(g[10:] - g[:-10]).max() <= 1e6 * 1.001
+
+
 def test_lead_brings_lagging_units_to_the_target_within_a_cycle() -> None:
     p = _params(2, power_kw=5000, energy_kwh=10000, response_time_s=0.05)
     loop = FastLoop(p, FastSettings(contract_w=1e9, damping=False))

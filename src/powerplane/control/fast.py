@@ -21,6 +21,7 @@ batteries see is ``L = grid + battery`` (what the grid would carry without them)
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,6 +31,8 @@ from powerplane.physics.battery import BessParams
 
 F64 = NDArray[np.float64]
 RAMP_AIM = 0.9  # the limiter aims at this share of the ramp limit (frequency response and lags ride on top)
+RAMP_WINDOW_S = 1.0  # the ramp limit is judged over windows of this length (the grid code's 1-s ramp)
+RAMP_WINDOW_AIM = 0.95  # the share of the ramp limit the grid may move within any such window, jumps included
 
 
 @dataclass
@@ -99,6 +102,9 @@ class FastLoop:
         self.available = np.ones(u, dtype=bool)
         self._grid_filtered: float | None = None
         self._grid_out: float | None = None
+        # The grid as it ran over the last RAMP_WINDOW_S (time, W): the limiter keeps any window of that length
+        # within the ramp limit, counting the jumps the batteries could not take (their own ramp or power limit).
+        self._grid_hist: deque[tuple[float, float]] = deque()
         self._window_id = -1
         self._window_energy_j = 0.0
         self._last_t: float | None = None
@@ -160,6 +166,7 @@ class FastLoop:
             reasons.append(f"backup: grid lost, batteries carry {target / 1e6:.2f} MW")
             self._grid_filtered = None
             self._grid_out = None
+            self._grid_hist.clear()
             return self._finish(m, "backup", target, lo, hi, unit_lo, unit_hi, 0.0, shed, reasons, dt_s)
         # Export limit: discharge beyond the load would push power out through the point of interconnection (or
         # curtail the site's own renewables when export is not allowed): the batteries stop at it.
@@ -211,7 +218,9 @@ class FastLoop:
             if self._grid_out is not None and self._last_load_w is not None:
                 # The grid as it really ran last cycle (the batteries' actual power, after their response lag).
                 self._grid_out = self._last_load_w - float(np.sum(m.bess_w))
-            desired_grid = self._damp(desired_grid, dt_s, a)
+                if self._grid_hist:
+                    self._grid_hist[-1] = (self._grid_hist[-1][0], self._grid_out)
+            desired_grid = self._damp(desired_grid, dt_s, a, m.t_s)
         target = load - desired_grid
         df = m.frequency_hz - s.nominal_hz
         if abs(df) > s.deadband_hz:
@@ -226,28 +235,60 @@ class FastLoop:
             return self.plan_grid_w
         return load_w - (self.plan_bess_w if self.plan_bess_w is not None else 0.0)
 
-    def _damp(self, desired_grid: float, dt_s: float, a: float) -> float:
+    def _damp(self, desired_grid: float, dt_s: float, a: float, t_s: float | None = None) -> float:
         """Ramp-limit the grid target: the grid takes ``desired_grid`` whenever that is within the ramp limit of
         the last grid power, else the nearest power that is. A plain limiter can sit off-centre under a fast
         symmetric swing (it moves up and down by the same step), so its window also drifts toward the
         low-passed target (time constant ``damping_tau_s``) by a share of that gap each cycle, within the ramp.
         With ``damping_lowpass`` the grid follows the low-passed target itself (every swing to the batteries).
-        ``a`` is the low-pass's per-cycle factor exp(-dt / damping_tau_s), the same as the load's smoothing."""
+        ``a`` is the low-pass's per-cycle factor exp(-dt / damping_tau_s), the same as the load's smoothing.
+
+        Steps shorter than the ramp's window (``RAMP_WINDOW_S``) also keep the grid within the limit of every
+        power it ran at over the last window (``t_s`` is this cycle's time): a jump the batteries could not take
+        (a training swing's edge beyond their own ramp) would otherwise add to the limiter's full-rate steps
+        within the same second."""
         s = self.s
         if self._grid_filtered is None or self._grid_out is None:
             self._grid_filtered = desired_grid
             self._grid_out = desired_grid
+            self._remember(t_s, desired_grid, dt_s)
             return desired_grid
         self._grid_filtered = a * self._grid_filtered + (1.0 - a) * desired_grid
         step = s.ramp_limit_w_per_s * RAMP_AIM * dt_s
         last = self._grid_out
         if s.damping_lowpass:
-            self._grid_out = float(min(max(self._grid_filtered, last - step), last + step))
-            return self._grid_out
-        centre = last + (1.0 - a) * (self._grid_filtered - last)
-        lo, hi = max(centre, last) - step, min(centre, last) + step
-        self._grid_out = float(min(max(desired_grid, lo), hi))
+            lo, hi = last - step, last + step
+            want = self._grid_filtered
+        else:
+            centre = last + (1.0 - a) * (self._grid_filtered - last)
+            lo, hi = max(centre, last) - step, min(centre, last) + step
+            want = desired_grid
+        if self._grid_hist and dt_s < RAMP_WINDOW_S:
+            band = s.ramp_limit_w_per_s * RAMP_WINDOW_AIM * RAMP_WINDOW_S
+            past = [g for _, g in self._grid_hist]
+            w_lo, w_hi = max(past) - band, min(past) + band
+            if w_lo > w_hi:  # the window already spans more than twice the band: its middle is the least breach
+                w_lo = w_hi = 0.5 * (w_lo + w_hi)
+            # Within the window's limits where they meet the step's, else the step nearest them.
+            lo, hi = (
+                (max(lo, w_lo), min(hi, w_hi))
+                if max(lo, w_lo) <= min(hi, w_hi)
+                else ((hi, hi) if w_lo > hi else (lo, lo))
+            )
+        self._grid_out = float(min(max(want, lo), hi))
+        self._remember(t_s, self._grid_out, dt_s)
         return self._grid_out
+
+    def _remember(self, t_s: float | None, grid_w: float, dt_s: float) -> None:
+        """Keep this cycle's grid power in the ramp window's history (``step`` puts the grid as it really ran in
+        its place next cycle); entries a window old or more are dropped."""
+        if dt_s >= RAMP_WINDOW_S:
+            return
+        hist = self._grid_hist
+        t = t_s if t_s is not None else (hist[-1][0] + dt_s if hist else 0.0)
+        hist.append((t, grid_w))
+        while hist and hist[0][0] <= t - RAMP_WINDOW_S + 0.5 * dt_s:  # the next cycle's window starts a dt later
+            hist.popleft()
 
     def _finish(
         self,
@@ -302,7 +343,7 @@ def ramp_limited(grid_w: F64, params: BessParams, settings: FastSettings, dt_s: 
     damp = loop._damp
     a = _lowpass_factor(dt_s, settings.damping_tau_s)
     for i, x in enumerate(np.asarray(grid_w, dtype=np.float64).tolist()):
-        out[i] = damp(x, dt_s, a)
+        out[i] = damp(x, dt_s, a, i * dt_s)
     return out
 
 
