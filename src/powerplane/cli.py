@@ -118,6 +118,16 @@ def simulate(
     dr: Annotated[
         list[str] | None, typer.Option(help="demand-response event, e.g. 2026-07-15T15:00/3h/-25% (repeatable)")
     ] = None,
+    forecast: Annotated[
+        str,
+        typer.Option(
+            help="what mpc plans its IT load on: auto (the registry's champion if it has one, else persistence), "
+            "champion (the champion, or the untrained prior without one) or persistence"
+        ),
+    ] = "auto",
+    models: Annotated[
+        Path, typer.Option(help="directory of the forecast model registry (registry.duckdb), as for serve")
+    ] = Path("runs"),
 ) -> None:
     """Simulate a site second by second with the digital twin; write Parquet, summary.json, report.html, a plot."""
     from powerplane.runtime.simulate import SimulateOptions
@@ -142,6 +152,8 @@ def simulate(
         record_interval_s=interval_s,
         policy=policy,
         dr=tuple(dr or ()),
+        forecast=forecast,
+        models=models,
     )
     columns = (
         TextColumn("[bold]simulating[/]"),

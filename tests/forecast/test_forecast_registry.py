@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -75,3 +76,31 @@ def test_models_cli(tmp_path: Path) -> None:
     assert doc["version"] == v1 and doc["alias_history"][-1]["action"] == "rollback"
     res = r.invoke(app, ["models", "show", "v7.0.0", "--registry", str(path)])
     assert res.exit_code == 2
+
+
+def _hold(path: str, ready: Any, seconds: float) -> None:
+    import time
+
+    import duckdb
+
+    con = duckdb.connect(path)  # another process holds the file's lock for a while
+    ready.set()
+    time.sleep(seconds)
+    con.close()
+
+
+def test_a_call_waits_while_another_process_holds_the_file(tmp_path: Path) -> None:
+    import multiprocessing as mp
+
+    reg = Registry(tmp_path / "r.duckdb")
+    v = reg.register("job-aware", b"blob", {}, t_s=0.0)
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    holder = ctx.Process(target=_hold, args=(str(reg.path), ready, 1.0))
+    holder.start()
+    try:
+        assert ready.wait(30.0)
+        rec, blob = reg.load(v)  # the lock is held: the call waits for it instead of failing
+        assert blob == b"blob" and rec.version == v
+    finally:
+        holder.join(30.0)

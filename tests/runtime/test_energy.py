@@ -289,20 +289,29 @@ def test_mpc_peak_scenarios_come_from_the_forecast_band_or_the_last_day() -> Non
     policy = MpcPolicy(Twin(site, path, seed=0), [])
     it = np.full(6, 10e6)
     # Too little history: the P90 headroom is kept instead.
-    scen, source = policy._scenarios(it, it * 1.1, False)
+    none, every = np.zeros(6, dtype=bool), np.ones(6, dtype=bool)
+    scen, source = policy._scenarios(it, it * 1.1, none)
     assert scen is None and "headroom" in source
     windows = np.array([9.0, 10.0, 10.0, 11.0, 10.0, 12.0, 10.0, 10.5, 9.5, 10.0]) * 1e6
     policy._it_windows.extend(windows.tolist())
     assert len(policy._it_windows) >= SCENARIO_MIN_WINDOWS
-    scen, source = policy._scenarios(it, it * 1.1, False)
+    scen, source = policy._scenarios(it, it * 1.1, none)
     assert scen is not None and scen.shape == (6, SCENARIO_LEVELS.size) and "demand windows" in source
     np.testing.assert_allclose(scen[0], np.quantile(windows - np.median(windows), SCENARIO_LEVELS))
     # From the forecaster: P90 - P50 read as 1.28 sigma of a normal spread; the middle scenario is the median.
     band = np.linspace(1e6, 2e6, 6)
-    scen, source = policy._scenarios(it, it + band, True)
-    assert scen is not None and source == "forecast band"
+    scen, source = policy._scenarios(it, it + band, every)
+    assert scen is not None and source.startswith("forecast band for 6 slots")
     np.testing.assert_allclose(scen[:, SCENARIO_LEVELS.size // 2], 0.0, atol=1e-6)
     np.testing.assert_allclose(scen[:, -1] / band, scen[0, -1] / band[0])  # scales with the band
+    # The forecast reaches the first 2 slots: its band there, the last day's windows after.
+    part = np.arange(6) < 2
+    scen2, source = policy._scenarios(it, it + band, part)
+    assert scen2 is not None and source.startswith("forecast band for 2 slots, then last")
+    np.testing.assert_allclose(scen2[:2], scen[:2])
+    np.testing.assert_allclose(
+        scen2[2:], np.repeat(np.quantile(windows - np.median(windows), SCENARIO_LEVELS)[None], 4, 0)
+    )
 
 
 def test_mpc_measures_the_fast_loops_work_around_the_plan_and_prices_its_wear() -> None:

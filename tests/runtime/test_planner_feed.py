@@ -31,11 +31,12 @@ def test_planner_counts_on_the_forecast_p90_as_it_load() -> None:
     pol = _policy()
     t0 = 1_000_000.0
     pol.forecast_source = lambda now: _forecast(t0, 300e3)
-    slots = t0 + 900.0 * np.arange(4)
+    slots = t0 + 900.0 * np.arange(6)
     bands = pol._forecast_bands(t0, slots, 900.0)
     assert bands is not None
     it = bands[1]  # the P90 the plan's peak and contract rows count on
-    np.testing.assert_allclose(it, 150e3)  # 300 kW facility P90 x the present IT share 0.5, held past the hour
+    np.testing.assert_allclose(it[:4], 150e3)  # 300 kW facility P90 x the present IT share 0.5
+    assert np.all(np.isnan(it[4:]))  # past the forecast's hour: persistence fills these slots
     assert pol.it_source == "forecast job-aware v1.0.0"
 
 

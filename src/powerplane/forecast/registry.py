@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ import duckdb
 from powerplane.core.errors import PowerPlaneError
 
 DEFAULT_PATH = Path("runs/registry.duckdb")
+LOCK_WAIT_S = 10.0  # how long a call waits for another process to let go of the file
 ALIASES = ("champion", "challenger")
 _VERSION = re.compile(r"^v(\d+)\.(\d+)\.(\d+)$")
 
@@ -86,11 +88,26 @@ class Registry:
 
     @contextmanager
     def _db(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        con = duckdb.connect(str(self.path))
+        con = self._connect()
         try:
             yield con
         finally:
             con.close()
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        """Open the file, waiting while another process has it open (DuckDB locks a file to one process at a time:
+        a simulation loading the champion while ``serve`` or a backtest touches the registry); after
+        ``LOCK_WAIT_S`` the lock error goes to the caller."""
+        deadline = time.monotonic() + LOCK_WAIT_S
+        delay = 0.02
+        while True:
+            try:
+                return duckdb.connect(str(self.path))
+            except duckdb.IOException as exc:
+                if "lock" not in str(exc).lower() or time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2.0, 0.5)
 
     # ------------------------------------------------------------------ models
 

@@ -104,6 +104,7 @@ class MpcPolicy(ManagedPolicy):
         self.terminal_value_per_kwh: float | None = None
         self._wear_per_kwh = wear_cost_per_kwh(self.site)
         self.it_source = "persistence"  # what the last plan's IT load came from: "forecast <model>" or persistence
+        self.forecast_plans = 0  # plans made on the forecaster's load (the rest on persistence)
         # What the last plan stood on: demand-rate share, where its scenarios came from, the damping's mean |power|.
         self.plan_basis: dict[str, float | str] = {}
         self._facility_now_w = float("nan")
@@ -122,8 +123,9 @@ class MpcPolicy(ManagedPolicy):
         self._it_recent = self._it_recent[-IT_HISTORY_BLOCKS:]
         self._add_it_window(float(block.t_s[0]), it, self._block_s)
         self._hall_recent = block.fleet.hall_it_power_w.mean(axis=0)
-        self._facility_now_w = float(block.plant.facility_power_w[-1])
-        self._it_now_w = float(block.plant.it_power_w[-1])
+        # (block means: the forecast's facility power is per-minute means; one step's reading swings with training)
+        self._facility_now_w = float(block.plant.facility_power_w.mean())
+        self._it_now_w = it
         super().after_block(block)
 
     def _add_it_window(self, t_s: float, it_w: float, span_s: float) -> None:
@@ -164,12 +166,15 @@ class MpcPolicy(ManagedPolicy):
         n_halls = self.twin.topo.n_halls
         halls = self._hall_recent if self._hall_recent is not None else np.full(n_halls, p90 / n_halls)
         bands = self._forecast_bands(t_s, t, step)
+        self.forecast_plans += bands is not None
         if bands is None:
             it_w, it_hi_w = np.full(t.size, p50), np.full(t.size, p90)
             self.it_source = "persistence"
-        else:
-            it_w, it_hi_w = bands
-        scenarios, source = self._scenarios(it_w, it_hi_w, bands is not None)
+            ahead = np.zeros(t.size, dtype=bool)
+        else:  # the forecast where it reaches, persistence after it
+            ahead = np.isfinite(bands[0])
+            it_w, it_hi_w = np.where(ahead, bands[0], p50), np.where(ahead, bands[1], p90)
+        scenarios, source = self._scenarios(it_w, it_hi_w, ahead)
         damping = self._damping_quantiles()
         # The halls keep their present shares of the upper band (busbars are limits: plan them on P90).
         total = float(halls.sum())
@@ -318,17 +323,23 @@ class MpcPolicy(ManagedPolicy):
         level = float(np.median(np.fromiter(self._it_windows, np.float64)))
         return np.where(later, level, it_w), np.where(later, level + (it_hi_w - it_w), it_hi_w)
 
-    def _scenarios(self, it_w: F64, it_hi_w: F64, from_forecast: bool) -> tuple[F64 | None, str]:
-        """[T, K] IT-load deviations from the median for the peak rows, and where they came from."""
-        if from_forecast:
-            # The forecaster's band, read as a normal spread: P90 - P50 is 1.28 sigma.
-            sigma = np.maximum(it_hi_w - it_w, 0.0) / norm.ppf(0.9)
-            return sigma[:, None] * norm.ppf(SCENARIO_LEVELS)[None, :], "forecast band"
+    def _scenarios(self, it_w: F64, it_hi_w: F64, from_forecast: NDArray[np.bool_]) -> tuple[F64 | None, str]:
+        """[T, K] IT-load deviations from the median for the peak rows, and where they came from: the forecaster's
+        band in the slots it covers (``from_forecast``), the last day's demand windows in the others."""
+        # The forecaster's band, read as a normal spread: P90 - P50 is 1.28 sigma.
+        sigma = np.maximum(it_hi_w - it_w, 0.0) / norm.ppf(0.9)
+        banded = sigma[:, None] * norm.ppf(SCENARIO_LEVELS)[None, :]
         if len(self._it_windows) < SCENARIO_MIN_WINDOWS:
+            if np.all(from_forecast):
+                return banded, "forecast band"
             return None, "P90 headroom (too little history)"
         w = np.fromiter(self._it_windows, np.float64)
-        eps = np.quantile(w - np.median(w), SCENARIO_LEVELS)
-        return np.repeat(eps[None, :], it_w.size, axis=0), f"last {w.size} demand windows"
+        eps = np.repeat(np.quantile(w - np.median(w), SCENARIO_LEVELS)[None, :], it_w.size, axis=0)
+        source = f"last {w.size} demand windows"
+        if np.any(from_forecast):
+            eps[from_forecast] = banded[from_forecast]
+            source = f"forecast band for {int(from_forecast.sum())} slots, then {source}"
+        return eps, source
 
     def _damping_quantiles(self) -> F64 | None:
         """Quantiles of what the fast loop added to the plan over the last hour, or None with too few cycles."""
@@ -351,4 +362,8 @@ class MpcPolicy(ManagedPolicy):
             return None
         self.it_source = f"forecast {fc.get('model', '')}".strip()
         p50 = np.asarray(res[0], np.float64)
-        return p50, np.maximum(np.asarray(res[1], np.float64), p50)
+        p90 = np.maximum(np.asarray(res[1], np.float64), p50)
+        # Past the forecast's hour: NaN, for persistence to fill (the forecast's last minute held for a day would
+        # plan the whole day on one minute's job events: texas, 7 days at 60 s, 17.28 MW of peak against 16.75).
+        beyond = t >= float(fc["t_s"][-1])
+        return np.where(beyond, np.nan, p50), np.where(beyond, np.nan, p90)

@@ -67,6 +67,10 @@ class SimulateOptions:
     record_interval_s: float = 60.0
     policy: str = "none"
     dr: tuple[str, ...] = ()  # demand-response events, e.g. "2026-07-15T15:00/3h/-25%"
+    # What the mpc planner's IT load comes from (runtime/sim_forecast.py): "persistence", "champion" (the registry's
+    # champion in ``models``, the untrained prior without one) or "auto" (the champion if ``models`` has one)
+    forecast: str = "auto"
+    models: Path | None = None
 
 
 def block_steps(steps_per_interval: int) -> int:
@@ -476,14 +480,20 @@ def simulate(opts: SimulateOptions, progress: Callable[[int, int], None] | None 
     from powerplane.runtime.energy import make_policy, parse_dr
     from powerplane.runtime.energy_oracle import OraclePolicy, Realized
     from powerplane.runtime.energy_report import energy_summary, write_report
+    from powerplane.runtime.sim_forecast import BlockFeed, choose
 
     events = list(site.energy.demand_response) + [parse_dr(d, site.timezone) for d in opts.dr]
+    forecast_mode, registry = choose(opts.forecast, opts.models)
     with atomic_output_dir(opts.out, opts.force) as out:
         twin = Twin(site, site_file, seed=opts.seed, dt_s=opts.step_s)
         done_at_start = np.array(twin.workload.jobs.view("work_done_s"), dtype=np.float64)
         policy = make_policy(opts.policy, twin, events)
         policy.demand_rate_scale = min(1.0, opts.hours / (30.4 * 24.0))  # the bill prorates the monthly charge
         policy.billing_end_s = twin.now_s + opts.hours * S_PER_H  # the run is the billing period
+        feed = None
+        if forecast_mode == "champion" and hasattr(policy, "forecast_source"):
+            feed = BlockFeed(twin, registry)  # the job-aware forecaster, fed from the twin's blocks as live does
+            policy.forecast_source = feed.source
         per_block = block_steps(steps_per_interval)
         t0 = time.perf_counter()
         if isinstance(policy, OraclePolicy):  # perfect foresight: the same twin's load, without batteries
@@ -512,6 +522,8 @@ def simulate(opts: SimulateOptions, progress: Callable[[int, int], None] | None 
             policy.before_block(twin.now_s)
             block = twin.advance(n, controller)  # type: ignore[arg-type]
             policy.after_block(block)
+            if feed is not None:
+                feed.observe(block, twin.last_block_jobs)
             rec.add(block, twin.last_block_jobs)
             done += n
             if progress is not None:
@@ -522,6 +534,16 @@ def simulate(opts: SimulateOptions, progress: Callable[[int, int], None] | None 
         summary = summarize(twin, series, wall, opts)
         bill = tariff.Bill(**summary["cost"])  # type: ignore[arg-type]
         summary.update(energy_summary(twin, series, policy, opts.policy, out, bill))
+        if hasattr(policy, "forecast_source"):
+            summary["controller"]["it_forecast"] = {  # type: ignore[index]
+                "mode": forecast_mode,
+                "model": feed.model_name if feed is not None else "persistence (the last hour's median)",
+                "registry": str(registry) if registry is not None else None,
+                "plans_on_forecast": getattr(policy, "forecast_plans", 0),
+                "plans": policy.stats.plan_solves,
+                "minutes_observed": feed.forecaster.closed + 1 if feed is not None else 0,
+                "rejected": dict(feed.forecaster.rejected) if feed is not None else {},
+            }
         (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
         plot_site(
             series,
