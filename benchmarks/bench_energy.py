@@ -334,11 +334,10 @@ ABLATIONS = {
     "none": "none",
     "mpc": "mpc (as the code stands)",
     "mpc-nodamp": "mpc, damping off",
-    "mpc-realized": "mpc planning on the realized load (perfect load foresight, rolling 24 h LP)",
+    "mpc-realized": "mpc planning on the realized load, deferral off (perfect load foresight, rolling 24 h LP)",
+    "mpc-nodefer": "mpc, deferral off (the workload of none and oracle)",
     "mpc-floor": "mpc, terminal floor (e_T >= e_0) instead of the value of the energy left",
     "mpc-48h": "mpc, 48 h horizon",
-    "mpc-peakview": "mpc, peak level from the coarse 7-day view of the billing period (MpcPolicy.peak_view_h)",
-    "mpc-realized-peakview": "mpc planning on the realized load, with the coarse view on it too (7 days ahead)",
     "oracle": "oracle bound (whole-run LP)",
 }
 
@@ -380,17 +379,12 @@ def _ablation_run(variant: str, hours: float) -> dict[str, Any]:
                 self.it_source = "realized"
                 return mean, mean
 
-            def _view_load(self, t_s: float, tc: Any, it_w: Any, it_hi_w: Any) -> Any:
-                if realized is None:
-                    return super()._view_load(t_s, tc, it_w, it_hi_w)
-                return self._forecast_bands(t_s, tc, float(tc[1] - tc[0]) if tc.size > 1 else 3600.0)
-
         def make_variant(name: str, twin: Any, events: Any) -> Any:
             pol = Variant(twin, events)
             if variant == "mpc-nodamp":
                 pol.loop.s.damping = False
-            if variant in ("mpc-peakview", "mpc-realized-peakview"):
-                pol.peak_view_h = energy_mpc.PEAK_VIEW_H
+            if variant in ("mpc-nodefer", "mpc-realized"):  # realized: the load it plans on is the none run's
+                pol.defer = False
             if variant == "mpc-floor":
                 pol.terminal = "floor"
             return pol
@@ -450,7 +444,7 @@ def main() -> None:
     ap.add_argument("--record", action="store_true")
     ap.add_argument("--workers", type=int, default=2, help="processes for the policy runs of parts 1 and 6")
     ap.add_argument("--dr-events", type=int, default=2, help="part 4: 1 runs only the 07-15 event (prior days)")
-    ap.add_argument("--variants", default="mpc,mpc-nodamp,mpc-realized,mpc-floor,mpc-48h", help="part 6")
+    ap.add_argument("--variants", default="mpc,mpc-nodamp,mpc-nodefer,mpc-realized,mpc-floor,mpc-48h", help="part 6")
     args = ap.parse_args()
     parts = {int(x) for x in args.only.split(",")}
     lines: list[str] = []

@@ -334,41 +334,17 @@ def test_mpc_measures_the_fast_loops_work_around_the_plan_and_prices_its_wear() 
     assert 0 < float(policy.plan_basis["demand_rate_share"]) <= 1.0
 
 
-def test_mpc_takes_the_peak_level_of_a_coarse_view_of_the_billing_period(monkeypatch: pytest.MonkeyPatch) -> None:
-    from powerplane.runtime.energy_mpc import PEAK_VIEW_H, PEAK_VIEW_STEP_MIN
+@pytest.mark.parametrize("defer", [True, False])
+def test_mpc_hands_the_scheduler_its_windows_only_when_deferring(defer: bool) -> None:
     from powerplane.twin.twin import Twin
 
     site, path = load_scenario("small")
     twin = Twin(site, path, seed=0)
     policy = MpcPolicy(twin, [])
-    assert policy.peak_view_h is None  # off by default (see the module docstring)
-    policy.peak_view_h = PEAK_VIEW_H
-    policy.demand_rate_scale = 10 / 30.4
-    policy.billing_end_s = twin.now_s + 10 * 86400.0
-    seen, _step = _run_recording_solves(monkeypatch, policy, twin, 5)
-    seen.clear()
-    policy._next_plan_s = policy._next_view_s = -np.inf
-    policy.before_block(twin.now_s)
-    coarse, fine = seen  # the view first, then the 24-h plan on its level
-    n_view = round(PEAK_VIEW_H * 60 / PEAK_VIEW_STEP_MIN)
-    assert coarse.dt_s == PEAK_VIEW_STEP_MIN * 60 and coarse.t_s.size == n_view  # type: ignore[attr-defined]
-    # the view reaches 7 of the 10 days left: it pays that share of the period's charge, the 24-h plan the same
-    share = 10 / 30.4 * min(1.0, PEAK_VIEW_H * 3600 / (policy.billing_end_s - twin.now_s))
-    rate = site.tariff.demand_charge_per_kw_month
-    assert coarse.demand_rate_per_kw == pytest.approx(rate * share)  # type: ignore[attr-defined]
-    assert fine.demand_rate_per_kw == pytest.approx(rate * share)  # type: ignore[attr-defined]
-    assert policy.demand_rate_share(twin.now_s) < share  # its own share of the period would be 1/10
-    level = policy.peak_level_w
-    assert level is not None and level > 0
-    assert fine.peak_so_far_w == pytest.approx(max(level, policy.month_peak_w))  # type: ignore[attr-defined]
-    assert policy.plan is not None and policy.plan.peak_w >= level * (1 - 1e-6)
-    assert policy.plan_basis["peak_floor_w"] == pytest.approx(max(level, policy.month_peak_w))
-    # Not solved again within the hour; with the period's end inside the 24-h horizon, no view at all.
-    seen.clear()
-    policy._next_plan_s = -np.inf
-    policy.before_block(twin.now_s)
-    assert len(seen) == 1 and policy.peak_level_w == level
-    policy.billing_end_s = twin.now_s + 12 * 3600.0
-    policy._next_plan_s = policy._next_view_s = -np.inf
-    policy.before_block(twin.now_s)
-    assert policy.peak_level_w is None and seen[-1].dt_s == site.energy.planner_step_min * 60  # type: ignore[attr-defined]
+    policy.defer = defer
+    controller = policy.controller()
+    for _ in range(3):
+        policy.before_block(twin.now_s)
+        policy.after_block(twin.advance(60, controller))  # type: ignore[arg-type]
+    assert policy.stats.plan_solves >= 1
+    assert (twin.workload.sched.plan.windows.size > 0) is defer

@@ -13,18 +13,9 @@ Every ``replan_min`` it solves the dispatch LP (control/planner.py) over ``plann
 - a demand rate scaled by the share of the rest of the billing period the horizon covers: a peak set today binds
   every remaining day of the period, each of which pays again in energy to hold it, so one horizon's LP that
   priced it at the whole charge would hold it far too hard at the start of a period (and too loosely at its end
-  with a fixed share). With ``billing_end_s`` unset, the period is the calendar month;
-- the peak level of a coarse view of the rest of the billing period (up to ``peak_view_h``, at 1-h steps, on the
-  same load forecast for the next hour and the last day's median load after it, with the weather's cooling and
-  the tariff), solved hourly, when ``peak_view_h`` is set (default off): a 24-h plan sees one day of what a
-  higher peak would buy (a night's charging, an afternoon's discharge) against only its share of the charge, and
-  sets on the first hot day a peak the whole period then pays for. Below the view's level the 24-h plan is free;
-  above it, it pays the view's share of the charge (all of it when the view reaches the period's end). Off by
-  default because on texas (7 days, persistence load) it did not pay: it lowered the week's peak from 16.9 to
-  16.6 MW but the plan then spent more on energy holding that level (216.8k against 216.0k USD without it; with
-  the terminal value below and no damping, 213.3k against 211.1k); fed the realized hourly load, the same view
-  picks the perfect-foresight bound's peak (15.73 against 15.75 MW): it needs a multi-day load forecast better
-  than the last day's median;
+  with a fixed share). With ``billing_end_s`` unset, the period is the calendar month. (A coarse LP over the rest
+  of the period, at 1-h steps, setting the 24-h plan's peak level was tried in the fifth and sixth sessions and
+  removed in the seventh: on the last day's load it spent more energy than the peak it saved; see NOTES.md);
 - the energy left at the horizon's end valued at the coming week's mean price (as delivered, less wear), not
   held to a terminal floor e_T >= e_0: with the floor, a plan made at midnight with the batteries half full must
   end the next midnight as full, so it recharges right after the dear hours, on top of the evening load, and
@@ -62,10 +53,6 @@ SCENARIO_MIN_WINDOWS = 8  # demand windows of history before the scenarios repla
 DAMPING_LEVELS = (np.arange(8) + 0.5) / 8
 DAMPING_MIN_SHARE = 0.1  # share of the residual ring filled before the planner prices the damping's wear
 TERMINAL_VALUE_DAYS = 7.0  # the tariff's mean over this long prices the energy a plan leaves at its end
-PEAK_VIEW_H = 168.0  # the coarse view of the billing period, when on: its reach [h], step [min], how often solved
-PEAK_VIEW_STEP_MIN = 60.0
-PEAK_VIEW_EVERY_MIN = 60.0
-PEAK_VIEW_NEAR_H = 1.0  # how far the view keeps the fine forecast; past it, the last day's median load
 
 
 def month_end_s(t_s: float, timezone: str) -> float:
@@ -102,6 +89,9 @@ class MpcPolicy(ManagedPolicy):
         # "floor" holds e_T >= e_0 instead; an explicit value in money per kWh overrides both.
         self.terminal: Literal["value", "floor"] = "value"
         self.terminal_value_per_kwh: float | None = None
+        # Deferrable jobs start in the plan's cheap windows (False: the scheduler gets no windows, the workload runs
+        # as without energy management; the like-for-like case against the oracle, which defers nothing)
+        self.defer = True
         self._wear_per_kwh = wear_cost_per_kwh(self.site)
         self.it_source = "persistence"  # what the last plan's IT load came from: "forecast <model>" or persistence
         self.forecast_plans = 0  # plans made on the forecaster's load (the rest on persistence)
@@ -109,12 +99,6 @@ class MpcPolicy(ManagedPolicy):
         self.plan_basis: dict[str, float | str] = {}
         self._facility_now_w = float("nan")
         self._it_now_w = float("nan")
-        # The coarse view of the billing period: its reach [h] (None: off, the default: see the module docstring);
-        # the level it set and its demand share.
-        self.peak_view_h: float | None = None
-        self.peak_level_w: float | None = None
-        self._peak_view_share = 1.0
-        self._next_view_s = -np.inf
 
     def after_block(self, block: TwinBlock) -> None:
         self._block_s = float(block.t_s.size * self.twin.dt_s)
@@ -180,14 +164,8 @@ class MpcPolicy(ManagedPolicy):
         total = float(halls.sum())
         share = halls / total if total > 0 else np.full(halls.size, 1.0 / halls.size)
         args = (it_w, it_hi_w, share, scenarios, damping)
-        if t_s >= self._next_view_s:
-            self._next_view_s = t_s + PEAK_VIEW_EVERY_MIN * 60.0
-            self._peak_view(t_s, t, step, *args)
         rate = self.demand_rate_share(t_s)
         floor = self.month_peak_w
-        if self.peak_level_w is not None:
-            floor = max(floor, self.peak_level_w)
-            rate = max(rate, self._peak_view_share)
         self.plan_basis = {
             "demand_rate_share": rate,
             "peak_floor_w": floor,
@@ -206,9 +184,10 @@ class MpcPolicy(ManagedPolicy):
             # 215,990 -> 215,826 USD at 1 s; at 60 s without damping 214.6k -> 210.8k).
             marginal = self.plan.marginal_per_kwh
             cost = marginal if marginal is not None else inputs.price_per_kwh
-            self.twin.workload.sched.set_plan(
-                [(float(a), float(a + inputs.dt_s), float(c)) for a, c in zip(t, cost, strict=True)]
-            )
+            if self.defer:
+                self.twin.workload.sched.set_plan(
+                    [(float(a), float(a + inputs.dt_s), float(c)) for a, c in zip(t, cost, strict=True)]
+                )
             self.stats.plan_solves += 1
             self.stats.plan_solve_s.append(self.plan.solve_s)
             self.stats.plan_t_s.extend(t.tolist())
@@ -248,7 +227,7 @@ class MpcPolicy(ManagedPolicy):
         damping: F64 | None,
         terminal_value_per_kwh: float | None,
     ) -> PlanInputs:
-        """The planner's inputs over steps ``t`` from this policy's state (the 24-h plan and the coarse view)."""
+        """The planner's inputs over steps ``t`` from this policy's state."""
         return planner_inputs(
             self.twin,
             t,
@@ -266,62 +245,6 @@ class MpcPolicy(ManagedPolicy):
             None if damping is None else np.repeat(damping[None, :], t.size, axis=0),
             terminal_value_per_kwh,
         )
-
-    def _peak_view(
-        self,
-        t_s: float,
-        t: F64,
-        step_s: float,
-        it_w: F64,
-        it_hi_w: F64,
-        share: F64,
-        scenarios: F64 | None,
-        damping: F64 | None,
-    ) -> None:
-        """Solve the coarse view of the billing period (see the module docstring) and keep its peak level; none
-        when the 24-h plan already reaches the period's end, when the view is off, or when it fails (the 24-h plan
-        then prices the peak by its own share, as without the view)."""
-        end = self.billing_end_s if self.billing_end_s is not None else month_end_s(t_s, self.site.timezone)
-        self.peak_level_w = None
-        if self.peak_view_h is None or float(t[-1]) + step_s >= end:
-            return
-        step = PEAK_VIEW_STEP_MIN * 60.0
-        start = np.floor(t_s / step) * step
-        n = int(np.ceil(min(self.peak_view_h * 3600.0, end - start) / step))
-        tc = start + step * np.arange(n)
-        # the fine forecast's means per coarse step, its last slot held past its horizon
-        c = np.clip(((t - start) // step).astype(np.int64), 0, n - 1)
-        cnt = np.bincount(c, minlength=n)
-        held = cnt == 0
-
-        def coarse(x: F64) -> F64:
-            out = np.bincount(c, weights=x, minlength=n) / np.maximum(cnt, 1)
-            out[held] = x[-1]
-            return out
-
-        first = np.minimum(np.searchsorted(c, np.arange(n)), t.size - 1)  # a coarse step's first fine slot
-        sc = None if scenarios is None else np.where(held[:, None], scenarios[-1], scenarios[first])
-        it_c, hi_c = self._view_load(t_s, tc, coarse(it_w), coarse(it_hi_w))
-        self._peak_view_share = self.demand_rate_scale * min(1.0, n * step / max(end - t_s, 1.0))
-        inputs = self._inputs(t_s, tc, self.month_peak_w, self._peak_view_share, it_c, hi_c, share, sc, damping, None)
-        try:
-            plan = solve_plan(inputs)
-        except (PlanError, ValueError) as exc:
-            self.stats.audit.append(
-                {"t_s": t_s, "actor": "planner", "mode": "peak view", "why": f"coarse solve failed: {exc}"}
-            )
-            return
-        self.peak_level_w = float(plan.peak_w)
-
-    def _view_load(self, t_s: float, tc: F64, it_w: F64, it_hi_w: F64) -> tuple[F64, F64]:
-        """IT load (median, upper band) of the coarse view's steps ``tc`` from the 24-h plan's forecast per step:
-        past the next hour the load returns to its level of the last day (the median of its 15-min means): held
-        for days, one busy hour's level would make every day of the view as busy (and its peak high)."""
-        if len(self._it_windows) < SCENARIO_MIN_WINDOWS:
-            return it_w, it_hi_w
-        later = tc >= t_s + PEAK_VIEW_NEAR_H * 3600.0
-        level = float(np.median(np.fromiter(self._it_windows, np.float64)))
-        return np.where(later, level, it_w), np.where(later, level + (it_hi_w - it_w), it_hi_w)
 
     def _scenarios(self, it_w: F64, it_hi_w: F64, from_forecast: NDArray[np.bool_]) -> tuple[F64 | None, str]:
         """[T, K] IT-load deviations from the median for the peak rows, and where they came from: the forecaster's
