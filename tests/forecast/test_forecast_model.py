@@ -130,3 +130,25 @@ def test_a_jobs_progress_gives_its_end_where_its_declared_work_cannot() -> None:
     run.job_work_left_s = None  # a run from before the column: the declared work puts the end at minute 600
     old = build_features(run, np.array([80, 90]))
     assert old.x[1, k, 0] == 0.0
+
+
+def test_job_power_coefficients_stay_physical_where_a_feature_barely_moved() -> None:
+    from powerplane.forecast.features import FEATURES
+    from powerplane.forecast.jobaware import JOB_COEF_MAX
+
+    # y = 1.4 x end + noise; "queued_w" moves in 5 of 2,000 rows, each time with the noise against it: a free fit
+    # gives it a large negative coefficient, which a live queue of known starts would turn into a negative forecast.
+    rng = np.random.default_rng(3)
+    n = 2000
+    X = np.zeros((n, len(FEATURES)))
+    end, queued = FEATURES.index("end_w"), FEATURES.index("queued_w")
+    X[:, end] = rng.normal(0, 1e6, n)
+    y = 1.4 * X[:, end] + rng.normal(0, 1e5, n)
+    rare = rng.choice(n, 5, replace=False)
+    X[rare, queued] = 1e4
+    y[rare] -= 5e5
+    free, _ = JobAwareModel._solve(X, y, 1e-3)
+    assert free[queued] < -5.0  # the unbounded fit chases the five rows
+    coef, _ = JobAwareModel._solve_bounded(X, y, 1e-3)
+    assert 0.0 <= coef[queued] <= JOB_COEF_MAX
+    assert coef[end] == pytest.approx(1.4, rel=0.02)  # the rest refitted, unharmed

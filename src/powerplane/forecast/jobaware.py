@@ -27,6 +27,13 @@ I64 = NDArray[np.int64]
 
 NAME = "job-aware"
 RIDGE = 1e-3  # relative to each feature's variance
+# Features that are job power [W] (an end, a checkpoint, a ramp, a queued start, a stall, a service's swing): their
+# coefficient is facility watts per job watt, PUE and node overheads on top, so within [0, JOB_COEF_MAX]. A fit on
+# a window where one of them barely moved (queued starts in a run that kept no queue: 7 kW of spread) can give it
+# any value (-37 at 1 h on texas), which the live forecaster then multiplies by the scheduler's 0.8 MW of known
+# starts: a forecast of -13.7 MW. Those coefficients are held at the nearest bound and the others refitted.
+JOB_POWER_FEATURES = ("end_w", "ckpt_w", "ramp_w", "queued_w", "stall_w", "service_w")
+JOB_COEF_MAX = 3.0
 IRLS_ITERS = 12  # reweighting rounds of the least-absolute-deviation fit
 CALIB_FOLDS = 4  # blocks of the blocked cross-validation that calibrates the quantiles
 LONG_HORIZON_MIN = 720  # horizons from here on also use the statistical features
@@ -76,6 +83,27 @@ class JobAwareModel:
     meta: dict[str, Any] = field(default_factory=dict)
 
     @staticmethod
+    def _solve_bounded(X: F64, y: F64, ridge: float) -> tuple[F64, float]:
+        """:meth:`_solve` with the job-power coefficients within [0, JOB_COEF_MAX] (see JOB_POWER_FEATURES): any
+        outside are fixed at their bound, their part taken off the target, and the rest solved again (twice at
+        most: a fixed coefficient can push another out)."""
+        bounded = np.array([f in JOB_POWER_FEATURES for f in FEATURES]) if X.shape[1] == len(FEATURES) else None
+        coef, icpt = JobAwareModel._solve(X, y, ridge)
+        if bounded is None:
+            return coef, icpt
+        fixed = np.zeros(X.shape[1], dtype=bool)
+        for _ in range(2):
+            out = bounded & ~fixed & ((coef < 0.0) | (coef > JOB_COEF_MAX))
+            if not out.any():
+                break
+            fixed |= out
+            coef = np.where(fixed, np.clip(coef, 0.0, JOB_COEF_MAX), coef)
+            free = ~fixed
+            c_free, icpt = JobAwareModel._solve(X[:, free], y - X[:, fixed] @ coef[fixed], ridge)
+            coef[free] = c_free
+        return coef, icpt
+
+    @staticmethod
     def _solve(X: F64, y: F64, ridge: float, iters: int = IRLS_ITERS) -> tuple[F64, float]:
         """Least absolute deviations (the median, which MAE rewards) by iteratively reweighted ridge least
         squares; stalls and unannounced arrivals make the errors heavy-tailed, which plain least squares chases."""
@@ -116,10 +144,10 @@ class JobAwareModel:
             res = []
             for block in np.array_split(ok, folds):
                 rest = np.setdiff1d(ok, block, assume_unique=True)
-                c, b = JobAwareModel._solve(X[rest], y[rest], ridge)
+                c, b = JobAwareModel._solve_bounded(X[rest], y[rest], ridge)
                 res.append(y[block] - (X[block] @ c + b))
             rq[k] = np.quantile(np.concatenate(res), QUANTILES)
-            coef[k], icpt[k] = JobAwareModel._solve(X[ok], y[ok], ridge)
+            coef[k], icpt[k] = JobAwareModel._solve_bounded(X[ok], y[ok], ridge)
         return JobAwareModel(h, coef, icpt, rq, np.asarray(overrun_s, np.float64))
 
     def predict(self, fs: FeatureSet) -> Forecast:
