@@ -11,7 +11,7 @@
 
 6. Ablation: mpc with one change at a time (damping off, realized load, terminal floor, 48 h) against the bound.
 
-Usage: python benchmarks/bench_energy.py [--days 7] [--record] [--only 1,2,3,4,5,6] [--variants mpc,...]
+Usage: python benchmarks/bench_energy.py [--days 7] [--record] [--only 1,2,3,4,5,6] [--variants mpc,...] [--seed N]
 """
 
 from __future__ import annotations
@@ -36,10 +36,21 @@ HERE = Path(__file__).resolve().parent
 NOTE = os.environ.get("BENCH_NOTE", "shared machine, other jobs running")
 
 
+def seed() -> int:
+    """The twin's seed for every run (``--seed``; through the environment so that worker processes see it). One
+    week of texas is one draw of the job trace: mpc's deferral moves its own workload, and its bill moves by 1-4k
+    USD with it (seventh session, NOTES.md), so compare plan changes on more than one seed."""
+    return int(os.environ.get("BENCH_SEED", "0"))
+
+
+def _label(name: str) -> str:
+    return name if seed() == 0 else f"{name} (seed {seed()})"
+
+
 def run(scenario: str, hours: float, policy: str, step: float = 1.0, dr: tuple[str, ...] = ()) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        s = simulate(SimulateOptions(scenario, hours, step, seed=0, out=Path(tmp) / "r", policy=policy, dr=dr))
+        s = simulate(SimulateOptions(scenario, hours, step, seed=seed(), out=Path(tmp) / "r", policy=policy, dr=dr))
         s["bench_wall_s"] = time.perf_counter() - t0
         return s
 
@@ -97,7 +108,7 @@ def policies(days: float, workers: int = 2) -> tuple[list[str], dict[str, Any]]:
         lost = {"normal": 0.0, "low": 0.0} if r is None else r["throughput_lost_gpu_hours"]
         wall = "-" if r is None else f"{r['bench_wall_s']:.0f}"
         rows.append(
-            f"| {time.strftime('%Y-%m-%d')} | {days:g} | {p} | {b['energy']:,.0f} | {b['demand']:,.0f} | "
+            f"| {time.strftime('%Y-%m-%d')} | {days:g} | {_label(p)} | {b['energy']:,.0f} | {b['demand']:,.0f} | "
             f"{b['degradation']:,.0f} | {b['storage_adjustment']:,.0f} | {b['total']:,.0f} | {saved[p]:,.0f} | "
             f"{share[p] * 100:.1f} % | {b['peak_15min_kw'] / 1e3:.2f} | {lost['normal']:.1f}/{lost['low']:.1f} | "
             f"{wall} | {machine()} | {NOTE} |"
@@ -347,7 +358,7 @@ def _realized_it(hours: float) -> tuple[Any, Any]:
     from powerplane.twin.twin import Twin
 
     site, path = load_scenario("texas")
-    tw = Twin(site, path, seed=0, dt_s=1.0)
+    tw = Twin(site, path, seed=seed(), dt_s=1.0)
     t, it = [], []
     done, total = 0, round(hours * 3600.0)
     while done < total:
@@ -420,7 +431,7 @@ def ablation(days: float, variants: list[str], workers: int = 2) -> tuple[list[s
         thr = float(r["battery"]["throughput_kwh"]) / 1e3
         held = 1.0 - r["grid_friendliness"]["ramp_violation_share"]
         rows.append(
-            f"| {time.strftime('%Y-%m-%d')} | {days:g} | {ABLATIONS.get(v, v)} | {b['energy']:,.0f} | "
+            f"| {time.strftime('%Y-%m-%d')} | {days:g} | {_label(ABLATIONS.get(v, v))} | {b['energy']:,.0f} | "
             f"{b['demand']:,.0f} | {b['degradation']:,.0f} | {b['storage_adjustment']:,.0f} | {b['total']:,.0f} | "
             f"{b['total'] - bound['total']:,.0f} | {(none_total - b['total']) / ref * 100:.1f} % | "
             f"{b['peak_15min_kw'] / 1e3:.2f} | {thr:.1f} | {held * 100:.2f} % | {r['bench_wall_s']:.0f} | "
@@ -445,7 +456,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="processes for the policy runs of parts 1 and 6")
     ap.add_argument("--dr-events", type=int, default=2, help="part 4: 1 runs only the 07-15 event (prior days)")
     ap.add_argument("--variants", default="mpc,mpc-nodamp,mpc-nodefer,mpc-realized,mpc-floor,mpc-48h", help="part 6")
+    ap.add_argument("--seed", type=int, default=0, help="the twin's seed for parts 1 and 6 (another week of jobs)")
     args = ap.parse_args()
+    os.environ["BENCH_SEED"] = str(args.seed)
     parts = {int(x) for x in args.only.split(",")}
     lines: list[str] = []
     results: dict[str, Any] = {}
