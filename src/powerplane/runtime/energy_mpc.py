@@ -2,14 +2,17 @@
 
 Every ``replan_min`` it solves the dispatch LP (control/planner.py) over ``planner_horizon_h`` on:
 
-- the IT load's median per slot (the job-aware forecaster's P50 when ``forecast_source`` is set and fresh, else
-  the last hour's median: persistence), converted to facility load by the cooling model and the weather;
+- the IT load's median per slot: the job-aware forecaster's P50 over the hour it covers when ``forecast_source``
+  is set and fresh, the last hour's median (persistence) in the other slots; converted to facility load by the
+  cooling model and the weather. (The live runtime and ``simulate --forecast`` set the source; note that the
+  persistence median runs ~0.4 MW of IT above the mean on texas, a margin the peak has come to rely on:
+  NOTES.md, seventh session);
 - load scenarios for the peak: the demand charge is paid on the highest 15-min mean, so the plan holds its peak in
-  every scenario of the 15-min load (from the forecaster's band, or from the spread of the last day's 15-min means
-  around their median), the batteries covering a scenario's excess by recourse discharge that costs energy only
-  with the scenario's probability. (Keeping the upper band's room in *every* slot, as if each slot were certain to
-  reach it, spends the batteries all night on peaks that mostly do not come.) Until a few hours of history exist,
-  the upper band's headroom is kept instead;
+  every scenario of the 15-min load (from the forecaster's band where it forecasts, else from the spread of the
+  last day's 15-min means around their median), the batteries covering a scenario's excess by recourse discharge
+  that costs energy only with the scenario's probability. (Keeping the upper band's room in *every* slot, as if
+  each slot were certain to reach it, spends the batteries all night on peaks that mostly do not come.) Until a
+  few hours of history exist, the upper band's headroom is kept instead;
 - a demand rate scaled by the share of the rest of the billing period the horizon covers: a peak set today binds
   every remaining day of the period, each of which pays again in energy to hold it, so one horizon's LP that
   priced it at the whole charge would hold it far too hard at the start of a period (and too loosely at its end
