@@ -1,5 +1,6 @@
 """simulate --policy mpc --forecast: the job-aware forecaster fed from the twin's blocks plans the IT load."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -44,3 +45,49 @@ def test_mpc_plans_on_the_champion_fed_from_the_run(tmp_path: Path) -> None:
     plain = simulate(SimulateOptions("small", 1.5, out=tmp_path / "plain", policy="mpc"))
     assert plain["controller"]["it_forecast"]["plans_on_forecast"] == 0  # type: ignore[index]
     assert plain["controller"]["it_forecast"]["mode"] == "persistence"  # type: ignore[index]
+
+
+def test_cli_forecast_option_is_checked_before_simulating(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from powerplane.cli import app
+
+    out = tmp_path / "run"
+    res = CliRunner().invoke(
+        app,
+        [
+            "simulate",
+            "--scenario",
+            "small",
+            "--hours",
+            "0.1",
+            "--policy",
+            "mpc",
+            "--forecast",
+            "oracle",
+            "--out",
+            str(out),
+        ],
+    )
+    assert res.exit_code != 0 and "unknown --forecast 'oracle'" in res.output
+    assert not out.exists()  # nothing simulated, nothing written
+    models, version = _registry(tmp_path / "models")
+    res = CliRunner().invoke(
+        app,
+        [
+            "simulate",
+            "--scenario",
+            "small",
+            "--hours",
+            "0.2",
+            "--policy",
+            "mpc",
+            "--models",
+            str(models),
+            "--out",
+            str(out),
+            "--json",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert version in json.loads(res.output)["controller"]["it_forecast"]["model"]  # auto: the registry's champion
