@@ -47,47 +47,22 @@ def test_mpc_plans_on_the_champion_fed_from_the_run(tmp_path: Path) -> None:
     assert plain["controller"]["it_forecast"]["mode"] == "persistence"  # type: ignore[index]
 
 
-def test_cli_forecast_option_is_checked_before_simulating(tmp_path: Path) -> None:
+def _cli(out: Path, hours: str, *extra: str) -> tuple[int, str]:
     from typer.testing import CliRunner
 
     from powerplane.cli import app
 
+    args = ["simulate", "--scenario", "small", "--hours", hours, "--policy", "mpc", "--out", str(out), *extra]
+    res = CliRunner().invoke(app, args)
+    return res.exit_code, res.output
+
+
+def test_cli_forecast_option_is_checked_before_simulating(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    res = CliRunner().invoke(
-        app,
-        [
-            "simulate",
-            "--scenario",
-            "small",
-            "--hours",
-            "0.1",
-            "--policy",
-            "mpc",
-            "--forecast",
-            "oracle",
-            "--out",
-            str(out),
-        ],
-    )
-    assert res.exit_code != 0 and "unknown --forecast 'oracle'" in res.output
+    code, text = _cli(out, "0.1", "--forecast", "oracle")
+    assert code != 0 and "unknown --forecast 'oracle'" in text
     assert not out.exists()  # nothing simulated, nothing written
     models, version = _registry(tmp_path / "models")
-    res = CliRunner().invoke(
-        app,
-        [
-            "simulate",
-            "--scenario",
-            "small",
-            "--hours",
-            "0.2",
-            "--policy",
-            "mpc",
-            "--models",
-            str(models),
-            "--out",
-            str(out),
-            "--json",
-        ],
-    )
-    assert res.exit_code == 0, res.output
-    assert version in json.loads(res.output)["controller"]["it_forecast"]["model"]  # auto: the registry's champion
+    code, text = _cli(out, "0.2", "--models", str(models), "--json")
+    assert code == 0, text
+    assert version in json.loads(text)["controller"]["it_forecast"]["model"]  # auto: the registry's champion
