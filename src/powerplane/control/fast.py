@@ -235,7 +235,7 @@ class FastLoop:
             return self.plan_grid_w
         return load_w - (self.plan_bess_w if self.plan_bess_w is not None else 0.0)
 
-    def _damp(self, desired_grid: float, dt_s: float, a: float, t_s: float | None = None) -> float:
+    def _damp(self, desired_grid: float, dt_s: float, a: float, t_s: float) -> float:
         """Ramp-limit the grid target: the grid takes ``desired_grid`` whenever that is within the ramp limit of
         the last grid power, else the nearest power that is. A plain limiter can sit off-centre under a fast
         symmetric swing (it moves up and down by the same step), so its window also drifts toward the
@@ -264,30 +264,25 @@ class FastLoop:
             lo, hi = max(centre, last) - step, min(centre, last) + step
             want = desired_grid
         if self._grid_hist and dt_s < RAMP_WINDOW_S:
-            band = s.ramp_limit_w_per_s * RAMP_WINDOW_AIM * RAMP_WINDOW_S
+            band_w = s.ramp_limit_w_per_s * RAMP_WINDOW_AIM * RAMP_WINDOW_S
             past = [g for _, g in self._grid_hist]
-            w_lo, w_hi = max(past) - band, min(past) + band
+            w_lo, w_hi = max(past) - band_w, min(past) + band_w
             if w_lo > w_hi:  # the window already spans more than twice the band: its middle is the least breach
                 w_lo = w_hi = 0.5 * (w_lo + w_hi)
-            # Within the window's limits where they meet the step's, else the step nearest them.
-            lo, hi = (
-                (max(lo, w_lo), min(hi, w_hi))
-                if max(lo, w_lo) <= min(hi, w_hi)
-                else ((hi, hi) if w_lo > hi else (lo, lo))
-            )
+            # The window's limits within the step's reach (the step's nearest end where they do not meet it).
+            lo, hi = min(max(lo, w_lo), hi), max(min(hi, w_hi), lo)
         self._grid_out = float(min(max(want, lo), hi))
         self._remember(t_s, self._grid_out, dt_s)
         return self._grid_out
 
-    def _remember(self, t_s: float | None, grid_w: float, dt_s: float) -> None:
+    def _remember(self, t_s: float, grid_w: float, dt_s: float) -> None:
         """Keep this cycle's grid power in the ramp window's history (``step`` puts the grid as it really ran in
         its place next cycle); entries a window old or more are dropped."""
         if dt_s >= RAMP_WINDOW_S:
             return
         hist = self._grid_hist
-        t = t_s if t_s is not None else (hist[-1][0] + dt_s if hist else 0.0)
-        hist.append((t, grid_w))
-        while hist and hist[0][0] <= t - RAMP_WINDOW_S + 0.5 * dt_s:  # the next cycle's window starts a dt later
+        hist.append((t_s, grid_w))
+        while hist and hist[0][0] <= t_s - RAMP_WINDOW_S + 0.5 * dt_s:  # the next cycle's window starts a dt later
             hist.popleft()
 
     def _finish(
