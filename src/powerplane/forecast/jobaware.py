@@ -34,6 +34,7 @@ RIDGE = 1e-3  # relative to each feature's variance
 # starts: a forecast of -13.7 MW. Those coefficients are held at the nearest bound and the others refitted.
 JOB_POWER_FEATURES = ("end_w", "ckpt_w", "ramp_w", "queued_w", "stall_w", "service_w")
 JOB_COEF_MAX = 3.0
+_BOUNDED = np.isin(np.array(FEATURES), JOB_POWER_FEATURES)  # which of FEATURES' columns are bounded
 IRLS_ITERS = 12  # reweighting rounds of the least-absolute-deviation fit
 CALIB_FOLDS = 4  # blocks of the blocked cross-validation that calibrates the quantiles
 LONG_HORIZON_MIN = 720  # horizons from here on also use the statistical features
@@ -87,13 +88,10 @@ class JobAwareModel:
         """:meth:`_solve` with the job-power coefficients within [0, JOB_COEF_MAX] (see JOB_POWER_FEATURES): any
         outside are fixed at their bound, their part taken off the target, and the rest solved again (twice at
         most: a fixed coefficient can push another out)."""
-        bounded = np.array([f in JOB_POWER_FEATURES for f in FEATURES]) if X.shape[1] == len(FEATURES) else None
         coef, icpt = JobAwareModel._solve(X, y, ridge)
-        if bounded is None:
-            return coef, icpt
         fixed = np.zeros(X.shape[1], dtype=bool)
         for _ in range(2):
-            out = bounded & ~fixed & ((coef < 0.0) | (coef > JOB_COEF_MAX))
+            out = _BOUNDED & ~fixed & ((coef < 0.0) | (coef > JOB_COEF_MAX))
             if not out.any():
                 break
             fixed |= out

@@ -98,16 +98,16 @@ class Registry:
         """Open the file, waiting while another process has it open (DuckDB locks a file to one process at a time:
         a simulation loading the champion while ``serve`` or a backtest touches the registry); after
         ``LOCK_WAIT_S`` the lock error goes to the caller."""
-        deadline = time.monotonic() + LOCK_WAIT_S
-        delay = 0.02
+        deadline_s = time.monotonic() + LOCK_WAIT_S
+        delay_s = 0.02
         while True:
             try:
                 return duckdb.connect(str(self.path))
             except duckdb.IOException as exc:
-                if "lock" not in str(exc).lower() or time.monotonic() + delay > deadline:
+                if "lock" not in str(exc).lower() or time.monotonic() + delay_s > deadline_s:
                     raise
-                time.sleep(delay)
-                delay = min(delay * 2.0, 0.5)
+                time.sleep(delay_s)
+                delay_s = min(delay_s * 2.0, 0.5)
 
     # ------------------------------------------------------------------ models
 
