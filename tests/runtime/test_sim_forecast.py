@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from powerplane.forecast.live import prior_model
+from powerplane.forecast.live import REGISTRY_FILE, prior_model
 from powerplane.forecast.registry import Registry
-from powerplane.runtime.sim_forecast import REGISTRY_FILE, choose
+from powerplane.runtime.sim_forecast import choose
 from powerplane.runtime.simulate import SimulateOptions, simulate
 
 

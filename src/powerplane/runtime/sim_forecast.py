@@ -19,11 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from powerplane.forecast.live import REGISTRY_FILE, LiveForecaster
+from powerplane.forecast.registry import Registry, RegistryError
 from powerplane.telemetry.snapshot import LevelData, Quality, Snapshot
 from powerplane.twin.twin import Twin, TwinBlock
 
 FORECAST_MODES = ("auto", "champion", "persistence")
-REGISTRY_FILE = "registry.duckdb"
 
 
 def choose(mode: str, models: Path | None) -> tuple[str, Path | None]:
@@ -43,8 +44,6 @@ def choose(mode: str, models: Path | None) -> tuple[str, Path | None]:
 
 
 def _has_champion(registry: Path | None) -> bool:
-    from powerplane.forecast.registry import Registry, RegistryError
-
     if registry is None:
         return False
     try:
@@ -57,17 +56,10 @@ class BlockFeed:
     """A :class:`LiveForecaster` fed from the twin's blocks; ``source`` is the ``mpc`` policy's forecast source."""
 
     def __init__(self, twin: Twin, registry: Path | None) -> None:
-        from powerplane.forecast.live import LiveForecaster
-
         self.twin = twin
         self.forecaster = LiveForecaster(twin.site, twin.topo, registry)
         self.forecaster.set_weather(twin.plant.outdoor_temp_c)
         self._seq = 0
-        self.forecasts = 0
-
-    @property
-    def model_name(self) -> str:
-        return self.forecaster.model_name
 
     def observe(self, block: TwinBlock, job_ids: Any) -> None:
         """Fold one block into the forecaster (its means, stamped at the block's start)."""
@@ -101,5 +93,20 @@ class BlockFeed:
 
     def source(self, now_s: float) -> dict[str, Any]:
         """The forecast the planner asks for at ``now_s``, with the scheduler's expected job timeline."""
-        self.forecasts += 1
         return self.forecaster.forecast(now_s, self.twin.workload.sched.expected_timeline(now_s))
+
+
+def summary(
+    mode: str, registry: Path | None, feed: BlockFeed | None, plans: int, plans_on_forecast: int
+) -> dict[str, Any]:
+    """``summary.json`` ``controller.it_forecast``: what the planner's IT load came from, and how much of it."""
+    fc = feed.forecaster if feed is not None else None
+    return {
+        "mode": mode,
+        "model": fc.model_name if fc is not None else "persistence (the last hour's median)",
+        "registry": str(registry) if registry is not None else None,
+        "plans_on_forecast": plans_on_forecast,
+        "plans": plans,
+        "minutes_observed": fc.closed + 1 if fc is not None else 0,
+        "rejected": dict(fc.rejected) if fc is not None else {},
+    }

@@ -481,6 +481,7 @@ def simulate(opts: SimulateOptions, progress: Callable[[int, int], None] | None 
     from powerplane.runtime.energy_oracle import OraclePolicy, Realized
     from powerplane.runtime.energy_report import energy_summary, write_report
     from powerplane.runtime.sim_forecast import BlockFeed, choose
+    from powerplane.runtime.sim_forecast import summary as forecast_summary
 
     events = list(site.energy.demand_response) + [parse_dr(d, site.timezone) for d in opts.dr]
     forecast_mode, registry = choose(opts.forecast, opts.models)
@@ -535,15 +536,9 @@ def simulate(opts: SimulateOptions, progress: Callable[[int, int], None] | None 
         bill = tariff.Bill(**summary["cost"])  # type: ignore[arg-type]
         summary.update(energy_summary(twin, series, policy, opts.policy, out, bill))
         if hasattr(policy, "forecast_source"):
-            summary["controller"]["it_forecast"] = {  # type: ignore[index]
-                "mode": forecast_mode,
-                "model": feed.model_name if feed is not None else "persistence (the last hour's median)",
-                "registry": str(registry) if registry is not None else None,
-                "plans_on_forecast": getattr(policy, "forecast_plans", 0),
-                "plans": policy.stats.plan_solves,
-                "minutes_observed": feed.forecaster.closed + 1 if feed is not None else 0,
-                "rejected": dict(feed.forecaster.rejected) if feed is not None else {},
-            }
+            summary["controller"]["it_forecast"] = forecast_summary(  # type: ignore[index]
+                forecast_mode, registry, feed, policy.stats.plan_solves, getattr(policy, "forecast_plans", 0)
+            )
         (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
         plot_site(
             series,
